@@ -1,0 +1,73 @@
+"""The one contract every backbone meets.
+
+A backbone maps normalised pixels ``[B, 3, H, W]`` to :class:`Tokens`: patch tokens ``[B, N, D]``
+(``N = h * w``, row-major over the token grid), one global token ``[B, D]`` and the grid ``(h, w)``.
+It also declares the preprocessing it expects (:class:`Preprocess`), so the data pipeline never
+has to guess sizes or normalisation constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+@dataclass
+class Tokens:
+    patches: torch.Tensor  # [B, N, D]
+    cls: torch.Tensor  # [B, D]
+    grid: tuple[int, int]  # (h, w) with h * w == N
+
+    def __post_init__(self) -> None:
+        h, w = self.grid
+        if self.patches.shape[1] != h * w:
+            raise ValueError(f"patch tokens {tuple(self.patches.shape)} do not fill the grid {self.grid}")
+
+
+class Preprocess(BaseModel):
+    """What a backbone expects of its input: square side and normalisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(224, gt=0)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class BackboneSpec(BaseModel):
+    """Where a backbone comes from; stored in every model's ``config.json``.
+
+    ``family`` picks the implementation (``efficientnet_lite0`` or ``hf_vit``); ``source`` is a
+    Hugging Face model id or a local folder for the transformers family, ignored for packaged weights.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str = "efficientnet_lite0"
+    source: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    preprocess: Preprocess | None = None  # None: the backbone's own default
+
+    def key(self) -> str:
+        """A stable text identifying the backbone's features (for the feature cache)."""
+        return self.model_dump_json()
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set ``dim``, ``preprocess`` and implement ``forward``."""
+
+    dim: int
+    preprocess: Preprocess
+
+    def forward(self, pixels: torch.Tensor) -> Tokens:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def freeze(self) -> "Backbone":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+        return self

@@ -1,0 +1,150 @@
+"""Vision transformers from Hugging Face ``transformers``: DINOv2 (with or without registers), DINOv3 ViT, and the
+vision towers of CLIP and SigLIP, from a hub id or a local folder.
+
+Token layout of ``last_hidden_state`` (transformers 5.x): ``[CLS, registers..., patches...]`` for the DINO
+families, ``[CLS, patches...]`` for CLIP, ``[patches...]`` for SigLIP. Register tokens are dropped.
+
+- DINO: ``last_hidden_state`` is already after the final layer norm; the global token is that CLS.
+- CLIP: ``last_hidden_state`` is *before* ``post_layernorm``, which the model applies to CLS only
+  (``pooler_output``); we apply ``post_layernorm`` to the patch tokens as well, so both are normalised alike.
+- SigLIP: ``last_hidden_state`` is after ``post_layernorm``; the global token is the attention-pooling head's
+  output (``pooler_output``) when the model has a head, else the mean of the patch tokens.
+
+Options (``spec.options``): ``dtype`` (``float32`` default, ``bfloat16``, ``float16``). Outputs are float32.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import transformers
+
+from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Family:
+    model_class: str  # attribute of ``transformers``
+    has_cls: bool
+    norm: tuple[tuple[float, ...], tuple[float, ...]]
+    size: int | None  # None: the config's image_size
+    norm_patches: bool = False  # apply the model's post_layernorm to the patch tokens (CLIP)
+
+
+DINO = dict(has_cls=True, norm=IMAGENET, size=224)
+FAMILIES = {
+    "dinov2": Family("Dinov2Model", **DINO),
+    "dinov2_with_registers": Family("Dinov2WithRegistersModel", **DINO),
+    "dinov3_vit": Family("DINOv3ViTModel", **DINO),
+    "clip": Family("CLIPVisionModel", has_cls=True, norm=OPENAI_CLIP, size=None, norm_patches=True),
+    "clip_vision_model": Family("CLIPVisionModel", has_cls=True, norm=OPENAI_CLIP, size=None, norm_patches=True),
+    "siglip": Family("SiglipVisionModel", has_cls=False, norm=HALF, size=None),
+    "siglip_vision_model": Family("SiglipVisionModel", has_cls=False, norm=HALF, size=None),
+}
+
+
+def _family(model_type: str, source: str) -> Family:
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"backbone '{source}' has model_type {model_type!r}, which hf_vit does not support "
+            f"(supported: {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[model_type]
+
+
+def _side(value: int | tuple[int, ...] | list[int]) -> int:
+    """A square size from a config value that may be an int or a pair."""
+    return int(value if isinstance(value, int) else value[0])
+
+
+def _folder_norm(source: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``image_mean``/``image_std`` from a local folder's ``preprocessor_config.json``, if present."""
+    path = Path(source) / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    if "image_mean" in cfg and "image_std" in cfg:
+        return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
+    return None
+
+
+class HFViTBackbone(Backbone):
+    """Wraps a transformers vision model; ``forward`` returns CLS/global, patch tokens and the grid."""
+
+    def __init__(self, model: torch.nn.Module, preprocess: Preprocess | None = None) -> None:
+        super().__init__()
+        if hasattr(model, "vision_model") and model.config.model_type in ("clip", "siglip"):
+            model = model.vision_model  # a full CLIPModel / SiglipModel: keep the vision tower
+        cfg = model.config
+        self.family = _family(cfg.model_type, type(model).__name__)
+        self.model = model
+        self.dim = cfg.hidden_size
+        self.patch_size = _side(cfg.patch_size)
+        self.num_prefix = int(self.family.has_cls) + getattr(cfg, "num_register_tokens", 0)
+        forward_params = inspect.signature(model.forward).parameters
+        self._kwargs = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in forward_params else {}
+        mean, std = self.family.norm
+        size = self.family.size or _side(cfg.image_size)
+        self.preprocess = preprocess or Preprocess(size=size, mean=mean, std=std)
+        self.train(model.training)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, preprocess: Preprocess | None = None) -> "HFViTBackbone":
+        return cls(model, preprocess)
+
+    @classmethod
+    def from_spec(cls, spec: BackboneSpec) -> "HFViTBackbone":
+        source = spec.source
+        if not source:
+            raise ValueError("hf_vit backbone needs a source: a Hugging Face model id or a local folder")
+        opts = dict(spec.options)
+        unknown = set(opts) - {"dtype"}
+        if unknown:
+            raise ValueError(f"unknown hf_vit options {sorted(unknown)}; supported: ['dtype']")
+        dtype_name = opts.get("dtype", "float32")
+        if dtype_name not in DTYPES:
+            raise ValueError(f"unknown hf_vit dtype {dtype_name!r}; choose from {list(DTYPES)}")
+
+        folder = Path(source).expanduser()
+        if not folder.is_dir() and (folder.is_absolute() or source.startswith((".", "~"))):
+            raise OSError(f"could not load backbone '{source}': no such folder")
+        where = str(folder) if folder.is_dir() else source
+        hint = "" if folder.is_dir() else "not a local folder; as a Hugging Face model id: "
+        try:
+            config = transformers.AutoConfig.from_pretrained(where)
+        except Exception as err:
+            raise OSError(f"could not load backbone '{source}': {hint}{err}") from err
+        family = _family(config.model_type, source)
+        try:
+            model = getattr(transformers, family.model_class).from_pretrained(where, dtype=DTYPES[dtype_name])
+        except Exception as err:
+            raise OSError(f"could not load backbone '{source}': {hint}{err}") from err
+
+        backbone = cls(model.eval())  # eval mode, like from_pretrained's model
+        norm = _folder_norm(where)
+        if norm is not None:
+            backbone.preprocess = Preprocess(size=backbone.preprocess.size, mean=norm[0], std=norm[1])
+        return backbone
+
+    def forward(self, pixels: torch.Tensor) -> Tokens:
+        dtype = next(self.model.parameters()).dtype
+        out = self.model(pixel_values=pixels.to(dtype), **self._kwargs)
+        patches = out.last_hidden_state[:, self.num_prefix :]
+        if self.family.norm_patches:  # CLIP: see the module docstring
+            tower = getattr(self.model, "vision_model", self.model)  # transformers 4.x nests the tower
+            patches = tower.post_layernorm(patches)
+        if self.family.has_cls or out.pooler_output is not None:
+            cls_token = out.pooler_output
+        else:
+            cls_token = patches.mean(1)
+        grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        return Tokens(patches=patches.float(), cls=cls_token.float(), grid=grid)

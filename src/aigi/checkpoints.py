@@ -1,0 +1,166 @@
+"""A trained model is a folder, like a Hugging Face model:
+
+- ``config.json``: the detector's name and hyper-parameters, the backbone (family, HF id / local folder /
+  packaged weights, preprocessing), the evaluation protocol, the decision threshold and how it was chosen;
+- ``model.safetensors``: only the weights that are not the frozen backbone's.
+
+Loading validates the config and every tensor's name and shape, and fails with a message naming the folder and
+the problem. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from aigi._version import __version__
+from aigi.backbones import BackboneSpec, build_backbone
+from aigi.data.transforms import EvalProtocol
+from aigi.detectors import get_detector
+from aigi.detectors.base import Detector
+from aigi.io import atomic_write, write_json, write_text
+from aigi.registry import UnknownNameError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ModelLoadError(ValueError):
+    pass
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    aigi_version: str = __version__
+    detector: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    backbone: BackboneSpec
+    protocol: EvalProtocol = Field(default_factory=EvalProtocol)
+    threshold: float = 0.5
+    calibration: dict[str, Any] | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+class Model:
+    """A detector with its config: what ``aigi detect`` and ``aigi eval`` run."""
+
+    def __init__(self, detector: Detector, config: ModelConfig) -> None:
+        self.detector = detector.eval()
+        self.config = config
+
+    @property
+    def threshold(self) -> float:
+        return self.config.threshold
+
+    @property
+    def preprocess(self):
+        return self.detector.backbone.preprocess
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        return save_model(self, folder)
+
+
+def build_model(config: ModelConfig) -> Model:
+    try:
+        cls = get_detector(config.detector)
+    except UnknownNameError as e:
+        raise ModelLoadError(str(e)) from None
+    try:
+        params = cls.Params(**config.params)
+    except ValidationError as e:
+        raise ModelLoadError(f"invalid {config.detector} hyper-parameters: {e}") from None
+    backbone = build_backbone(config.backbone)
+    config.params = params.model_dump(mode="json")
+    return Model(cls(params, backbone), config)
+
+
+def save_model(model: Model, folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.detector.trainable_state_dict().items()}
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "aigi": __version__}))
+    write_json(folder / CONFIG_NAME, model.config.model_dump(mode="json"))
+    if not (folder / "README.md").exists():
+        write_text(folder / "README.md", model_card(model.config))
+    return folder
+
+
+def model_card(cfg: ModelConfig) -> str:
+    src = cfg.backbone.source or "packaged weights"
+    lines = [
+        f"# aigi model: {cfg.detector}",
+        "",
+        f"- backbone: {cfg.backbone.family} ({src}), options {cfg.backbone.options}",
+        f"- decision threshold on P(generated): {cfg.threshold:.4f}"
+        + (f" ({cfg.calibration.get('rule')})" if cfg.calibration else ""),
+        f"- evaluation protocol: {cfg.protocol.model_dump()}",
+        f"- trained on: {cfg.training.get('data', 'unknown')}",
+        "",
+        "Load with `aigi detect --model <this folder>`; weights in model.safetensors, settings in config.json.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def read_config(folder: str | os.PathLike) -> ModelConfig:
+    folder = Path(folder)
+    path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise ModelLoadError(f"{folder}: not a model folder (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if not path.is_file():
+        raise ModelLoadError(f"{folder}: missing {CONFIG_NAME}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return ModelConfig.model_validate(raw)
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    except ValidationError as e:
+        raise ModelLoadError(f"{path}: invalid model config:\n{e}") from None
+
+
+def load_model(folder: str | os.PathLike) -> Model:
+    folder = Path(folder)
+    config = read_config(folder)
+    model = build_model(config)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ModelLoadError(f"{folder}: missing {WEIGHTS_NAME}")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{weights}: not a readable safetensors file ({e})") from None
+    load_checked(model.detector, state, str(weights))
+    return model
+
+
+def load_checked(detector: Detector, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load ``state`` into the detector's trainable weights; every name and shape must match."""
+    expected = detector.trainable_state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
+    if wrong:
+        problems.append("shape mismatch: " + "; ".join(wrong[:10]))
+    if problems:
+        raise ModelLoadError(f"{where} does not match its config ({detector.name}):\n  " + "\n  ".join(problems))
+    detector.load_state_dict(state, strict=False)
+
+
+def default_model_path() -> Path:
+    return Path(__file__).parent / "default_model"
+
+
+def load_default_model() -> Model:
+    return load_model(default_model_path())

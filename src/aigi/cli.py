@@ -1,0 +1,221 @@
+"""The ``aigi`` command line: each command is a thin call into the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Tell AI-generated images from real photographs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+# Wide enough for the metrics table when output is piped to a file or a log.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+MODEL_HELP = "Model folder (config.json + model.safetensors). Default: the model shipped with aigi."
+
+
+class CliError(Exception):
+    pass
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load(model_dir: Optional[Path]):
+    from aigi.checkpoints import ModelLoadError, load_default_model, load_model
+
+    try:
+        return load_model(model_dir) if model_dir else load_default_model()
+    except (ModelLoadError, OSError, ValueError) as e:
+        _fail(str(e))
+
+
+def _backbone_spec(backbone: str, source: Optional[str], feature_level: Optional[str]):
+    from aigi.backbones import BackboneSpec
+
+    options = {"feature_level": feature_level} if feature_level else {}
+    return BackboneSpec(family=backbone, source=source, options=options)
+
+
+@app.command()
+def detect(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per image) instead of a table."),
+    threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold on P(generated)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per batch."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
+) -> None:
+    """Say, for each image, whether it looks generated or real, with the model's probability.
+
+    Files that cannot be read get a reason and the run carries on; the exit code is non-zero only when no
+    image at all could be read."""
+    from aigi.data.folders import unlabelled
+    from aigi.engine.inference import score_paths
+
+    m = _load(model)
+    image_set = unlabelled([str(p) for p in inputs])
+    if not image_set.samples:
+        _fail(f"no image files found in {', '.join(map(str, inputs))}")
+    t = m.threshold if threshold is None else threshold
+    scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
+    results = []
+    for i, s in enumerate(image_set.samples):
+        if i in scores.errors:
+            results.append({"path": str(s.path), "verdict": "error", "prob_generated": None, "error": scores.errors[i]})
+        else:
+            p = float(scores.prob[i])
+            results.append({"path": str(s.path), "verdict": "generated" if p >= t else "real", "prob_generated": round(p, 4), "error": None})
+    if as_json:
+        payload = {"model": m.config.detector, "threshold": t, "results": results,
+                   "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        table = Table(title=f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}")
+        table.add_column("file", overflow="fold")
+        table.add_column("verdict")
+        table.add_column("P(generated)", justify="right")
+        table.add_column("note", overflow="fold")
+        style = {"generated": "bold red", "real": "bold green", "error": "yellow"}
+        for r in results:
+            prob = "" if r["prob_generated"] is None else f"{r['prob_generated']:.3f}"
+            table.add_row(r["path"], f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, r["error"] or "")
+        out.print(table)
+        for p, reason in image_set.skipped:
+            err.print(f"skipped {p}: {reason}", highlight=False)
+        n_bad = len(scores.errors)
+        if n_bad:
+            err.print(f"{n_bad} of {len(results)} files could not be read (reasons above)", highlight=False)
+    if len(scores.errors) == len(results):
+        raise typer.Exit(1)
+
+
+@app.command(name="eval")
+def evaluate(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs)."),
+    threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold."),
+    batch_size: int = typer.Option(32, min=1),
+    no_cache: bool = typer.Option(False, "--no-cache"),
+) -> None:
+    """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN."""
+    from aigi.data.folders import DataError, discover
+    from aigi.engine.evaluate import build_report, format_table, write_report
+    from aigi.engine.inference import score_paths
+    from aigi.engine.metrics import COLUMNS, DISPLAY
+
+    m = _load(model)
+    try:
+        image_set = discover(data)
+    except DataError as e:
+        _fail(str(e))
+    t = m.threshold if threshold is None else threshold
+    scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size)
+    report = build_report(image_set, scores.prob, t, scores.errors, model=str(model or "default"), data=str(data))
+    table = Table(title=f"aigi eval — {data} (threshold {t:.3f})")
+    for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
+        table.add_column(c, justify="left" if c == "Dataset" else "right")
+    for row in format_table(report):
+        table.add_row(*row)
+    out.print(table)
+    for e in report.errors:
+        err.print(f"could not read {e['path']}: {e['reason']}", highlight=False)
+    if out_dir:
+        files = write_report(report, out_dir, image_set, scores.prob)
+        out.print("wrote " + ", ".join(str(p) for p in files.values()), highlight=False)
+
+
+@app.command()
+def calibrate(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled validation images."),
+    model: Path = typer.Option(..., "--model", "-m", help="Model folder to update in place."),
+    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy."),
+) -> None:
+    """Choose the decision threshold on validation data and store it in the model folder."""
+    from aigi.checkpoints import save_model
+    from aigi.engine.calibrate import calibrate as run
+
+    m = _load(model)
+    rec = run(m, data, target_real_acc)
+    save_model(m, model)
+    out.print(f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {rec['real_acc']:.3f}, generated acc {rec['fake_acc']:.3f} on {data}")
+
+
+@train_app.command("univfd")
+def train_univfd(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled training images."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    val: Optional[Path] = typer.Option(None, help="Labelled validation images, used to choose the regularisation."),
+    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Labelled images on which to choose the threshold."),
+    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
+    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder."),
+    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head (default), stage6, stage5, stage4, stage3."),
+    C: Optional[float] = typer.Option(None, "--C", help="Inverse regularisation strength; default: chosen on --val."),
+) -> None:
+    """UnivFD linear probe: frozen backbone global feature -> logistic regression."""
+    from aigi.data.folders import DataError
+    from aigi.engine.train import train_univfd as run
+
+    try:
+        m, info = run(data, out_dir, backbone=_backbone_spec(backbone, backbone_source, feature_level),
+                      params={"C": C} if C is not None else {}, val=val, calibrate_on=calibrate_on, target_real_acc=target_real_acc)
+    except (DataError, ValueError, OSError) as e:
+        _fail(str(e))
+    out.print(f"saved {out_dir} (C={info['C']}, threshold {m.threshold:.4f})", highlight=False)
+
+
+@app.command()
+def info(model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP)) -> None:
+    """Print a model folder's config."""
+    from aigi.checkpoints import default_model_path, read_config
+
+    try:
+        cfg = read_config(model or default_model_path())
+    except ValueError as e:
+        _fail(str(e))
+    sys.stdout.write(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+
+
+@app.command()
+def samples(out_dir: Path = typer.Argument(..., help="Folder to copy the sample photos into.")) -> None:
+    """Copy real sample photos that ship with scikit-image (available offline) into a folder."""
+    try:
+        import skimage.data
+    except ImportError:
+        _fail("sample photos come from scikit-image: pip install scikit-image")
+    src = Path(skimage.data.__file__).parent
+    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out_dir / name)
+            n += 1
+    out.print(f"copied {n} scikit-image photos to {out_dir}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

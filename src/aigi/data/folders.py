@@ -1,0 +1,187 @@
+"""Find labelled images in the layouts the field uses.
+
+- Label folders anywhere in a tree: ``0_real``/``1_fake``, ``real``/``fake``, ``nature``/``ai`` (any case);
+  every image below one inherits its label (the deepest label folder on a path wins).
+- A benchmark root holding subsets: each folder that holds label folders is one subset
+  (``forensynths_thumbs/biggan/{0_real,1_fake}`` -> subset ``biggan``).
+- A pooled real folder scored against one folder per generator: ``test/0_real`` (flat) beside
+  ``test/1_fake/<generator>/`` gives one subset per generator, each with all the pooled reals.
+- A CSV manifest with columns ``path``, ``label`` and optionally ``subset`` (paths relative to the CSV).
+
+Files without an image extension are listed in ``skipped`` (with the reason), never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aigi.data.decode import is_image_path
+
+REAL_NAMES = {"0_real", "real", "nature", "reals"}
+FAKE_NAMES = {"1_fake", "fake", "ai", "fakes", "generated"}
+LABEL_WORDS = {
+    **{n: 0 for n in REAL_NAMES},
+    **{n: 1 for n in FAKE_NAMES},
+    "0": 0,
+    "1": 1,
+    "false": 0,
+    "true": 1,
+}
+
+
+@dataclass
+class Sample:
+    path: Path
+    label: int | None  # 0 real, 1 generated, None unknown
+
+
+@dataclass
+class ImageSet:
+    """Samples plus named subsets (lists of sample indices; pooled reals are shared, not copied)."""
+
+    samples: list[Sample]
+    subsets: dict[str, list[int]]
+    root: Path | None = None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[int | None]:
+        return [s.label for s in self.samples]
+
+    def describe(self) -> str:
+        parts = []
+        for name, idx in self.subsets.items():
+            n_real = sum(self.samples[i].label == 0 for i in idx)
+            parts.append(f"{name}: {n_real} real + {len(idx) - n_real} generated")
+        return "; ".join(parts)
+
+
+class DataError(ValueError):
+    pass
+
+
+def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    files, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if is_image_path(p):
+                files.append(p)
+            else:
+                skipped.append((p, "not an image file extension"))
+    return files, skipped
+
+
+def collect_files(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files and folders given on a command line -> image files (folders walked) and skipped entries."""
+    files, skipped = [], []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            f, s = _walk(p)
+            files += f
+            skipped += s
+        else:
+            files.append(p)  # named explicitly: try it whatever its extension; errors are reported per file
+    return files, skipped
+
+
+def _label_of(parts: tuple[str, ...]) -> tuple[int | None, int]:
+    """(label, index of the deepest label folder in ``parts``) or (None, -1)."""
+    for i in range(len(parts) - 1, -1, -1):
+        lab = parts[i].lower()
+        if lab in REAL_NAMES:
+            return 0, i
+        if lab in FAKE_NAMES:
+            return 1, i
+    return None, -1
+
+
+def discover(root: str | os.PathLike) -> ImageSet:
+    """Labelled images under ``root`` (a folder or a CSV manifest), grouped into subsets."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return read_manifest(root)
+        raise DataError(f"{root}: expected a folder of images or a CSV manifest")
+    files, skipped = _walk(root)
+    samples: list[Sample] = []
+    # parent folder of the label folder -> label -> sub-group (first folder below the label folder, "" if flat)
+    groups: dict[tuple[str, ...], dict[int, dict[str, list[int]]]] = defaultdict(lambda: {0: defaultdict(list), 1: defaultdict(list)})
+    unlabelled = 0
+    for f in files:
+        parts = f.relative_to(root).parts[:-1]
+        label, i = _label_of(parts)
+        if label is None:
+            unlabelled += 1
+            skipped.append((f, "no label folder (0_real/1_fake, real/fake, nature/ai) above it"))
+            continue
+        sub = parts[i + 1] if len(parts) > i + 1 else ""
+        groups[parts[:i]][label][sub].append(len(samples))
+        samples.append(Sample(f, label))
+    if not samples:
+        raise DataError(
+            f"{root}: found no labelled images (looked for folders named 0_real/1_fake, real/fake or nature/ai"
+            f"; {len(files)} image files, {unlabelled} outside label folders)"
+        )
+    subsets: dict[str, list[int]] = {}
+    for parent, by_label in sorted(groups.items()):
+        base = "/".join(parent) or root.name
+        reals, fakes = by_label[0], by_label[1]
+        real_flat = set(reals) <= {""}
+        fake_subs = set(fakes) - {""}
+        if fake_subs and real_flat:  # pooled reals against one folder per generator
+            pooled = reals.get("", [])
+            for g in sorted(fakes):
+                name = base if g == "" else (g if not parent else f"{base}/{g}")
+                subsets[name] = pooled + fakes[g]
+        elif fake_subs or set(reals) - {""}:  # paired sub-folders below both label folders
+            for g in sorted(set(reals) | set(fakes)):
+                name = base if g == "" else (g if not parent else f"{base}/{g}")
+                subsets[name] = reals.get(g, []) + fakes.get(g, [])
+        else:
+            subsets[base] = reals.get("", []) + fakes.get("", [])
+    return ImageSet(samples=samples, subsets=subsets, root=root, skipped=skipped)
+
+
+def parse_label(value: str, where: str) -> int:
+    v = value.strip().lower()
+    if v not in LABEL_WORDS:
+        raise DataError(f"{where}: label {value!r} is not one of 0/1, real/fake, nature/ai")
+    return LABEL_WORDS[v]
+
+
+def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") -> ImageSet:
+    csv_path = Path(csv_path)
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        cols = set(reader.fieldnames or [])
+        if not {"path", "label"} <= cols:
+            raise DataError(f"{csv_path}: a manifest needs the columns 'path' and 'label' (found {sorted(cols)})")
+        samples, subsets = [], defaultdict(list)
+        for line, row in enumerate(reader, start=2):
+            p = Path(row["path"])
+            if not p.is_absolute():
+                p = csv_path.parent / p
+            label = parse_label(row["label"], f"{csv_path}:{line}")
+            subsets[(row.get(subset_column) or "").strip() or csv_path.stem].append(len(samples))
+            samples.append(Sample(p, label))
+    if not samples:
+        raise DataError(f"{csv_path}: the manifest lists no images")
+    return ImageSet(samples=samples, subsets=dict(subsets), root=csv_path.parent)
+
+
+def unlabelled(inputs: list[str | os.PathLike]) -> ImageSet:
+    """Images to score without labels (``aigi detect``)."""
+    files, skipped = collect_files(inputs)
+    samples = [Sample(f, None) for f in files]
+    return ImageSet(samples=samples, subsets={"all": list(range(len(samples)))}, skipped=skipped)

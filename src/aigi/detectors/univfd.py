@@ -1,0 +1,75 @@
+"""UnivFD-style linear probe (Ojha et al., CVPR 2023): a frozen backbone's global feature -> logistic regression.
+
+The original uses CLIP ViT-L/14's image embedding; any registered backbone works here. Training fits a
+standardised L2-regularised logistic regression (scikit-learn) on cached features, picks the regularisation
+strength on validation data when given, and folds the standardisation into one ``Linear(D, 1)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from aigi.backbones.base import Backbone
+from aigi.detectors import DETECTORS
+from aigi.detectors.base import Detector, DetectorParams, Output
+
+
+class UnivFDParams(DetectorParams):
+    C: float | None = Field(None, description="inverse L2 strength; None: chosen on validation data from C_grid")
+    C_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
+    class_weight: str | None = "balanced"
+    max_iter: int = 5000
+
+
+@DETECTORS.register("univfd")
+class UnivFD(Detector):
+    name = "univfd"
+    Params = UnivFDParams
+    cacheable = True
+    feature_kind = "global"
+
+    def __init__(self, params: UnivFDParams, backbone: Backbone) -> None:
+        super().__init__(params, backbone)
+        self.head = nn.Linear(backbone.dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone(pixels).cls
+
+    def score(self, features: torch.Tensor) -> Output:
+        return Output(logit=self.head(features.float()).squeeze(-1))
+
+    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> dict:
+        """Fit the head on features; returns what was chosen (recorded in the model's config)."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=int)
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        z = (x - mu) / sd
+
+        def fit_c(c: float) -> LogisticRegression:
+            return LogisticRegression(C=c, class_weight=self.params.class_weight, max_iter=self.params.max_iter).fit(z, y)
+
+        info: dict = {"n_train": int(len(y)), "n_train_real": int((y == 0).sum()), "n_train_fake": int((y == 1).sum())}
+        if self.params.C is not None:
+            best_c = self.params.C
+        elif x_val is not None and y_val is not None and len(set(np.asarray(y_val).tolist())) == 2:
+            zv = (np.asarray(x_val, dtype=np.float64) - mu) / sd
+            aucs = {c: float(roc_auc_score(y_val, fit_c(c).decision_function(zv))) for c in self.params.C_grid}
+            best_c = max(aucs, key=aucs.get)
+            info["val_auroc_by_C"] = aucs
+        else:
+            best_c = 1.0
+        clf = fit_c(best_c)
+        info["C"] = best_c
+        w = clf.coef_[0] / sd
+        b = clf.intercept_[0] - float((clf.coef_[0] * mu / sd).sum())
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
+            self.head.bias.fill_(float(b))
+        return info

@@ -1,0 +1,1 @@
+"""Engine: features (token cache), metrics, evaluation, calibration and training loops."""

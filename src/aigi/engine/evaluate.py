@@ -1,0 +1,145 @@
+"""Evaluation reports: one row per subset plus a MEAN row, as CSV and JSON with the same numbers, per-image
+scores, an ROC-curve PNG and a score-histogram PNG. Every file is written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aigi.data.folders import ImageSet
+from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics, mean_row
+from aigi.io import write_bytes, write_json, write_text
+
+
+@dataclass
+class Report:
+    rows: list[dict]  # {"subset": name, **metrics}; the last row is MEAN
+    threshold: float
+    model: str = ""
+    data: str = ""
+    errors: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    extra: dict = field(default_factory=dict)
+
+    def row(self, subset: str) -> dict:
+        return next(r for r in self.rows if r["subset"] == subset)
+
+    @property
+    def mean(self) -> dict:
+        return self.rows[-1]
+
+
+def build_report(image_set: ImageSet, prob: np.ndarray, threshold: float, errors: dict[int, str], model: str = "", data: str = "") -> Report:
+    rows = []
+    for name, idx in image_set.subsets.items():
+        idx = [i for i in idx if not math.isnan(prob[i])]
+        labels = [image_set.samples[i].label for i in idx]
+        rows.append({"subset": name, **binary_metrics(labels, prob[idx], threshold)})
+    rows.append({"subset": "MEAN", **mean_row(rows)})
+    errs = [{"path": str(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
+    return Report(rows=rows, threshold=threshold, model=model, data=data, errors=errs)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def report_csv(report: Report) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS])
+    for r in report.rows:
+        w.writerow([r["subset"]] + [_fmt(r[c]) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def report_json(report: Report) -> dict:
+    def rnd(v):
+        return round(v, 4) if isinstance(v, float) else v
+
+    return {
+        "model": report.model,
+        "data": report.data,
+        "threshold": report.threshold,
+        "rows": [{k: rnd(v) for k, v in r.items()} for r in report.rows],
+        "errors": report.errors,
+        **report.extra,
+    }
+
+
+def write_report(report: Report, out_dir: str | os.PathLike, image_set: ImageSet, prob: np.ndarray, stem: str = "report") -> dict[str, Path]:
+    """Write ``{stem}.csv``, ``{stem}.json``, ``{stem}_scores.csv``, ``{stem}_roc.png`` and ``{stem}_hist.png``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "csv": write_text(out / f"{stem}.csv", report_csv(report)),
+        "json": write_json(out / f"{stem}.json", report_json(report)),
+    }
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "prob_generated", "error"])
+    for i, s in enumerate(image_set.samples):
+        err = next((e["reason"] for e in report.errors if e["path"] == str(s.path)), "") if math.isnan(prob[i]) else ""
+        w.writerow([str(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err])
+    paths["scores"] = write_text(out / f"{stem}_scores.csv", buf.getvalue())
+    paths["roc"], paths["hist"] = write_plots(report, image_set, prob, out, stem)
+    return paths
+
+
+def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path, stem: str) -> tuple[Path, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=110)
+    for name, idx in image_set.subsets.items():
+        idx = [i for i in idx if not math.isnan(prob[i])]
+        y = np.array([image_set.samples[i].label for i in idx])
+        if len(set(y.tolist())) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, prob[idx])
+        auc = report.row(name)["auroc"]
+        ax.plot(fpr, tpr, lw=1.4, label=f"{name} ({auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate (real called generated)", ylabel="true positive rate", title=f"ROC: {report.model}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    roc = _save_fig(fig, out / f"{stem}_roc.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    labels = np.array([s.label if s.label is not None else -1 for s in image_set.samples])
+    ok = ~np.isnan(prob)
+    bins = np.linspace(0, 1, 41)
+    ax.hist(prob[ok & (labels == 0)], bins=bins, alpha=0.6, label="real", color="tab:blue")
+    ax.hist(prob[ok & (labels == 1)], bins=bins, alpha=0.6, label="generated", color="tab:red")
+    ax.axvline(report.threshold, color="k", ls="--", lw=1, label=f"threshold {report.threshold:.3f}")
+    ax.set(xlabel="P(generated)", ylabel="images", title=f"Scores: {report.model}")
+    ax.legend()
+    fig.tight_layout()
+    hist = _save_fig(fig, out / f"{stem}_hist.png")
+    return roc, hist
+
+
+def _save_fig(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
+def format_table(report: Report) -> list[list[str]]:
+    """Rows of strings for a terminal table (Dataset + metrics)."""
+    return [[r["subset"]] + [_fmt(r[c]) for c in COLUMNS] for r in report.rows]

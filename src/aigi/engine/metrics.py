@@ -1,0 +1,108 @@
+"""Detection metrics as pure functions. Label 1 = generated (the positive class), scores = P(generated).
+
+A subset with one class has no ROC: AUROC, AP, FPR@95%TPR and EER are ``None`` (empty in CSV), never 0 or 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+COLUMNS = ["n", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "bal_acc", "auroc", "ap", "fpr_at_95tpr", "eer"]
+# The names the field prints (MIRROR's CSVs): used as CSV headers.
+DISPLAY = {
+    "acc": "Acc",
+    "real_acc": "Real_Acc",
+    "fake_acc": "Fake_Acc",
+    "bal_acc": "Bal_Acc",
+    "auroc": "AUROC",
+    "ap": "AP",
+    "fpr_at_95tpr": "FPR@95TPR",
+    "eer": "EER",
+}
+
+
+def fpr_at_tpr(y: np.ndarray, p: np.ndarray, tpr_target: float = 0.95) -> float:
+    fpr, tpr, _ = roc_curve(y, p)
+    return float(fpr[np.searchsorted(tpr, tpr_target, side="left")])
+
+
+def equal_error_rate(y: np.ndarray, p: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(y, p)
+    fnr = 1 - tpr
+    i = int(np.nonzero(fpr >= fnr)[0][0])  # first point where the curves cross
+    if i == 0:
+        return float(fpr[0])
+    # interpolate between i-1 and i where fpr - fnr changes sign
+    d0, d1 = fpr[i - 1] - fnr[i - 1], fpr[i] - fnr[i]
+    t = d0 / (d0 - d1) if d0 != d1 else 0.0
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> dict[str, float | int | None]:
+    y = np.asarray(labels, dtype=int)
+    p = np.asarray(scores, dtype=float)
+    if y.shape != p.shape:
+        raise ValueError(f"{len(y)} labels but {len(p)} scores")
+    pred = (p >= threshold).astype(int)
+    real, fake = y == 0, y == 1
+    n_real, n_fake = int(real.sum()), int(fake.sum())
+    real_acc = float((pred[real] == 0).mean()) if n_real else None
+    fake_acc = float((pred[fake] == 1).mean()) if n_fake else None
+    both = n_real > 0 and n_fake > 0
+    return {
+        "n": int(len(y)),
+        "n_real": n_real,
+        "n_fake": n_fake,
+        "acc": float((pred == y).mean()) if len(y) else None,
+        "real_acc": real_acc,
+        "fake_acc": fake_acc,
+        "bal_acc": (real_acc + fake_acc) / 2 if both else None,
+        "auroc": float(roc_auc_score(y, p)) if both else None,
+        "ap": float(average_precision_score(y, p)) if both else None,
+        "fpr_at_95tpr": fpr_at_tpr(y, p) if both else None,
+        "eer": equal_error_rate(y, p) if both else None,
+    }
+
+
+def mean_row(rows: Sequence[dict]) -> dict[str, float | int | None]:
+    """Unweighted mean over subsets of every metric (counts are summed); a metric no subset has stays None."""
+    out: dict[str, float | int | None] = {}
+    for c in COLUMNS:
+        vals = [r[c] for r in rows if r.get(c) is not None]
+        if c.startswith("n"):
+            out[c] = int(sum(vals))
+        else:
+            out[c] = float(np.mean(vals)) if vals else None
+    return out
+
+
+def threshold_for(labels: Sequence[int], scores: Sequence[float], target_real_acc: float | None = None) -> tuple[float, str]:
+    """A decision threshold chosen on labelled (validation) data.
+
+    ``target_real_acc`` given: the lowest threshold at which at least that fraction of real images is called real
+    (a fixed false-alarm budget). Otherwise: the threshold that maximises balanced accuracy.
+    """
+    y = np.asarray(labels, dtype=int)
+    p = np.asarray(scores, dtype=float)
+    if target_real_acc is not None:
+        reals = np.sort(p[y == 0])
+        if not len(reals):
+            raise ValueError("calibration data has no real images")
+        k = int(np.ceil(target_real_acc * len(reals)))  # this many reals must fall strictly below the threshold
+        if k <= 0:
+            return float(reals[0]), f"real accuracy >= {target_real_acc:g} on calibration reals"
+        t = float(np.nextafter(reals[k - 1], np.inf)) if k <= len(reals) else float(np.nextafter(reals[-1], np.inf))
+        return t, f"real accuracy >= {target_real_acc:g} on calibration reals"
+    if not (y == 0).any() or not (y == 1).any():
+        raise ValueError("calibration data needs both real and generated images")
+    cands = np.unique(np.concatenate([p, [0.5]]))
+    best_t, best = 0.5, -1.0
+    for t in cands:
+        pred = p >= t
+        bal = 0.5 * ((~pred[y == 0]).mean() + pred[y == 1].mean())
+        if bal > best + 1e-12:
+            best, best_t = bal, float(t)
+    return best_t, "maximum balanced accuracy on calibration data"

@@ -1,0 +1,189 @@
+"""HFViTBackbone on tiny, randomly initialised transformers models (offline, no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from aigi.backbones import BackboneSpec, build_backbone
+from aigi.backbones.hf_vit import HFViTBackbone
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+def tiny_model(kind: str) -> tuple[torch.nn.Module, int]:
+    """A tiny random model of one family and its patch size."""
+    torch.manual_seed(0)
+    if kind == "dinov2":
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**TINY, image_size=56, patch_size=14))
+        return model.eval(), 14
+    if kind == "dinov2_with_registers":
+        cfg = transformers.Dinov2WithRegistersConfig(**TINY, image_size=56, patch_size=14, num_register_tokens=4)
+        return transformers.Dinov2WithRegistersModel(cfg).eval(), 14
+    if kind == "dinov3_vit":
+        cfg = transformers.DINOv3ViTConfig(**TINY, image_size=32, patch_size=8, num_register_tokens=4)
+        return transformers.DINOv3ViTModel(cfg).eval(), 8
+    if kind == "clip_vision_model":
+        cfg = transformers.CLIPVisionConfig(**TINY, image_size=32, patch_size=8)
+        return transformers.CLIPVisionModel(cfg).eval(), 8
+    if kind == "siglip_vision_model":
+        cfg = transformers.SiglipVisionConfig(**TINY, image_size=32, patch_size=8)
+        return transformers.SiglipVisionModel(cfg).eval(), 8
+    if kind == "siglip_no_head":
+        cfg = transformers.SiglipVisionConfig(**TINY, image_size=32, patch_size=8, vision_use_head=False)
+        return transformers.SiglipVisionModel(cfg).eval(), 8
+    raise AssertionError(kind)
+
+
+FAMILIES = ["dinov2", "dinov2_with_registers", "dinov3_vit", "clip_vision_model", "siglip_vision_model", "siglip_no_head"]
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+@pytest.mark.parametrize("scale", [1, 2])  # 2: a size other than the config's (position interpolation)
+def test_shapes(kind: str, scale: int) -> None:
+    model, p = tiny_model(kind)
+    side = p * 4 * scale
+    backbone = HFViTBackbone.from_model(model).freeze()
+    with torch.no_grad():
+        tokens = backbone(torch.randn(2, 3, side, side))
+    n = side // p
+    assert backbone.dim == 32
+    assert tokens.grid == (n, n)
+    assert tokens.patches.shape == (2, n * n, 32)
+    assert tokens.cls.shape == (2, 32)
+    assert torch.isfinite(tokens.patches).all() and torch.isfinite(tokens.cls).all()
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "dinov2_with_registers", "dinov3_vit"])
+def test_dino_tokens_are_the_final_layernormed_cls_and_patches_after_registers(kind: str) -> None:
+    model, p = tiny_model(kind)
+    registers = getattr(model.config, "num_register_tokens", 0)
+    x = torch.randn(2, 3, 4 * p, 4 * p)
+    with torch.no_grad():
+        tokens = HFViTBackbone.from_model(model)(x)
+        hidden = model(pixel_values=x).last_hidden_state
+    assert hidden.shape[1] == 1 + registers + 16
+    torch.testing.assert_close(tokens.patches, hidden[:, 1 + registers :])
+    torch.testing.assert_close(tokens.cls, hidden[:, 0])
+    # last_hidden_state is after the final layer norm: each token has ~zero mean over channels
+    # (the random init leaves the norm's weight 1 and bias 0)
+    assert tokens.patches.mean(-1).abs().max() < 1e-4
+
+
+def test_clip_tokens() -> None:
+    model, _ = tiny_model("clip_vision_model")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = HFViTBackbone.from_model(model)(x)
+        out = model(pixel_values=x)
+    torch.testing.assert_close(tokens.cls, out.pooler_output)
+    with torch.no_grad():
+        torch.testing.assert_close(tokens.patches, model.post_layernorm(out.last_hidden_state[:, 1:]))
+
+
+def test_siglip_global_token() -> None:
+    with_head, _ = tiny_model("siglip_vision_model")
+    without, _ = tiny_model("siglip_no_head")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a = HFViTBackbone.from_model(with_head)(x)
+        b = HFViTBackbone.from_model(without)(x)
+        torch.testing.assert_close(a.cls, with_head(pixel_values=x).pooler_output)
+        torch.testing.assert_close(a.patches, with_head(pixel_values=x).last_hidden_state)
+    torch.testing.assert_close(b.cls, b.patches.mean(1))
+
+
+def test_default_preprocess() -> None:
+    dino = HFViTBackbone.from_model(tiny_model("dinov2")[0]).preprocess
+    assert dino.size == 224 and dino.mean == (0.485, 0.456, 0.406)
+    clip = HFViTBackbone.from_model(tiny_model("clip_vision_model")[0]).preprocess
+    assert clip.size == 32 and clip.mean == (0.48145466, 0.4578275, 0.40821073)
+    siglip = HFViTBackbone.from_model(tiny_model("siglip_vision_model")[0]).preprocess
+    assert siglip.size == 32 and siglip.std == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["dinov2_with_registers", "dinov3_vit", "siglip_vision_model"])
+def test_from_spec_matches_in_memory_model(kind: str, tmp_path) -> None:
+    model, p = tiny_model(kind)
+    model.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 4 * p, 4 * p)
+    with torch.no_grad():
+        want = HFViTBackbone.from_model(model)(x)
+        for backbone in (
+            HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path))),
+            build_backbone(BackboneSpec(family="hf_vit", source=str(tmp_path))),
+        ):
+            assert not backbone.training
+            got = backbone(x)
+            torch.testing.assert_close(got.patches, want.patches)
+            torch.testing.assert_close(got.cls, want.cls)
+            assert got.grid == want.grid
+
+
+def test_preprocessor_config_in_folder_wins(tmp_path) -> None:
+    model, _ = tiny_model("dinov2")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}))
+    backbone = HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
+    assert backbone.preprocess.mean == (0.1, 0.2, 0.3) and backbone.preprocess.std == (0.4, 0.5, 0.6)
+    assert backbone.preprocess.size == 224
+
+
+def test_dtype_option(tmp_path) -> None:
+    model, p = tiny_model("dinov2")
+    model.save_pretrained(tmp_path)
+    backbone = HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path), options={"dtype": "bfloat16"}))
+    assert next(backbone.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        tokens = backbone(torch.randn(1, 3, 2 * p, 2 * p))
+    assert tokens.patches.dtype == torch.float32 and tokens.patches.shape == (1, 4, 32)
+    with pytest.raises(ValueError, match="dtype"):
+        HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path), options={"dtype": "int8"}))
+    with pytest.raises(ValueError, match="unknown hf_vit options"):
+        HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path), options={"layer": 3}))
+
+
+@pytest.mark.parametrize("name", ["CLIP", "Siglip"])
+def test_full_checkpoint_loads_its_vision_tower(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    text = dict(**TINY, vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    cfg = getattr(transformers, f"{name}Config")(text_config=text, vision_config=dict(**TINY, image_size=32, patch_size=8))
+    full = getattr(transformers, f"{name}Model")(cfg).eval()
+    full.save_pretrained(tmp_path)
+    backbone = HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
+    assert isinstance(backbone.model, getattr(transformers, f"{name}VisionModel"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        got = backbone(x)
+        want = HFViTBackbone.from_model(full)(x)  # from_model also takes the tower of a full model
+        torch.testing.assert_close(got.cls, full.vision_model(pixel_values=x).pooler_output)
+    torch.testing.assert_close(got.patches, want.patches)
+    assert got.patches.shape == (2, 16, 32) and backbone.preprocess.size == 32
+
+
+def test_missing_folder_is_a_clear_error(tmp_path) -> None:
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(OSError, match="could not load backbone '.*no_such_model': no such folder"):
+        HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(missing)))
+    with pytest.raises(ValueError, match="needs a source"):
+        HFViTBackbone.from_spec(BackboneSpec(family="hf_vit"))
+
+
+def test_unknown_model_type_is_a_clear_error(tmp_path) -> None:
+    torch.manual_seed(0)
+    vit = transformers.ViTModel(transformers.ViTConfig(**TINY, image_size=32, patch_size=8))
+    vit.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model_type 'vit'.*supported: dinov2"):
+        HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
+    with pytest.raises(ValueError, match="model_type 'vit'"):
+        HFViTBackbone.from_model(vit)
+
+
+def test_folder_without_weights_is_a_clear_error(tmp_path) -> None:
+    model, _ = tiny_model("dinov2")
+    model.config.save_pretrained(tmp_path)  # config only
+    with pytest.raises(OSError, match="could not load backbone"):
+        HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
