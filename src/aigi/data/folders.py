@@ -168,11 +168,14 @@ def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") ->
         if not {"path", "label"} <= cols:
             raise DataError(f"{csv_path}: a manifest needs the columns 'path' and 'label' (found {sorted(cols)})")
         samples, subsets = [], defaultdict(list)
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            where = f"{csv_path}:{reader.line_num}"  # the file's line (DictReader skips blank lines)
+            if not (row["path"] or "").strip():
+                raise DataError(f"{where}: no path")
             p = Path(row["path"])
             if not p.is_absolute():
                 p = csv_path.parent / p
-            label = parse_label(row["label"], f"{csv_path}:{line}")
+            label = parse_label(row["label"] or "", where)
             subsets[(row.get(subset_column) or "").strip() or csv_path.stem].append(len(samples))
             samples.append(Sample(p, label))
     if not samples:

@@ -120,7 +120,7 @@ def extract(
     pre: Preprocess,
     protocol: EvalProtocol,
     cache: FeatureCache | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     num_workers: int | None = None,
     description: str = "scoring images",
     progress: bool = True,

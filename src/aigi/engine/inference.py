@@ -42,7 +42,7 @@ def extract_features(
     paths: Sequence[str | os.PathLike],
     use_cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 32,
+    batch_size: int = 8,
     progress: bool = True,
     description: str = "extracting features",
 ) -> Extracted:
@@ -53,7 +53,7 @@ def extract_features(
 
 
 def score_paths(model: Model, paths: Sequence[str | os.PathLike], use_cache: bool = True,
-                cache_dir: str | os.PathLike | None = None, batch_size: int = 32, progress: bool = True) -> Scores:
+                cache_dir: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> Scores:
     ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
     return scores_from_features(model, ext)
 

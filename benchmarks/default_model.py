@@ -1,0 +1,160 @@
+"""Reproduce aigi's shipped default model from scratch and measure it.
+
+Trains the UnivFD linear probe on EfficientNet-Lite0 features of aigi-mini ``train/`` (regularisation chosen and
+threshold calibrated on ``val/``), evaluates it on ``val/``, ``test/`` (each unseen generator against the pooled
+real photos) and ``forensynths_thumbs/``, measures ``aigi detect`` throughput on this CPU, and writes everything
+under ``benchmarks/results/default_model/`` plus a markdown table ``benchmarks/results/default_model.md``.
+
+    python benchmarks/default_model.py [--data ../shared/data/aigi-mini] [--install]
+
+``--install`` copies the trained model folder into the package (``src/aigi/default_model``).
+The test folders are only ever evaluated on; nothing is tuned on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from aigi.backbones import BackboneSpec
+from aigi.checkpoints import load_model
+from aigi.data.folders import discover
+from aigi.data.transforms import EvalProtocol
+from aigi.engine.evaluate import build_report, write_report
+from aigi.engine.inference import score_paths
+from aigi.engine.train import train_univfd
+from aigi.io import write_json, write_text
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def fmt(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def evaluate(model, folder: Path, out: Path, stem: str, cache_dir: str):
+    image_set = discover(folder)
+    scores = score_paths(model, [s.path for s in image_set.samples], cache_dir=cache_dir)
+    report = build_report(image_set, scores.prob, model.threshold, scores.errors, model="default (univfd, efficientnet_lite0)", data=str(folder))
+    write_report(report, out, image_set, scores.prob, stem=stem)
+    return report
+
+
+def throughput(model_dir: Path, folder: Path, n: int = 256) -> dict:
+    """End-to-end `aigi detect` images/s (decode + protocol + backbone + head), feature cache off."""
+    files = sorted(p for p in folder.rglob("*.jpg"))[:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        for f in files:
+            shutil.copy(f, Path(tmp) / f"{f.parent.name}_{f.name}")
+        cmd = [sys.executable, "-m", "aigi.cli", "detect", "--model", str(model_dir), "--no-cache", "--json", tmp]
+        subprocess.run(cmd[:4] + ["--help"], check=True, capture_output=True)  # warm imports
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    n_ok = sum(r["verdict"] != "error" for r in json.loads(res.stdout)["results"])
+    return {"images": n_ok, "seconds_including_startup": round(wall, 2), "images_per_s": round(n_ok / wall, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "aigi-mini")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "default_model")
+    ap.add_argument("--install", action="store_true", help="copy the trained model into src/aigi/default_model")
+    ap.add_argument("--cache-dir", default=None, help="feature cache (default: the user cache)")
+    args = ap.parse_args()
+    os.environ.setdefault("AIGI_NO_PROGRESS", "1")
+    data: Path = args.data
+    out: Path = args.out
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+
+    t0 = time.perf_counter()
+    model, info = train_univfd(
+        data / "train",
+        model_dir,
+        backbone=BackboneSpec(family="efficientnet_lite0"),
+        protocol=EvalProtocol(format_align=True),
+        val=data / "val",
+        calibrate_on=data / "val",
+        progress=False,
+    )
+    train_s = time.perf_counter() - t0
+    model = load_model(model_dir)  # measure what was saved, not what is in memory
+
+    reports = {
+        "val": evaluate(model, data / "val", out, "val", args.cache_dir),
+        "test": evaluate(model, data / "test", out, "test", args.cache_dir),
+        "forensynths_thumbs": evaluate(model, data / "forensynths_thumbs", out, "forensynths_thumbs", args.cache_dir),
+    }
+    speed = throughput(model_dir, data / "val")
+    size = sum(p.stat().st_size for p in model_dir.iterdir())
+    summary = {
+        "model": "univfd on efficientnet_lite0 (head features, 1280-d), protocol format_align=True",
+        "threshold": model.threshold,
+        "C": info["C"],
+        "model_folder_bytes": size,
+        "train_seconds_incl_feature_extraction": round(train_s, 1),
+        "detect_throughput": speed,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": {k: r.rows for k, r in reports.items()},
+    }
+    write_json(out / "summary.json", summary)
+
+    test = reports["test"]
+    lines = [
+        "| set | subset | AUROC | AP | Acc | Real_Acc | Fake_Acc | Bal_Acc | FPR@95TPR |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, rep in reports.items():
+        for r in rep.rows:
+            if name == "forensynths_thumbs" and r["subset"] != "MEAN":
+                continue
+            lines.append(
+                f"| {name} | {r['subset']} | {fmt(r['auroc'])} | {fmt(r['ap'])} | {fmt(r['acc'])} | {fmt(r['real_acc'])} "
+                f"| {fmt(r['fake_acc'])} | {fmt(r['bal_acc'])} | {fmt(r['fpr_at_95tpr'])} |"
+            )
+    real_acc = test.rows[0]["real_acc"]
+    md = "\n".join(
+        [
+            "# Default model benchmark (reproduce: `python benchmarks/default_model.py --install`)",
+            "",
+            f"UnivFD linear probe on EfficientNet-Lite0 (ImageNet) pooled head features; C={info['C']} chosen on val AUROC,"
+            f" threshold {model.threshold:.3f} (max balanced accuracy on val). Model folder: {size / 1024:.1f} KiB.",
+            "",
+            *lines,
+            "",
+            f"Real-photo accuracy on test/0_real (418 photos from unseen sources): **{real_acc:.3f}**; "
+            f"mean AUROC over the 7 unseen test generators: **{test.mean['auroc']:.3f}**.",
+            "",
+            f"`aigi detect` throughput, end to end (process start, decode, protocol, backbone, head; no feature cache), "
+            f"{speed['images']} aigi-mini val images: **{speed['images_per_s']} images/s** on this {torch.get_num_threads()}-thread CPU "
+            f"(torch {torch.__version__}).",
+            "",
+        ]
+    )
+    write_text(out.parent / "default_model.md", md)
+    print(md)
+    if args.install:
+        dest = REPO / "src" / "aigi" / "default_model"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in model_dir.iterdir():
+            shutil.copy(f, dest / f.name)
+        print(f"installed into {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""aigi.data.folders: labels and subsets from the layouts the field uses, and CSV manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from aigi.data.folders import DataError, discover, read_manifest, unlabelled
+
+AIGI_MINI = Path("/work/shared/data/aigi-mini")
+
+
+def img(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (4, 4), (120, 30, 200)).save(path)
+    return path
+
+
+def tree(root: Path, rel_paths: list[str]) -> Path:
+    for r in rel_paths:
+        img(root / r)
+    return root
+
+
+def by_name(s) -> dict[str, int]:
+    return {p.name: lab for p, lab in ((x.path, x.label) for x in s.samples)}
+
+
+def subset_names(s, name) -> set[str]:
+    return {s.samples[i].path.name for i in s.subsets[name]}
+
+
+def subset_labels(s, name) -> list[int]:
+    return sorted(s.samples[i].label for i in s.subsets[name])
+
+
+@pytest.mark.parametrize(
+    "real,fake",
+    [("0_real", "1_fake"), ("real", "fake"), ("nature", "ai"), ("0_REAL", "1_Fake"), ("Real", "FAKE"), ("NATURE", "Ai")],
+)
+def test_label_folder_names_any_case(tmp_path, real, fake):
+    root = tree(tmp_path / "data", [f"{real}/r1.png", f"{real}/r2.jpg", f"{fake}/f1.png"])
+    s = discover(root)
+    assert by_name(s) == {"r1.png": 0, "r2.jpg": 0, "f1.png": 1}
+    assert list(s.subsets) == ["data"]  # flat label folders at the root: one subset named after the root
+    assert subset_labels(s, "data") == [0, 0, 1]
+    assert s.skipped == []
+
+
+def test_nested_folders_inherit_label(tmp_path):
+    root = tree(
+        tmp_path / "d",
+        ["0_real/cats/indoor/a.png", "0_real/cats/b.png", "1_fake/cats/deep/er/c.png", "1_fake/cats/d.png"],
+    )
+    s = discover(root)
+    assert by_name(s) == {"a.png": 0, "b.png": 0, "c.png": 1, "d.png": 1}
+    assert set(s.subsets) == {"cats"}  # sub-folders below both label folders pair up by name
+    assert subset_labels(s, "cats") == [0, 0, 1, 1]
+
+
+def test_deepest_label_folder_wins(tmp_path):
+    root = tree(tmp_path / "d", ["fake/real/x.png", "fake/y.png"])
+    s = discover(root)
+    assert by_name(s) == {"x.png": 0, "y.png": 1}
+
+
+def test_benchmark_root_with_subsets(tmp_path):
+    root = tree(
+        tmp_path / "bench",
+        ["a/0_real/r1.png", "a/0_real/r2.png", "a/1_fake/f1.png", "b/0_real/r3.png", "b/1_fake/f2.png", "b/1_fake/f3.png"],
+    )
+    s = discover(root)
+    assert sorted(s.subsets) == ["a", "b"]
+    assert subset_names(s, "a") == {"r1.png", "r2.png", "f1.png"}
+    assert subset_names(s, "b") == {"r3.png", "f2.png", "f3.png"}
+    assert subset_labels(s, "a") == [0, 0, 1]
+    assert subset_labels(s, "b") == [0, 1, 1]
+    assert "a: 2 real + 1 generated" in s.describe()
+
+
+def test_pooled_reals_against_generators(tmp_path):
+    root = tree(
+        tmp_path / "test",
+        ["0_real/r1.png", "0_real/r2.png", "0_real/r3.png", "1_fake/g1/f1.png", "1_fake/g2/f2.png", "1_fake/g2/f3.png"],
+    )
+    s = discover(root)
+    assert sorted(s.subsets) == ["g1", "g2"]
+    assert subset_names(s, "g1") == {"r1.png", "r2.png", "r3.png", "f1.png"}
+    assert subset_names(s, "g2") == {"r1.png", "r2.png", "r3.png", "f2.png", "f3.png"}
+    # the reals are shared by index, not copied
+    assert len(s.samples) == 6
+    reals_g1 = sorted(i for i in s.subsets["g1"] if s.samples[i].label == 0)
+    reals_g2 = sorted(i for i in s.subsets["g2"] if s.samples[i].label == 0)
+    assert reals_g1 == reals_g2 and len(reals_g1) == 3
+
+
+def test_genimage_like_layout(tmp_path):
+    root = tree(
+        tmp_path / "genimage",
+        ["ADM/val/nature/n1.JPEG", "ADM/val/nature/n2.JPEG", "ADM/val/ai/a1.PNG", "BigGAN/val/nature/n3.JPEG", "BigGAN/val/ai/a2.png"],
+    )
+    s = discover(root)
+    assert sorted(s.subsets) == ["ADM/val", "BigGAN/val"]
+    assert subset_names(s, "ADM/val") == {"n1.JPEG", "n2.JPEG", "a1.PNG"}
+    assert subset_labels(s, "ADM/val") == [0, 0, 1]
+    assert subset_labels(s, "BigGAN/val") == [0, 1]
+
+
+def test_csv_manifest(tmp_path):
+    root = tmp_path / "m"
+    img(root / "imgs/a.png")
+    img(root / "imgs/b.png")
+    absolute = img(tmp_path / "elsewhere/c.png")
+    csv = root / "list.csv"
+    csv.write_text(f"path,label,subset\nimgs/a.png,real,s1\nimgs/b.png,1,s1\n{absolute},fake,s2\n")
+    s = discover(csv)
+    assert [x.path for x in s.samples] == [root / "imgs/a.png", root / "imgs/b.png", absolute]
+    assert s.labels == [0, 1, 1]
+    assert s.subsets == {"s1": [0, 1], "s2": [2]}
+    assert s.root == root
+
+
+def test_csv_manifest_without_subset_column(tmp_path):
+    csv = tmp_path / "mine.csv"
+    csv.write_text("path,label\nx.png,nature\ny.png,ai\nz.png,0\n")
+    s = read_manifest(csv)
+    assert s.labels == [0, 1, 0]
+    assert s.subsets == {"mine": [0, 1, 2]}
+    assert s.samples[0].path == tmp_path / "x.png"
+
+
+def test_csv_manifest_bad_label_names_file_and_line(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_text("path,label\na.png,0\n\nb.png,maybe\n")  # the bad row is on line 4 (after a blank line)
+    with pytest.raises(DataError) as ei:
+        discover(csv)
+    msg = str(ei.value)
+    assert f"{csv}:4" in msg
+    assert "maybe" in msg
+
+
+def test_csv_manifest_short_row_is_a_data_error(tmp_path):
+    csv = tmp_path / "short.csv"
+    csv.write_text("path,label\na.png,1\nb.png\n")
+    with pytest.raises(DataError, match=r"short\.csv:3"):
+        discover(csv)
+
+
+def test_csv_manifest_missing_columns(tmp_path):
+    csv = tmp_path / "cols.csv"
+    csv.write_text("file,class\na.png,1\n")
+    with pytest.raises(DataError, match="path"):
+        discover(csv)
+
+
+def test_csv_manifest_empty(tmp_path):
+    csv = tmp_path / "none.csv"
+    csv.write_text("path,label\n")
+    with pytest.raises(DataError, match="no images"):
+        discover(csv)
+
+
+def test_unlabelled_and_non_image_files_are_skipped_with_reason(tmp_path):
+    root = tree(tmp_path / "d", ["0_real/r.png", "1_fake/f.png", "misc/stray.png", "loose.jpg"])
+    (root / "0_real/notes.txt").write_text("hello")
+    (root / "1_fake/meta.json").write_text("{}")
+    (root / ".hidden.png").write_bytes(b"")  # hidden files are not data
+    s = discover(root)
+    assert by_name(s) == {"r.png": 0, "f.png": 1}
+    skipped = {p.name: reason for p, reason in s.skipped}
+    assert set(skipped) == {"stray.png", "loose.jpg", "notes.txt", "meta.json"}
+    assert "no label folder" in skipped["stray.png"]
+    assert "no label folder" in skipped["loose.jpg"]
+    assert "not an image" in skipped["notes.txt"]
+    assert "not an image" in skipped["meta.json"]
+
+
+def test_tree_without_labels_is_a_data_error(tmp_path):
+    root = tree(tmp_path / "d", ["cats/a.png", "dogs/b.png"])
+    with pytest.raises(DataError) as ei:
+        discover(root)
+    msg = str(ei.value)
+    assert str(root) in msg
+    assert "no labelled images" in msg and "0_real" in msg
+    assert "2 image files" in msg
+
+
+def test_empty_folder_is_a_data_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no labelled images"):
+        discover(tmp_path / "empty")
+
+
+def test_missing_root_and_non_csv_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        discover(tmp_path / "missing")
+    f = img(tmp_path / "one.png")
+    with pytest.raises(DataError, match="CSV"):
+        discover(f)
+
+
+def test_unlabelled_inputs(tmp_path):
+    root = tree(tmp_path / "d", ["a.png", "sub/b.jpg"])
+    (root / "readme.md").write_text("x")
+    explicit = tmp_path / "odd.name"
+    explicit.write_bytes(b"??")
+    s = unlabelled([root, explicit])
+    assert sorted(p.path.name for p in s.samples) == ["a.png", "b.jpg", "odd.name"]
+    assert all(x.label is None for x in s.samples)
+    assert s.subsets == {"all": [0, 1, 2]}
+    assert [p.name for p, _ in s.skipped] == ["readme.md"]
+
+
+def test_aigi_mini_test_split():
+    root = AIGI_MINI / "test"
+    if not root.is_dir():
+        pytest.skip(f"{root} not present")
+    s = discover(root)
+    assert len(s.subsets) == 7
+    n_real = sum(1 for x in s.samples if x.label == 0)
+    assert n_real == 418
+    for name, idx in s.subsets.items():
+        labels = [s.samples[i].label for i in idx]
+        assert labels.count(0) == 418, name
+        assert labels.count(1) > 0, name
+    assert {"dalle2", "dalle_mini"} <= set(s.subsets)
+
+
+def test_aigi_mini_forensynths_thumbs():
+    root = AIGI_MINI / "forensynths_thumbs"
+    if not root.is_dir():
+        pytest.skip(f"{root} not present")
+    s = discover(root)
+    assert len(s.subsets) == 10
+    assert "biggan" in s.subsets and "stylegan" in s.subsets
+    for name, idx in s.subsets.items():
+        labels = [s.samples[i].label for i in idx]
+        assert (labels.count(0), labels.count(1)) == (20, 20), name
