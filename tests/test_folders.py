@@ -238,3 +238,17 @@ def test_aigi_mini_forensynths_thumbs():
     for name, idx in s.subsets.items():
         labels = [s.samples[i].label for i in idx]
         assert (labels.count(0), labels.count(1)) == (20, 20), name
+
+
+def test_root_that_is_itself_a_label_folder(tmp_path):
+    from PIL import Image
+
+    from aigi.data.folders import discover
+
+    reals = tmp_path / "0_real"
+    (reals / "night").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(reals / "a.jpg")
+    Image.new("RGB", (8, 8)).save(reals / "night" / "b.jpg")
+    s = discover(reals)
+    assert [x.label for x in s.samples] == [0, 0]
+    assert sum(len(v) for v in s.subsets.values()) == 2

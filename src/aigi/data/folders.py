@@ -119,7 +119,8 @@ def discover(root: str | os.PathLike) -> ImageSet:
     groups: dict[tuple[str, ...], dict[int, dict[str, list[int]]]] = defaultdict(lambda: {0: defaultdict(list), 1: defaultdict(list)})
     unlabelled = 0
     for f in files:
-        parts = f.relative_to(root).parts[:-1]
+        # the root's own name counts: `discover("test/0_real")` is a folder of real images
+        parts = (root.resolve().name,) + f.relative_to(root).parts[:-1]
         label, i = _label_of(parts)
         if label is None:
             unlabelled += 1
@@ -135,7 +136,8 @@ def discover(root: str | os.PathLike) -> ImageSet:
         )
     subsets: dict[str, list[int]] = {}
     for parent, by_label in sorted(groups.items()):
-        base = "/".join(parent) or root.name
+        parent = parent[1:]  # drop the root's own name again
+        base = "/".join(parent) or root.resolve().name
         reals, fakes = by_label[0], by_label[1]
         real_flat = set(reals) <= {""}
         fake_subs = set(fakes) - {""}
