@@ -236,7 +236,7 @@ def test_huge_png_refused_from_header(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
     err = assert_refused(path, "too large")
-    assert "30000x30000" in str(err) or "900000000" in str(err)
+    assert "30000x30000" in str(err) or "900 megapixels" in str(err)
 
 
 def png_1bit_black(w: int, h: int) -> bytes:

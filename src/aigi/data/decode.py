@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,9 @@ def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: i
     except UnidentifiedImageError:
         raise ImageDecodeError(path, "not an image (unrecognised or unsupported format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(path, f"image too large (possible decompression bomb): {e}") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)) / 1e6:.0f} megapixels > {max_pixels / 1e6:.0f}" if found else str(e)
+        raise ImageDecodeError(path, f"image too large: {size} (possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower():
