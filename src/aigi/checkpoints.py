@@ -77,7 +77,10 @@ def build_model(config: ModelConfig) -> Model:
         params = cls.Params(**config.params)
     except ValidationError as e:
         raise ModelLoadError(f"invalid {config.detector} hyper-parameters: {e}") from None
-    backbone = build_backbone(config.backbone)
+    try:
+        backbone = build_backbone(config.backbone)
+    except UnknownNameError as e:
+        raise ModelLoadError(str(e)) from None
     config.params = params.model_dump(mode="json")
     return Model(cls(params, backbone), config)
 
@@ -88,8 +91,7 @@ def save_model(model: Model, folder: str | os.PathLike) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.detector.trainable_state_dict().items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "aigi": __version__}))
     write_json(folder / CONFIG_NAME, model.config.model_dump(mode="json"))
-    if not (folder / "README.md").exists():
-        write_text(folder / "README.md", model_card(model.config))
+    write_text(folder / "README.md", model_card(model.config))
     return folder
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -34,7 +35,7 @@ class CliError(Exception):
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -51,7 +52,19 @@ def _backbone_spec(backbone: str, source: Optional[str], feature_level: Optional
     from aigi.backbones import BackboneSpec
 
     options = {"feature_level": feature_level} if feature_level else {}
+    if source and Path(source).expanduser().is_dir():  # a local folder: record where it is, not how it was typed
+        source = str(Path(source).expanduser().resolve())
     return BackboneSpec(family=backbone, source=source, options=options)
+
+
+def _check_threshold(t: Optional[float]) -> None:
+    if t is not None and not (0.0 <= t <= 1.0):
+        _fail(f"--threshold must be a probability in [0, 1], got {t}")
+
+
+def _report_skipped(skipped) -> None:
+    for p, reason in skipped:
+        err.print(f"skipped {escape(str(p))}: {escape(reason)}", highlight=False)
 
 
 @app.command()
@@ -70,9 +83,11 @@ def detect(
     from aigi.data.folders import unlabelled
     from aigi.engine.inference import score_paths
 
+    _check_threshold(threshold)
     m = _load(model)
     image_set = unlabelled([str(p) for p in inputs])
     if not image_set.samples:
+        _report_skipped(image_set.skipped)
         _fail(f"no image files found in {', '.join(map(str, inputs))}")
     t = m.threshold if threshold is None else threshold
     scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
@@ -96,10 +111,9 @@ def detect(
         style = {"generated": "bold red", "real": "bold green", "error": "yellow"}
         for r in results:
             prob = "" if r["prob_generated"] is None else f"{r['prob_generated']:.3f}"
-            table.add_row(r["path"], f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, r["error"] or "")
+            table.add_row(escape(r["path"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, escape(r["error"] or ""))
         out.print(table)
-        for p, reason in image_set.skipped:
-            err.print(f"skipped {p}: {reason}", highlight=False)
+        _report_skipped(image_set.skipped)
         n_bad = len(scores.errors)
         if n_bad:
             err.print(f"{n_bad} of {len(results)} files could not be read (reasons above)", highlight=False)
@@ -122,10 +136,13 @@ def evaluate(
     from aigi.engine.inference import score_paths
     from aigi.engine.metrics import COLUMNS, DISPLAY
 
+    _check_threshold(threshold)
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} exists and is not a folder")
     m = _load(model)
     try:
         image_set = discover(data)
-    except DataError as e:
+    except (DataError, OSError, UnicodeDecodeError) as e:
         _fail(str(e))
     t = m.threshold if threshold is None else threshold
     scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size)
@@ -134,13 +151,17 @@ def evaluate(
     for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
         table.add_column(c, justify="left" if c == "Dataset" else "right")
     for row in format_table(report):
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     out.print(table)
     for e in report.errors:
-        err.print(f"could not read {e['path']}: {e['reason']}", highlight=False)
+        err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
+    _report_skipped(image_set.skipped)
+    report.extra["skipped"] = [{"path": str(p), "reason": r} for p, r in image_set.skipped]
     if out_dir:
         files = write_report(report, out_dir, image_set, scores.prob)
-        out.print("wrote " + ", ".join(str(p) for p in files.values()), highlight=False)
+        out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()), highlight=False)
+    if len(scores.errors) == len(image_set.samples):
+        _fail("no image could be read", code=1)
 
 
 @app.command()
@@ -153,10 +174,20 @@ def calibrate(
     from aigi.checkpoints import save_model
     from aigi.engine.calibrate import calibrate as run
 
+    from aigi.data.folders import DataError
+
     m = _load(model)
-    rec = run(m, data, target_real_acc)
+    try:
+        rec = run(m, data, target_real_acc)
+    except (DataError, ValueError, OSError) as e:
+        _fail(str(e))
     save_model(m, model)
-    out.print(f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {rec['real_acc']:.3f}, generated acc {rec['fake_acc']:.3f} on {data}")
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    out.print(f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
+              f"generated acc {f(rec['fake_acc'])} on {escape(str(data))}", highlight=False)
 
 
 @train_app.command("univfd")
@@ -180,7 +211,7 @@ def train_univfd(
                       params={"C": C} if C is not None else {}, val=val, calibrate_on=calibrate_on, target_real_acc=target_real_acc)
     except (DataError, ValueError, OSError) as e:
         _fail(str(e))
-    out.print(f"saved {out_dir} (C={info['C']}, threshold {m.threshold:.4f})", highlight=False)
+    out.print(f"saved {escape(str(out_dir))} (C={info['C']}, threshold {m.threshold:.4f})", highlight=False)
 
 
 @app.command()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(KeyError, ValueError):
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 
@@ -36,6 +36,13 @@ class Preprocess(BaseModel):
     size: int = Field(224, gt=0)
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not all(s > 0 for s in v):
+            raise ValueError(f"std must be positive, got {v}")
+        return v
 
 
 class BackboneSpec(BaseModel):

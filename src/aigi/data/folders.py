@@ -66,7 +66,14 @@ class DataError(ValueError):
 
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     files, skipped = [], []
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: symlink cycles are walked once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            skipped.append((Path(dirpath), "folder already walked (symbolic link cycle or duplicate link)"))
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -145,14 +152,24 @@ def discover(root: str | os.PathLike) -> ImageSet:
             pooled = reals.get("", [])
             for g in sorted(fakes):
                 name = base if g == "" else (g if not parent else f"{base}/{g}")
-                subsets[name] = pooled + fakes[g]
+                _add_subset(subsets, name, parent, g, pooled + fakes[g])
         elif fake_subs or set(reals) - {""}:  # paired sub-folders below both label folders
             for g in sorted(set(reals) | set(fakes)):
                 name = base if g == "" else (g if not parent else f"{base}/{g}")
-                subsets[name] = reals.get(g, []) + fakes.get(g, [])
+                _add_subset(subsets, name, parent, g, reals.get(g, []) + fakes.get(g, []))
         else:
-            subsets[base] = reals.get("", []) + fakes.get("", [])
+            _add_subset(subsets, base, parent, "", reals.get("", []) + fakes.get("", []))
     return ImageSet(samples=samples, subsets=subsets, root=root, skipped=skipped)
+
+
+def _add_subset(subsets: dict[str, list[int]], name: str, parent: tuple[str, ...], group: str, idx: list[int]) -> None:
+    """Add a subset; a name another part of the tree already took gets its full path, then a number."""
+    if name in subsets:
+        name = "/".join(parent + ((group,) if group else ())) or name
+    base, k = name, 2
+    while name in subsets:
+        name, k = f"{base} #{k}", k + 1
+    subsets[name] = idx
 
 
 def parse_label(value: str, where: str) -> int:
@@ -163,23 +180,34 @@ def parse_label(value: str, where: str) -> int:
 
 
 def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") -> ImageSet:
+    """A CSV with columns ``path``, ``label`` and optionally ``subset`` (names matched ignoring case and spaces;
+    a UTF-8 byte-order mark, as spreadsheet programs write, is fine)."""
     csv_path = Path(csv_path)
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        cols = set(reader.fieldnames or [])
-        if not {"path", "label"} <= cols:
-            raise DataError(f"{csv_path}: a manifest needs the columns 'path' and 'label' (found {sorted(cols)})")
-        samples, subsets = [], defaultdict(list)
-        for row in reader:
-            where = f"{csv_path}:{reader.line_num}"  # the file's line (DictReader skips blank lines)
-            if not (row["path"] or "").strip():
-                raise DataError(f"{where}: no path")
-            p = Path(row["path"])
-            if not p.is_absolute():
-                p = csv_path.parent / p
-            label = parse_label(row["label"] or "", where)
-            subsets[(row.get(subset_column) or "").strip() or csv_path.stem].append(len(samples))
-            samples.append(Sample(p, label))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip().lower() for h in next(reader, [])]
+            col = {name: header.index(name) for name in ("path", "label", subset_column) if name in header}
+            if "path" not in col or "label" not in col:
+                raise DataError(f"{csv_path}: a manifest needs the columns 'path' and 'label' (found {header})")
+            samples, subsets = [], defaultdict(list)
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue
+                where = f"{csv_path}:{reader.line_num}"
+                cell = lambda name: cells[col[name]].strip() if name in col and col[name] < len(cells) else ""  # noqa: E731
+                if not cell("path"):
+                    raise DataError(f"{where}: no path")
+                p = Path(cell("path"))
+                if not p.is_absolute():
+                    p = csv_path.parent / p
+                label = parse_label(cell("label"), where)
+                subsets[cell(subset_column) or csv_path.stem].append(len(samples))
+                samples.append(Sample(p, label))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{csv_path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
     if not samples:
         raise DataError(f"{csv_path}: the manifest lists no images")
     return ImageSet(samples=samples, subsets=dict(subsets), root=csv_path.parent)

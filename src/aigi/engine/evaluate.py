@@ -113,7 +113,8 @@ def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path
         ax.plot(fpr, tpr, lw=1.4, label=f"{name} ({auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate (real called generated)", ylabel="true positive rate", title=f"ROC: {report.model}", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(fontsize=7, loc="lower right")
+    if len(ax.get_lines()) > 1:  # curves besides the diagonal
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     roc = _save_fig(fig, out / f"{stem}_roc.png")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,12 +25,27 @@ class Scores:
         return ~np.isnan(self.prob)
 
 
+# Bump when decoding, the protocol's implementation or feature extraction changes what a cached entry holds.
+FEATURE_PIPELINE_VERSION = 1
+
+
+def weights_fingerprint(source: str | None) -> list:
+    """Names, sizes and modification times of a local backbone folder's files: a changed folder is a new key."""
+    if not source or not Path(source).is_dir():
+        return []
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(source).iterdir() if p.is_file())
+
+
 def feature_cache_for(model: Model, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
     det = model.detector
+    spec = model.config.backbone
+    source = str(Path(spec.source).resolve()) if spec.source and Path(spec.source).is_dir() else spec.source
     return FeatureCache(
         cache_dir,
         {
-            "backbone": model.config.backbone.model_dump(mode="json"),
+            "pipeline": FEATURE_PIPELINE_VERSION,
+            "backbone": {**spec.model_dump(mode="json"), "source": source},
+            "weights": weights_fingerprint(source),
             "preprocess": det.backbone.preprocess.model_dump(mode="json"),
             "protocol": model.config.protocol.model_dump(mode="json"),
             "kind": det.feature_kind,
@@ -65,4 +81,9 @@ def scores_from_features(model: Model, ext: Extracted) -> Scores:
         with torch.inference_mode():
             feats = torch.from_numpy(ext.stacked(ok))
             prob[ok] = model.detector.score(feats).prob.double().numpy()
-    return Scores(prob=prob, errors=dict(ext.errors), cache_hits=ext.cache_hits)
+    errors = dict(ext.errors)
+    for i in ok:
+        if not np.isfinite(prob[i]):
+            prob[i] = np.nan
+            errors[i] = "the model produced a non-finite score (check the model's weights and preprocessing)"
+    return Scores(prob=prob, errors=errors, cache_hits=ext.cache_hits)

@@ -23,6 +23,8 @@ def _features(model: Model, data: str | os.PathLike, what: str, progress: bool) 
     image_set = discover(data)
     ext = extract_features(model, [s.path for s in image_set.samples], progress=progress, description=f"features: {what}")
     ok = ext.ok
+    if not ok:
+        raise ValueError(f"{data}: none of the {len(image_set.samples)} images could be read")
     bad = [f"{image_set.samples[i].path}: {r}" for i, r in sorted(ext.errors.items())]
     y = np.array([image_set.samples[i].label for i in ok])
     return ext.stacked(ok), y, bad
