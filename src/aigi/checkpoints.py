@@ -60,13 +60,6 @@ class Model:
     def threshold(self) -> float:
         return self.config.threshold
 
-    @property
-    def preprocess(self):
-        return self.detector.backbone.preprocess
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        return save_model(self, folder)
-
 
 def build_model(config: ModelConfig) -> Model:
     try:

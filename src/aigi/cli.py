@@ -30,10 +30,6 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 MODEL_HELP = "Model folder (config.json + model.safetensors). Default: the model shipped with aigi."
 
 
-class CliError(Exception):
-    pass
-
-
 def _fail(msg: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
@@ -156,7 +152,6 @@ def evaluate(
     for e in report.errors:
         err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
     _report_skipped(image_set.skipped)
-    report.extra["skipped"] = [{"path": str(p), "reason": r} for p, r in image_set.skipped]
     if out_dir:
         files = write_report(report, out_dir, image_set, scores.prob)
         out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()), highlight=False)

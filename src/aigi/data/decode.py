@@ -83,11 +83,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: int = MAX_PIXELS) -> Decoded:
-    """Decode ``data`` (the bytes of ``path``) into an RGB image; raise :class:`ImageDecodeError` with a reason."""
+def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: int = MAX_PIXELS, sha256: str | None = None) -> Decoded:
+    """Decode ``data`` (the bytes of ``path``) into an RGB image; raise :class:`ImageDecodeError` with a reason.
+
+    ``sha256``: the bytes' digest when the caller already has it (it is not computed twice)."""
     if not data:
         raise ImageDecodeError(path, "empty file (0 bytes)")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256 or hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
             # our own max_pixels check below decides (PIL's warning fires at 89 MP, below MAX_PIXELS)

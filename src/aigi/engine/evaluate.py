@@ -23,7 +23,8 @@ class Report:
     threshold: float
     model: str = ""
     data: str = ""
-    errors: list[dict] = field(default_factory=list)  # {"path", "reason"}
+    errors: list[dict] = field(default_factory=list)  # {"path", "reason"}: files that could not be read
+    skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: files not taken as labelled images
     extra: dict = field(default_factory=dict)
 
     def row(self, subset: str) -> dict:
@@ -42,7 +43,8 @@ def build_report(image_set: ImageSet, prob: np.ndarray, threshold: float, errors
         rows.append({"subset": name, **binary_metrics(labels, prob[idx], threshold)})
     rows.append({"subset": "MEAN", **mean_row(rows)})
     errs = [{"path": str(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
-    return Report(rows=rows, threshold=threshold, model=model, data=data, errors=errs)
+    skipped = [{"path": str(p), "reason": r} for p, r in image_set.skipped]
+    return Report(rows=rows, threshold=threshold, model=model, data=data, errors=errs, skipped=skipped)
 
 
 def _fmt(v) -> str:
@@ -72,6 +74,7 @@ def report_json(report: Report) -> dict:
         "threshold": report.threshold,
         "rows": [{k: rnd(v) for k, v in r.items()} for r in report.rows],
         "errors": report.errors,
+        "skipped": report.skipped,
         **report.extra,
     }
 
@@ -87,8 +90,9 @@ def write_report(report: Report, out_dir: str | os.PathLike, image_set: ImageSet
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", "prob_generated", "error"])
+    reasons = {e["path"]: e["reason"] for e in report.errors}
     for i, s in enumerate(image_set.samples):
-        err = next((e["reason"] for e in report.errors if e["path"] == str(s.path)), "") if math.isnan(prob[i]) else ""
+        err = reasons.get(str(s.path), "") if math.isnan(prob[i]) else ""
         w.writerow([str(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err])
     paths["scores"] = write_text(out / f"{stem}_scores.csv", buf.getvalue())
     paths["roc"], paths["hist"] = write_plots(report, image_set, prob, out, stem)

@@ -102,7 +102,7 @@ class _ImageFiles(Dataset):
                 hit = self.cache.get(sha)
                 if hit is not None:
                     return {"i": i, "sha": sha, "cached": hit}
-            dec = decode_bytes(data, path)
+            dec = decode_bytes(data, path, sha256=sha)
             return {"i": i, "sha": sha, "pixels": self.protocol.apply(dec.image, dec.format, self.pre)}
         except ImageDecodeError as e:
             return {"i": i, "error": e.reason}
