@@ -117,24 +117,77 @@ def detect(
         raise typer.Exit(1)
 
 
-@app.command(name="eval")
+@app.command(name="eval", context_settings={"allow_extra_args": True})  # extra args: more names after --benchmarks
 def evaluate(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest."),
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest."),
+    benchmarks_root: Optional[Path] = typer.Option(None, "--benchmarks-root", help="Folder holding MIRROR's benchmark suites (instead of --data); name them with --benchmarks."),
+    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmarks", "-b", metavar="NAME...", help="Suite names, ignoring case: --benchmarks Chameleon GenImage, repeated, or comma-separated. See README."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs). With --benchmarks-root: default results/."),
     threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold."),
     batch_size: int = typer.Option(8, min=1, help="Images per batch."),
     no_cache: bool = typer.Option(False, "--no-cache"),
 ) -> None:
-    """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN."""
+    """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
+
+    With --benchmarks-root and --benchmarks: MIRROR's suites, one CSV ({name}_{timestamp}.csv) and one report folder each."""
     from aigi.data.folders import DataError, discover
     from aigi.engine.evaluate import build_report, format_table, write_report
     from aigi.engine.inference import score_paths
     from aigi.engine.metrics import COLUMNS, DISPLAY
 
+    def show(title: str, rows: list[list[str]]) -> None:
+        table = Table(title=title)
+        for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
+            table.add_column(c, justify="left" if c == "Dataset" else "right")
+        for row in rows:
+            table.add_row(*map(escape, row))
+        out.print(table)
+
     _check_threshold(threshold)
+    if (data is None) == (benchmarks_root is None):
+        _fail("give exactly one of --data (labelled images) or --benchmarks-root (with --benchmarks NAME ...)")
+    names = [*(benchmarks or []), *ctx.args]
+    if ctx.args and not benchmarks:
+        _fail(f"unexpected argument(s): {' '.join(ctx.args)}")
+    if data is not None and benchmarks:
+        _fail("--benchmarks needs --benchmarks-root, not --data")
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         _fail(f"--out {out_dir} exists and is not a folder")
+    if benchmarks_root is not None:
+        from aigi.engine.benchmarks import plan_suites, run_suites
+        from aigi.registry import UnknownNameError
+
+        if not names:
+            _fail("--benchmarks-root needs --benchmarks NAME ... (e.g. --benchmarks Chameleon GenImage)")
+        try:
+            suites = plan_suites(benchmarks_root, names)
+        except (DataError, UnknownNameError, OSError) as e:
+            _fail(str(e))
+        for r in suites:
+            for note in r.notes:
+                err.print(f"note: {escape(note)}", highlight=False)
+        if all(r.skipped for r in suites):
+            _fail(f"none of the named suites has labelled images under {benchmarks_root}")
+        m = _load(model)
+        run_suites(m, suites, out_dir or Path("results"), threshold, batch_size, not no_cache, model_name=str(model or "default"))
+        n_images = n_bad = 0
+        for r in suites:
+            if r.report is None:
+                continue
+            rep, rows = r.report, format_table(r.report)
+            show(f"aigi eval — {r.name} ({r.suite.name}: {rep.data}, threshold {rep.threshold:.3f})", rows if len(rows) > 2 else rows[:-1])
+            for e in rep.errors:
+                err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
+            if rep.skipped:
+                err.print(f"{escape(r.name)}: {len(rep.skipped)} file(s) skipped (outside label folders or not images), "
+                          f"listed in {escape(str(r.files['json']))}", highlight=False)
+            out.print(f"wrote {escape(str(r.csv))} and {escape(str(r.files['json'].parent))}/", highlight=False)
+            n_images, n_bad = n_images + len(r.image_set.samples), n_bad + len(rep.errors)
+        if n_bad == n_images:
+            _fail("no image could be read", code=1)
+        return
     m = _load(model)
     try:
         image_set = discover(data)
@@ -143,12 +196,7 @@ def evaluate(
     t = m.threshold if threshold is None else threshold
     scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size)
     report = build_report(image_set, scores.prob, t, scores.errors, model=str(model or "default"), data=str(data))
-    table = Table(title=f"aigi eval — {data} (threshold {t:.3f})")
-    for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
-        table.add_column(c, justify="left" if c == "Dataset" else "right")
-    for row in format_table(report):
-        table.add_row(*map(escape, row))
-    out.print(table)
+    show(f"aigi eval — {data} (threshold {t:.3f})", format_table(report))
     for e in report.errors:
         err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
     _report_skipped(image_set.skipped)

@@ -51,3 +51,12 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
 
     return atomic_write(path, w)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a syntax error names the file."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None

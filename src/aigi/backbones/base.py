@@ -73,6 +73,10 @@ class Backbone(nn.Module):
     def forward(self, pixels: torch.Tensor) -> Tokens:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def lora_targets(self) -> list[str] | str:
+        """Module names (list) or a regex (str) for peft's ``target_modules``: where LoRA adapters go."""
+        raise NotImplementedError(f"{type(self).__name__} does not name LoRA targets")
+
     def freeze(self) -> "Backbone":
         for p in self.parameters():
             p.requires_grad_(False)

@@ -136,6 +136,16 @@ class EfficientNetLite0Backbone(Backbone):
             raise ValueError(f"unknown EfficientNet-Lite0 options {sorted(unknown)}")
         return cls(**opts)
 
+    def lora_targets(self, stages: int = 2) -> str:
+        """The 1x1 (pointwise) convolutions of the last ``stages`` stages feeding the tokens, as a peft regex.
+
+        Depthwise convolutions are left out (peft's LoRA for grouped convolutions is restricted), and so is the
+        stem; at ``head`` level the head's 1x1 convolution is included."""
+        last = min(self._upto, len(LITE0_STAGES) - 1)
+        chosen = "|".join(str(i) for i in range(max(0, last - stages + 1), last + 1))
+        pointwise = r"net\.stages\.(" + chosen + r")\.\d+\.body\.(0|6)"  # expand (0) and project (6) convs
+        return pointwise + (r"|net\.head\.0" if self._upto == 7 else "")
+
     def forward(self, pixels: torch.Tensor) -> Tokens:
         fmap = self.net.forward_features(pixels.contiguous(memory_format=torch.channels_last), self._upto)  # [B, D, h, w]
         b, d, h, w = fmap.shape

@@ -38,12 +38,13 @@ class Family:
     norm: tuple[tuple[float, ...], tuple[float, ...]]
     size: int | None  # None: the config's image_size
     norm_patches: bool = False  # apply the model's post_layernorm to the patch tokens (CLIP)
+    attention_qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # LoRA targets: the attention's q/k/v
 
 
 DINO = dict(has_cls=True, norm=IMAGENET, size=224)
 FAMILIES = {
-    "dinov2": Family("Dinov2Model", **DINO),
-    "dinov2_with_registers": Family("Dinov2WithRegistersModel", **DINO),
+    "dinov2": Family("Dinov2Model", **DINO, attention_qkv=("query", "key", "value")),
+    "dinov2_with_registers": Family("Dinov2WithRegistersModel", **DINO, attention_qkv=("query", "key", "value")),
     "dinov3_vit": Family("DINOv3ViTModel", **DINO),
     "clip": Family("CLIPVisionModel", has_cls=True, norm=OPENAI_CLIP, size=None, norm_patches=True),
     "clip_vision_model": Family("CLIPVisionModel", has_cls=True, norm=OPENAI_CLIP, size=None, norm_patches=True),
@@ -134,6 +135,10 @@ class HFViTBackbone(Backbone):
         if norm is not None:
             backbone.preprocess = Preprocess(size=backbone.preprocess.size, mean=norm[0], std=norm[1])
         return backbone
+
+    def lora_targets(self) -> list[str]:
+        """The attention's query/key/value projections of every layer (MIRROR Phase 2's LoRA targets)."""
+        return list(self.family.attention_qkv)
 
     def forward(self, pixels: torch.Tensor) -> Tokens:
         dtype = next(self.model.parameters()).dtype

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import random
+import zlib
 from typing import Literal
 
 import numpy as np
@@ -128,3 +129,28 @@ class TrainAugment(BaseModel):
         if im.size != (pre.size, pre.size):
             im = im.resize((pre.size, pre.size), Image.BICUBIC)
         return to_tensor(im, pre)
+
+
+class AugmentedView(BaseModel):
+    """A fixed augmented view of an image: ``augment`` drawn with a seed from the pixels and the view number.
+
+    Used where a frozen backbone's tokens of augmented crops are cached (MIRROR Phase 1): the same image and view
+    always give the same crop and JPEG quality, so a cached entry stays valid. It has ``apply(im, fmt, pre)``
+    like :class:`EvalProtocol`, so :func:`aigi.engine.features.extract` can run it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    augment: TrainAugment
+    view: int = 1
+    seed: int = 0
+    label: int = 0
+
+    def apply(self, im: Image.Image, fmt: str, pre: Preprocess) -> torch.Tensor:
+        digest = zlib.crc32(im.tobytes())
+        rng = random.Random(f"{self.seed}/{self.view}/{digest}")
+        return self.augment.apply(im, self.label, pre, rng)
+
+
+def phase1_augment() -> TrainAugment:
+    """MIRROR Phase 1's augmentation: the same crop policy, then JPEG at a quality in [50, 100]; no q96 step."""
+    return TrainAugment(fake_prejpeg_quality=None, jpeg_quality_range=(50, 100))

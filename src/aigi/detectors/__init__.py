@@ -1,6 +1,8 @@
 """Detectors: one file per method, joined to :data:`DETECTORS` by name.
 
 - ``univfd``: frozen backbone global feature -> logistic regression (:mod:`aigi.detectors.univfd`).
+- ``mirror``: patch tokens vs their reconstruction from a memory of real images (:mod:`aigi.detectors.mirror`,
+  memory in :mod:`aigi.detectors.memory_bank`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ DETECTORS: Registry = Registry("detector")
 
 
 def _load_all() -> None:
-    from aigi.detectors import univfd  # noqa: F401  (registers itself)
+    from aigi.detectors import mirror, univfd  # noqa: F401  (register themselves)
 
 
 def get_detector(name: str):

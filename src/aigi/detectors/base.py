@@ -57,5 +57,5 @@ class Detector(nn.Module):
         raise NotImplementedError
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights a model folder stores: everything but the frozen backbone."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        """The weights a model folder stores: everything but the frozen backbone, whose LoRA adapters are kept."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.") or ".lora_" in k}

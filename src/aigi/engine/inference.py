@@ -36,9 +36,8 @@ def weights_fingerprint(source: str | None) -> list:
     return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(source).iterdir() if p.is_file())
 
 
-def feature_cache_for(model: Model, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
-    det = model.detector
-    spec = model.config.backbone
+def cache_for(spec, preprocess, protocol, kind: str, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
+    """The cache namespace of one backbone + preprocessing + protocol (or augmented view) + feature kind."""
     source = str(Path(spec.source).resolve()) if spec.source and Path(spec.source).is_dir() else spec.source
     return FeatureCache(
         cache_dir,
@@ -46,11 +45,16 @@ def feature_cache_for(model: Model, cache_dir: str | os.PathLike | None = None) 
             "pipeline": FEATURE_PIPELINE_VERSION,
             "backbone": {**spec.model_dump(mode="json"), "source": source},
             "weights": weights_fingerprint(source),
-            "preprocess": det.backbone.preprocess.model_dump(mode="json"),
-            "protocol": model.config.protocol.model_dump(mode="json"),
-            "kind": det.feature_kind,
+            "preprocess": preprocess.model_dump(mode="json"),
+            "protocol": protocol.model_dump(mode="json"),
+            "kind": kind,
         },
     )
+
+
+def feature_cache_for(model: Model, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
+    det = model.detector
+    return cache_for(model.config.backbone, det.backbone.preprocess, model.config.protocol, det.feature_kind, cache_dir)
 
 
 def extract_features(

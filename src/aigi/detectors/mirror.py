@@ -1,0 +1,117 @@
+"""MIRROR (arXiv 2602.02222): compare an image with its "ideal reference" read back from a memory of real images.
+
+Phase 1 (:mod:`aigi.engine.train_mirror`) learns :class:`~aigi.detectors.memory_bank.MemoryBank` on real images
+only. Phase 2 (this detector) freezes the memory, adds LoRA adapters to the backbone (peft) and trains a
+dual-branch head:
+
+- perplexity evidence ``[mean max attention weight, mean attention entropy]`` -> Linear(2, 64) ReLU Dropout;
+- residual ``mean over tokens (tokens - reconstruction)`` -> Linear(D, 512) ReLU Dropout Linear(512, 256);
+- ``concat(perplexity, residual, global token)`` -> Linear(64 + 256 + D, 512) ReLU Dropout Linear(512, 2).
+
+The two class logits become aigi's single logit ``logit_fake - logit_real`` (so ``sigmoid`` of it is the
+softmax probability of "generated"). The per-patch map is the residual norm ``|| token - reconstruction ||``.
+Module names follow the paper's code, which keeps ``aigi convert mirror`` a renaming.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from aigi.backbones.base import Backbone
+from aigi.detectors import DETECTORS
+from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.memory_bank import MemoryBank
+
+
+class MirrorParams(DetectorParams):
+    slots: int = Field(4096, ge=1, description="memory slots K")
+    heads: int = Field(8, ge=1)
+    top_k: int = Field(128, ge=1, description="attention entries kept per head and token")
+    perplexity_dim: int = 64
+    residual_hidden: int = 512
+    residual_dim: int = 256
+    hidden: int = 512
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    lora_r: int = Field(8, ge=0, description="LoRA rank on the backbone; 0: no LoRA (backbone fully frozen)")
+    lora_alpha: float = 16.0
+    lora_targets: list[str] | str | None = Field(None, description="peft target_modules; None: the backbone's attention q/k/v (ViT) or pointwise convolutions (CNN)")
+    chunk_rows: int = Field(4096, ge=1, description="token rows per memory read (bounds memory use)")
+
+
+def add_lora(backbone: Backbone, r: int, alpha: float, targets: list[str] | str | None) -> list[str]:
+    """Inject LoRA adapters into ``backbone`` in place (peft); returns the adapted module names."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = targets if targets is not None else backbone.lora_targets()
+    inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets), backbone)
+    names = sorted({k.split(".lora_A")[0] for k, _ in backbone.named_parameters() if ".lora_A." in k})
+    if not names:
+        raise ValueError(f"LoRA targets {targets!r} match no module of the {type(backbone).__name__} backbone")
+    return names
+
+
+@DETECTORS.register("mirror")
+class Mirror(Detector):
+    name = "mirror"
+    Params = MirrorParams
+    feature_kind = "tokens"
+
+    def __init__(self, params: MirrorParams, backbone: Backbone) -> None:
+        super().__init__(params, backbone)
+        d = backbone.dim
+        self.memory_bank = MemoryBank(d, params.slots, params.heads, params.top_k, params.chunk_rows)
+        self.memory_bank.requires_grad_(False)  # Phase 1 trains it; here it is a fixed reference
+        p = params.dropout
+        self.perplexity_mlp = nn.Sequential(nn.Linear(2, params.perplexity_dim), nn.ReLU(), nn.Dropout(p))
+        self.residual_mlp = nn.Sequential(
+            nn.Linear(d, params.residual_hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(params.residual_hidden, params.residual_dim)
+        )
+        self.head = nn.Sequential(
+            nn.Linear(params.perplexity_dim + params.residual_dim + d, params.hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(params.hidden, 2)
+        )
+        self.lora_modules = add_lora(backbone, params.lora_r, params.lora_alpha, params.lora_targets) if params.lora_r > 0 else []
+        # With LoRA the tokens depend on trained weights, so they cannot be cached per image.
+        self.cacheable = not self.lora_modules
+
+    def train(self, mode: bool = True) -> "Mirror":
+        super().train(mode)
+        self.backbone.eval()  # batch-norm statistics and backbone dropout stay as pretrained; LoRA has no dropout
+        self.memory_bank.eval()
+        return self
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + N, D]``: the global token, then the patch tokens."""
+        t = self.backbone(pixels)
+        self._grid = t.grid
+        return torch.cat([t.cls.unsqueeze(1), t.patches], 1)
+
+    def score(self, features: torch.Tensor) -> Output:
+        logits, recall, tokens = self.classify(features)
+        residual = (tokens - recall.recon.to(tokens.dtype)).norm(dim=-1)  # [B, N]
+        return Output(logit=(logits[:, 1] - logits[:, 0]).float(), patch_map=_as_grid(residual, getattr(self, "_grid", None)))
+
+    def classify(self, features: torch.Tensor):
+        """Two-class logits [B, 2], the memory read-out and the patch tokens (for the training loss)."""
+        cls, tokens = features[:, 0], features[:, 1:]
+        recall = self.memory_bank(tokens)
+        v_per = self.perplexity_mlp(recall.perplexity().to(tokens.dtype))
+        v_res = self.residual_mlp((tokens - recall.recon.to(tokens.dtype)).mean(1))
+        logits = self.head(torch.cat([v_per, v_res, cls], -1))
+        return logits, recall, tokens
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def _as_grid(values: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor | None:
+    n = values.shape[1]
+    if grid is None or grid[0] * grid[1] != n:
+        side = math.isqrt(n)
+        if side * side != n:
+            return None
+        grid = (side, side)
+    return values.reshape(values.shape[0], *grid)

@@ -1,0 +1,382 @@
+"""MIRROR's two training phases.
+
+Phase 1 (:func:`train_memory`): the backbone is frozen, so its patch tokens are extracted once (and cached per
+image: the evaluation crop as view 0, plus ``views - 1`` fixed augmented crops) and the memory bank trains on
+those tokens of REAL images only: ``MSE(recon, tokens) + ortho_weight * ||norm(M) norm(M)^T - I||_F``, AdamW,
+cosine over epochs. Output: a memory folder (``config.json`` + ``memory.safetensors``).
+
+Phase 2 (:func:`train_detector`): the memory is loaded and frozen, LoRA goes on the backbone and the dual-branch
+head trains on augmented real and generated images with label-smoothed cross-entropy, AdamW (no decay on biases
+and 1-D weights), ``lr = blr * batch / 256`` with a linear warm-up then a cosine to ``min_lr`` per step.
+Output: a model folder ``aigi detect`` loads.
+
+Both run on CPU, one GPU or several (``accelerate launch``; DDP), with mixed precision on GPU, write a JSON-lines
+log and their state after every epoch, and resume from it when run again with the same output folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from aigi._version import __version__
+from aigi.backbones import BackboneSpec, build_backbone
+from aigi.checkpoints import CONFIG_NAME, Model, ModelConfig, ModelLoadError, build_model, save_model
+from aigi.data.decode import ImageDecodeError, load_image
+from aigi.data.folders import DataError, Sample, discover
+from aigi.data.transforms import AugmentedView, EvalProtocol, TrainAugment, phase1_augment
+from aigi.detectors.memory_bank import MemoryBank
+from aigi.engine.features import extract
+from aigi.engine.inference import cache_for
+from aigi.engine.train_state import JsonLog, load_train_state, save_train_state, warmup_cosine
+from aigi.io import atomic_write, read_json, write_json
+from aigi.progress import progress_iter
+
+MEMORY_WEIGHTS = "memory.safetensors"
+LOG_NAME = "train_log.jsonl"
+STATE_DIR = "train_state"
+
+
+def _accelerator(mixed_precision: str = "no", cpu: bool = False):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Phase 1: the reality memory
+# ---------------------------------------------------------------------------------------------------------------
+class MemoryRecipe(BaseModel):
+    """Phase 1 hyper-parameters (defaults: the paper's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slots: int = Field(4096, ge=1)
+    heads: int = Field(8, ge=1)
+    top_k: int = Field(128, ge=1)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    ortho_weight: float = 0.01
+    views: int = Field(1, ge=1, description="crops per image: the evaluation crop, then views-1 fixed augmented ones")
+    seed: int = 0
+
+
+class MemoryConfig(BaseModel):
+    """``config.json`` of a memory folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "mirror-memory"
+    aigi_version: str = __version__
+    backbone: BackboneSpec
+    protocol: EvalProtocol
+    dim: int
+    recipe: MemoryRecipe
+    epochs_done: int = 0
+    training: dict = Field(default_factory=dict)
+
+    def bank(self) -> dict:
+        return {"dim": self.dim, "slots": self.recipe.slots, "heads": self.recipe.heads, "top_k": self.recipe.top_k}
+
+
+def real_samples(data: str | os.PathLike) -> list[Sample]:
+    """The real images under ``data``: the label-0 images of a labelled tree, or every image of a folder whose
+    name says it is real (``0_real``, ``real``, ``nature``)."""
+    image_set = discover(data)
+    reals = [s for s in image_set.samples if s.label == 0]
+    if not reals:
+        raise DataError(f"{data}: no real images found (Phase 1 learns from real images only: give a folder such as train/0_real)")
+    return reals
+
+
+def extract_tokens(backbone_spec: BackboneSpec, protocol: EvalProtocol, paths: list[Path], views: int, seed: int,
+                   cache_dir=None, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """Patch tokens [n_ok * views, N, D] of every readable image and view (cached), and the unreadable files."""
+    backbone = build_backbone(backbone_spec)
+    arrays, bad = [], []
+    for v in range(views):
+        view = protocol if v == 0 else AugmentedView(augment=phase1_augment(), view=v, seed=seed)
+        cache = cache_for(backbone_spec, backbone.preprocess, view, "patches", cache_dir)
+        ext = extract(paths, lambda px: backbone(px).patches, backbone.preprocess, view, cache=cache,
+                      description=f"tokens (view {v + 1}/{views})", progress=progress)
+        if v == 0:
+            bad = [f"{paths[i]}: {r}" for i, r in sorted(ext.errors.items())]
+        if ext.ok:
+            arrays.append(ext.stacked(ext.ok))
+    if not arrays:
+        raise DataError(f"none of the {len(paths)} images could be read")
+    return torch.from_numpy(np.concatenate(arrays)), bad
+
+
+def save_memory(bank: MemoryBank, config: MemoryConfig, folder: str | os.PathLike) -> None:
+    folder = Path(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in bank.state_dict().items()}
+    atomic_write(folder / MEMORY_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "aigi": __version__}))
+    write_json(folder / CONFIG_NAME, config.model_dump(mode="json"))
+
+
+def load_memory(folder: str | os.PathLike) -> tuple[MemoryBank, MemoryConfig]:
+    """Read a memory folder written by Phase 1 (or ``aigi convert mirror``); names and shapes are checked."""
+    folder = Path(folder)
+    try:
+        config = MemoryConfig.model_validate(read_json(folder / CONFIG_NAME))
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder}: not a MIRROR memory folder (missing {CONFIG_NAME})") from None
+    except (ValueError, ValidationError) as e:
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config: {e}") from None
+    bank = MemoryBank(**config.bank())
+    try:
+        state = load_file(str(folder / MEMORY_WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{folder / MEMORY_WEIGHTS}: not a readable safetensors file ({e})") from None
+    check_state(bank, state, str(folder / MEMORY_WEIGHTS))
+    bank.load_state_dict(state)
+    return bank, config
+
+
+def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    expected = module.state_dict()
+    problems = []
+    if missing := sorted(set(expected) - set(state)):
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected := sorted(set(state) - set(expected)):
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    problems += [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if problems:
+        raise ModelLoadError(f"{where} does not match its config:\n  " + "\n  ".join(problems))
+
+
+def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: EvalProtocol | None = None,
+                 recipe: MemoryRecipe | None = None, cache_dir=None, mixed_precision: str = "no", progress: bool = True) -> MemoryConfig:
+    out = Path(out)
+    recipe = recipe or MemoryRecipe()
+    backbone = backbone or BackboneSpec()
+    protocol = protocol or EvalProtocol()
+    _seed(recipe.seed)
+    samples = real_samples(data)
+    tokens, bad = extract_tokens(backbone, protocol, [s.path for s in samples], recipe.views, recipe.seed, cache_dir, progress)
+    config = MemoryConfig(backbone=backbone, protocol=protocol, dim=int(tokens.shape[-1]), recipe=recipe,
+                          training={"data": str(data), "images": len(samples), "token_sets": int(tokens.shape[0]),
+                                    "tokens_per_image": int(tokens.shape[1]), "skipped_files": bad})
+    bank = MemoryBank(**config.bank())
+    opt = torch.optim.AdamW(bank.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    start = 0
+    if (out / STATE_DIR).is_dir():
+        prev, prev_cfg = load_memory(out)
+        if prev_cfg.bank() != config.bank() or prev_cfg.backbone != backbone:
+            raise ValueError(f"{out} holds a run with other settings ({prev_cfg.bank()}); use a new --out folder")
+        info = load_train_state(out / STATE_DIR, opt)
+        if info is not None:
+            bank.load_state_dict(prev.state_dict())
+            start = config.epochs_done = int(info["epoch"])
+    acc = _accelerator(mixed_precision)
+    loader = DataLoader(TensorDataset(tokens), batch_size=recipe.batch_size, shuffle=True, drop_last=False,
+                        generator=torch.Generator().manual_seed(recipe.seed))
+    bank, opt, loader = acc.prepare(bank, opt, loader)
+    log = JsonLog(out / LOG_NAME)
+    for epoch in range(start, recipe.epochs):
+        lr = recipe.lr * 0.5 * (1 + np.cos(np.pi * epoch / recipe.epochs))  # CosineAnnealingLR stepped per epoch
+        for g in opt.param_groups:
+            g["lr"] = lr
+        t0, tot, tot_mse, n = time.perf_counter(), 0.0, 0.0, 0
+        bank.train()
+        for (x,) in progress_iter(loader, total=len(loader), description=f"phase 1 epoch {epoch + 1}/{recipe.epochs}", enabled=progress):
+            core = acc.unwrap_model(bank)
+            with acc.autocast():
+                recall = bank(x)
+                mse = F.mse_loss(recall.recon.float(), x.float())
+                loss = mse + recipe.ortho_weight * core.orthogonality()
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            tot, tot_mse, n = tot + loss.item() * len(x), tot_mse + mse.item() * len(x), n + len(x)
+        config.epochs_done = epoch + 1
+        if acc.is_main_process:
+            core = acc.unwrap_model(bank)
+            ortho = float(core.orthogonality())
+            save_memory(core, config, out)
+            save_train_state(out / STATE_DIR, opt, {"epoch": epoch + 1})
+            log.write(phase=1, epoch=epoch + 1, lr=lr, loss=tot / max(1, n), mse=tot_mse / max(1, n), ortho=ortho,
+                      seconds=round(time.perf_counter() - t0, 2))
+    return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Phase 2: the detector
+# ---------------------------------------------------------------------------------------------------------------
+class DetectorRecipe(BaseModel):
+    """Phase 2 hyper-parameters (defaults: the paper's, except epochs, which the paper sets to 100)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1, description="per device")
+    blr: float = Field(5e-4, description="lr = blr * total batch / 256")
+    min_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.01
+    smoothing: float = 0.1
+    augment: TrainAugment = Field(default_factory=TrainAugment)
+    num_workers: int = 1
+    seed: int = 0
+
+
+class _TrainImages(Dataset):
+    """Labelled images through the training augmentation; an unreadable file yields its reason instead."""
+
+    def __init__(self, samples: list[Sample], augment: TrainAugment, pre, seed: int) -> None:
+        self.samples, self.augment, self.pre, self.seed, self.epoch = samples, augment, pre, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        s = self.samples[i]
+        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
+        try:
+            dec = load_image(s.path)
+            return self.augment.apply(dec.image, int(s.label), self.pre, rng), int(s.label), ""
+        except ImageDecodeError as e:
+            return None, int(s.label), f"{s.path}: {e.reason}"
+        except Exception as e:  # noqa: BLE001 - one bad file must not stop training
+            return None, int(s.label), f"{s.path}: could not prepare image ({type(e).__name__}: {e})"
+
+
+def _collate(items):
+    ok = [(x, y) for x, y, err in items if x is not None]
+    errors = [err for x, y, err in items if x is None]
+    if not ok:
+        return None, None, errors
+    return torch.stack([x for x, _ in ok]), torch.tensor([y for _, y in ok]), errors
+
+
+class _Step(torch.nn.Module):
+    """The trainable forward pass as one module, so DDP sees it: pixels -> two-class logits."""
+
+    def __init__(self, detector) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.detector.classify(self.detector.features(pixels))[0]
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and 1-D weights (norms), as the paper's optimizer factory does."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _val_scores(model: Model, samples: list[Sample], device, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    det = model.detector
+    ext = extract([s.path for s in samples], lambda px: det(px.to(device)).logit, det.backbone.preprocess,
+                  model.config.protocol, cache=None, description="validation", progress=progress)
+    ok = ext.ok
+    return np.array([samples[i].label for i in ok]), np.array([float(ext.features[i]) for i in ok])
+
+
+def train_detector(data, out, memory: str | os.PathLike, params: dict | None = None, recipe: DetectorRecipe | None = None,
+                   val=None, calibrate_on=None, target_real_acc: float | None = None, mixed_precision: str = "no",
+                   progress: bool = True) -> Model:
+    from sklearn.metrics import roc_auc_score
+
+    from aigi.engine.calibrate import calibrate
+
+    out = Path(out)
+    recipe = recipe or DetectorRecipe()
+    _seed(recipe.seed)
+    bank, mem_cfg = load_memory(memory)
+    params = {**(params or {}), **{k: v for k, v in mem_cfg.bank().items() if k != "dim"}}
+    config = ModelConfig(detector="mirror", params=params, backbone=mem_cfg.backbone, protocol=mem_cfg.protocol)
+    model = build_model(config)
+    det = model.detector
+    det.memory_bank.load_state_dict(bank.state_dict())
+    train_set = discover(data)
+    labels = {s.label for s in train_set.samples}
+    if labels != {0, 1}:
+        raise DataError(f"{data}: Phase 2 needs both real and generated images (found labels {sorted(labels)})")
+    val_samples = discover(val).samples if val is not None else []
+
+    acc = _accelerator(mixed_precision)
+    dataset = _TrainImages(train_set.samples, recipe.augment, det.backbone.preprocess, recipe.seed)
+    loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=len(dataset) > recipe.batch_size,
+                        num_workers=recipe.num_workers, collate_fn=_collate, generator=torch.Generator().manual_seed(recipe.seed))
+    step_module = _Step(det)
+    base_lr = recipe.blr * recipe.batch_size * acc.num_processes / 256
+    opt = torch.optim.AdamW(param_groups(det, recipe.weight_decay), lr=base_lr)
+    start = 0
+    if (out / STATE_DIR).is_dir():
+        from aigi.checkpoints import load_checked, read_config
+
+        prev = read_config(out)
+        if prev.params != model.config.params or prev.backbone != model.config.backbone:
+            raise ValueError(f"{out} holds a run with other settings; use a new --out folder")
+        info = load_train_state(out / STATE_DIR, opt)
+        if info is not None:
+            load_checked(det, load_file(str(out / "model.safetensors")), str(out))
+            start = int(info["epoch"])
+    step_module, opt, loader = acc.prepare(step_module, opt, loader)
+    steps_per_epoch = len(loader)
+    total, warmup = recipe.epochs * steps_per_epoch, int(recipe.warmup_epochs * steps_per_epoch)
+    log = JsonLog(out / LOG_NAME)
+    skipped: set[str] = set()
+    model.config.training = {"data": str(data), "val": str(val) if val else None, "memory": str(memory),
+                             "recipe": recipe.model_dump(mode="json"), "memory_recipe": mem_cfg.recipe.model_dump(mode="json"),
+                             "mixed_precision": mixed_precision, "devices": acc.num_processes}
+    for epoch in range(start, recipe.epochs):
+        dataset.epoch = epoch
+        det.train()
+        t0, tot, n = time.perf_counter(), 0.0, 0
+        for it, (x, y, errors) in enumerate(progress_iter(loader, total=steps_per_epoch, description=f"phase 2 epoch {epoch + 1}/{recipe.epochs}", enabled=progress)):
+            skipped.update(errors)
+            lr = warmup_cosine(epoch * steps_per_epoch + it, total, warmup, base_lr, recipe.min_lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if x is None:
+                continue
+            with acc.autocast():
+                logits = step_module(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.smoothing)
+            opt.zero_grad(set_to_none=True)
+            acc.backward(loss)
+            opt.step()
+            tot, n = tot + loss.item() * len(y), n + len(y)
+        record = {"phase": 2, "epoch": epoch + 1, "lr": lr, "loss": tot / max(1, n), "seconds": round(time.perf_counter() - t0, 2)}
+        det.eval()
+        if val_samples and acc.is_main_process:
+            yv, sv = _val_scores(model, val_samples, acc.device, progress)
+            if len(set(yv.tolist())) == 2:
+                record["val_auroc"] = float(roc_auc_score(yv, sv))
+                record["val_bal_acc"] = float(((sv[yv == 0] < 0).mean() + (sv[yv == 1] >= 0).mean()) / 2)
+        if acc.is_main_process:
+            model.config.training.update(epochs_done=epoch + 1, skipped_files=sorted(skipped), last_epoch=record)
+            save_model(model, out)
+            save_train_state(out / STATE_DIR, opt, {"epoch": epoch + 1})
+            log.write(**record)
+        acc.wait_for_everyone()
+    det.to("cpu").eval()
+    if calibrate_on is not None and acc.is_main_process:
+        calibrate(model, calibrate_on, target_real_acc, progress=progress)
+        save_model(model, out)
+    return model
