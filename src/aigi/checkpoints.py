@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from aigi._version import __version__
@@ -82,7 +82,8 @@ def save_model(model: Model, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.detector.trainable_state_dict().items()}
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "aigi": __version__}))
+    metadata = {"format": "pt", "aigi": __version__, **model.detector.weights_metadata()}
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     write_json(folder / CONFIG_NAME, model.config.model_dump(mode="json"))
     write_text(folder / "README.md", model_card(model.config))
     return folder
@@ -129,10 +130,20 @@ def load_model(folder: str | os.PathLike) -> Model:
         raise ModelLoadError(f"{folder}: missing {WEIGHTS_NAME}")
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), "pt") as fh:
+            metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(f"{weights}: not a readable safetensors file ({e})") from None
+    check_metadata(model.detector.weights_metadata(), metadata, str(weights))
     load_checked(model.detector, state, str(weights))
     return model
+
+
+def check_metadata(expected: dict[str, str], found: dict[str, str], where: str) -> None:
+    """Settings recorded with the weights must equal the config's (a file without them is not checked)."""
+    wrong = [f"{k}: config.json says {v}, the weights were made with {found[k]}" for k, v in expected.items() if k in found and found[k] != v]
+    if wrong:
+        raise ModelLoadError(f"{where} does not match its config:\n  " + "\n  ".join(wrong))
 
 
 def load_checked(detector: Detector, state: dict[str, torch.Tensor], where: str) -> None:

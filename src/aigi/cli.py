@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -71,6 +72,8 @@ def detect(
     threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold on P(generated)."),
     batch_size: int = typer.Option(8, min=1, help="Images per batch (small batches are fastest on CPU)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
+    explain: bool = typer.Option(False, "--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm)."),
+    explain_dir: Path = typer.Option(Path("aigi_heatmaps"), "--explain-dir", help="Folder for the --explain heatmaps."),
 ) -> None:
     """Say, for each image, whether it looks generated or real, with the model's probability.
 
@@ -86,14 +89,27 @@ def detect(
         _report_skipped(image_set.skipped)
         _fail(f"no image files found in {', '.join(map(str, inputs))}")
     t = m.threshold if threshold is None else threshold
-    scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
+    paths = [s.path for s in image_set.samples]
+    heatmaps: dict = {}
+    if explain:
+        from aigi.engine.explain import NoPatchMapError, explain_paths
+
+        try:
+            scores, heatmaps = explain_paths(m, paths, explain_dir, batch_size=batch_size, progress=not as_json)
+        except NoPatchMapError as e:
+            _fail(str(e))
+    else:
+        scores = score_paths(m, paths, use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
     results = []
     for i, s in enumerate(image_set.samples):
-        if i in scores.errors:
+        if i in scores.errors and np.isnan(scores.prob[i]):
             results.append({"path": str(s.path), "verdict": "error", "prob_generated": None, "error": scores.errors[i]})
         else:
             p = float(scores.prob[i])
-            results.append({"path": str(s.path), "verdict": "generated" if p >= t else "real", "prob_generated": round(p, 4), "error": None})
+            results.append({"path": str(s.path), "verdict": "generated" if p >= t else "real", "prob_generated": round(p, 4),
+                            "error": scores.errors.get(i)})
+        if explain:
+            results[-1]["heatmap"] = str(heatmaps[i]) if i in heatmaps else None
     if as_json:
         payload = {"model": m.config.detector, "threshold": t, "results": results,
                    "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
@@ -110,10 +126,12 @@ def detect(
             table.add_row(escape(r["path"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, escape(r["error"] or ""))
         out.print(table)
         _report_skipped(image_set.skipped)
-        n_bad = len(scores.errors)
+        n_bad = int(np.isnan(scores.prob).sum())
+        if heatmaps:
+            out.print(f"wrote {len(heatmaps)} heatmaps to {escape(str(explain_dir))}", highlight=False)
         if n_bad:
             err.print(f"{n_bad} of {len(results)} files could not be read (reasons above)", highlight=False)
-    if len(scores.errors) == len(results):
+    if np.isnan(scores.prob).all():
         raise typer.Exit(1)
 
 
@@ -257,6 +275,77 @@ def train_univfd(
     out.print(f"saved {escape(str(out_dir))} (C={info['C']}, threshold {m.threshold:.4f})", highlight=False)
 
 
+MIXED_HELP = "Mixed precision on GPU: no, fp16 or bf16. Several GPUs: run under `accelerate launch -m aigi.cli ...`."
+
+
+@train_app.command("mirror-memory")
+def train_mirror_memory(
+    data: Path = typer.Option(..., "--data", "-d", help="Real images (e.g. train/0_real, or a labelled tree: its real images are used)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Memory folder to write (rerun with the same folder to resume)."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
+    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP)."),
+    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head, stage6, stage5, stage4 (default here), stage3."),
+    slots: int = typer.Option(4096, min=1, help="Memory slots K."),
+    heads: int = typer.Option(8, min=1),
+    top_k: int = typer.Option(128, min=1, help="Attention entries kept per head and token."),
+    epochs: int = typer.Option(100, min=1),
+    batch_size: int = typer.Option(128, min=1, help="Images per step."),
+    lr: float = typer.Option(1e-4),
+    weight_decay: float = typer.Option(1e-4),
+    ortho_weight: float = typer.Option(0.01, help="Weight of || norm(M) norm(M)^T - I ||_F."),
+    views: int = typer.Option(1, min=1, help="Crops per image whose tokens are cached: the evaluation crop + views-1 augmented ones."),
+    format_align: bool = typer.Option(True, help="Evaluation protocol: re-encode lossless inputs as JPEG q96 (MIRROR's protocol)."),
+    mixed_precision: str = typer.Option("no", help=MIXED_HELP),
+) -> None:
+    """MIRROR Phase 1: learn the memory of real images from frozen backbone tokens (cached)."""
+    from aigi.checkpoints import ModelLoadError
+    from aigi.data.folders import DataError
+    from aigi.data.transforms import EvalProtocol
+    from aigi.engine.train_mirror import MemoryRecipe, train_memory
+
+    level = feature_level or ("stage4" if backbone == "efficientnet_lite0" else None)
+    try:
+        recipe = MemoryRecipe(slots=slots, heads=heads, top_k=top_k, epochs=epochs, batch_size=batch_size, lr=lr,
+                              weight_decay=weight_decay, ortho_weight=ortho_weight, views=views)
+        cfg = train_memory(data, out_dir, _backbone_spec(backbone, backbone_source, level), EvalProtocol(format_align=format_align),
+                           recipe, mixed_precision=mixed_precision)
+    except (DataError, ModelLoadError, ValueError, OSError) as e:
+        _fail(str(e))
+    out.print(f"saved memory {escape(str(out_dir))}: {cfg.recipe.slots} slots x {cfg.dim} dims, {cfg.epochs_done} epochs", highlight=False)
+
+
+@train_app.command("mirror")
+def train_mirror(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled training images (real and generated)."),
+    memory: Path = typer.Option(..., "--memory", help="Memory folder from `aigi train mirror-memory` (fixes the backbone and protocol)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Model folder to write (rerun with the same folder to resume)."),
+    val: Optional[Path] = typer.Option(None, help="Labelled validation images, scored after every epoch (logged)."),
+    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Labelled images on which to choose the threshold at the end."),
+    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
+    epochs: int = typer.Option(100, min=1),
+    batch_size: int = typer.Option(64, min=1, help="Images per step and device."),
+    blr: float = typer.Option(5e-4, help="Base learning rate: lr = blr * total batch / 256."),
+    lora_r: int = typer.Option(8, min=0, help="LoRA rank on the backbone (0: backbone frozen)."),
+    lora_alpha: float = typer.Option(16.0),
+    num_workers: int = typer.Option(1, min=0, help="Data-loading worker processes."),
+    mixed_precision: str = typer.Option("no", help=MIXED_HELP),
+) -> None:
+    """MIRROR Phase 2: frozen memory, LoRA on the backbone, dual-branch head (perplexity + residual + global token)."""
+    from aigi.checkpoints import ModelLoadError
+    from aigi.data.folders import DataError
+    from aigi.engine.train_mirror import DetectorRecipe, train_detector
+
+    try:
+        recipe = DetectorRecipe(epochs=epochs, batch_size=batch_size, blr=blr, num_workers=num_workers)
+        m = train_detector(data, out_dir, memory, params={"lora_r": lora_r, "lora_alpha": lora_alpha}, recipe=recipe, val=val,
+                           calibrate_on=calibrate_on, target_real_acc=target_real_acc, mixed_precision=mixed_precision)
+    except (DataError, ModelLoadError, ValueError, OSError) as e:
+        _fail(str(e))
+    last = m.config.training.get("last_epoch", {})
+    extra = f", val AUROC {last['val_auroc']:.3f}" if "val_auroc" in last else ""
+    out.print(f"saved {escape(str(out_dir))} (threshold {m.threshold:.4f}{extra})", highlight=False)
+
+
 @app.command()
 def info(model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP)) -> None:
     """Print a model folder's config."""
@@ -285,6 +374,36 @@ def samples(out_dir: Path = typer.Argument(..., help="Folder to copy the sample 
             shutil.copyfile(src / name, out_dir / name)
             n += 1
     out.print(f"copied {n} scikit-image photos to {out_dir}")
+
+
+convert_app = typer.Typer(help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
+
+
+@convert_app.command("mirror")
+def convert_mirror(
+    checkpoint: Path = typer.Argument(..., help="MIRROR's Phase 1 memory (mirror_phase1*.pth) or Phase 2 detector (checkpoint-*.pth)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write: a memory folder (Phase 1) or a model folder (Phase 2)."),
+    backbone_source: str = typer.Option(..., help="The DINO backbone the checkpoint was trained with: Hugging Face id or local folder (MIRROR's release: facebook/dinov3-vith16plus-pretrain-lvd1689m)."),
+    heads: Optional[int] = typer.Option(None, min=1, help="Memory attention heads. Default: the file's memory_config, else 8."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Attention entries kept per head and token. Default: the file's memory_config, else 128."),
+    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha of a Phase 2 file (not stored in it). Default: 16."),
+) -> None:
+    """Convert a checkpoint published by MIRROR (handsome-rich/MIRROR). The phase is detected from the file's contents.
+
+    The file is read as weights only and is never fully unpickled. For Phase 2, the frozen backbone stored in the file is not copied: it is loaded from --backbone-source."""
+    from aigi.checkpoints import ModelLoadError
+    from aigi.convert import convert_mirror as run
+
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} exists and is not a folder")
+    try:
+        res = run(checkpoint, out_dir, _backbone_spec("hf_vit", backbone_source, None), heads=heads, top_k=top_k, lora_alpha=lora_alpha)
+    except (ModelLoadError, OSError, ValueError) as e:
+        _fail(str(e))
+    for note in res.notes:
+        err.print(f"note: {escape(note)}", highlight=False)
+    out.print(escape(res.summary()), highlight=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -38,13 +38,13 @@ class Family:
     norm: tuple[tuple[float, ...], tuple[float, ...]]
     size: int | None  # None: the config's image_size
     norm_patches: bool = False  # apply the model's post_layernorm to the patch tokens (CLIP)
-    attention_qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")  # LoRA targets: the attention's q/k/v
 
 
+QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
 DINO = dict(has_cls=True, norm=IMAGENET, size=224)
 FAMILIES = {
-    "dinov2": Family("Dinov2Model", **DINO, attention_qkv=("query", "key", "value")),
-    "dinov2_with_registers": Family("Dinov2WithRegistersModel", **DINO, attention_qkv=("query", "key", "value")),
+    "dinov2": Family("Dinov2Model", **DINO),
+    "dinov2_with_registers": Family("Dinov2WithRegistersModel", **DINO),
     "dinov3_vit": Family("DINOv3ViTModel", **DINO),
     "clip": Family("CLIPVisionModel", has_cls=True, norm=OPENAI_CLIP, size=None, norm_patches=True),
     "clip_vision_model": Family("CLIPVisionModel", has_cls=True, norm=OPENAI_CLIP, size=None, norm_patches=True),
@@ -137,8 +137,15 @@ class HFViTBackbone(Backbone):
         return backbone
 
     def lora_targets(self) -> list[str]:
-        """The attention's query/key/value projections of every layer (MIRROR Phase 2's LoRA targets)."""
-        return list(self.family.attention_qkv)
+        """The attention's query/key/value projections of every layer (MIRROR Phase 2's LoRA targets).
+
+        transformers 5 names them ``q_proj``/``k_proj``/``v_proj`` in every family here; 4.x called DINOv2's
+        ``query``/``key``/``value``. The names the loaded model actually has are returned."""
+        leaves = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
+        for names in QKV_NAMES:
+            if set(names) <= leaves:
+                return list(names)
+        raise ValueError(f"no attention q/k/v projections found in {type(self.model).__name__} (looked for {QKV_NAMES})")
 
     def forward(self, pixels: torch.Tensor) -> Tokens:
         dtype = next(self.model.parameters()).dtype

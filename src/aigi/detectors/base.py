@@ -56,6 +56,11 @@ class Detector(nn.Module):
     def score(self, features: torch.Tensor) -> Output:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def weights_metadata(self) -> dict[str, str]:
+        """Settings the weights were made with that their shapes do not show (e.g. attention heads, top-k);
+        stored in the safetensors header and checked against config.json when a model folder is loaded."""
+        return {}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights a model folder stores: everything but the frozen backbone, whose LoRA adapters are kept."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.") or ".lora_" in k}

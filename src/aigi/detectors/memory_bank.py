@@ -135,24 +135,33 @@ class MemoryBank(nn.Module):
         ws, idxs, outs = [], [], []
         for s in range(0, rows, step):
             qc = q[:, s : s + step]
-            logits = torch.bmm(qc, keys) * self.scale  # [h, c, K]
+            logits = torch.bmm(qc, keys) * self.scale  # [h, c, K]; scaled after the product, as the formula reads
             with torch.no_grad():
                 idx = topk_select(logits.detach(), kk)
             w = torch.softmax(logits.gather(-1, idx).float(), -1)  # [h, c, k] fp32
-            c = qc.shape[1]
-            offsets = torch.arange(0, c * kk, kk, device=tokens.device)
-            wv = w.to(values.dtype)
-            read = torch.stack(
-                [F.embedding_bag(idx[i].reshape(-1), values[i], offsets, mode="sum", per_sample_weights=wv[i].reshape(-1)) for i in range(h)],
-                1,
-            )  # [c, h, dh]
             ws.append(w)
             idxs.append(idx)
-            outs.append(read.reshape(c, d))
+            outs.append(self._read(values, idx, w.to(values.dtype)).transpose(0, 1).reshape(-1, d))
         recon = self.out_proj(torch.cat(outs, 0).view(b, n, d))
         weights = torch.cat(ws, 1).view(h, b, n, kk).transpose(0, 1)
         index = torch.cat(idxs, 1).view(h, b, n, kk).transpose(0, 1)
         return Recall(recon=recon, weights=weights, index=index)
+
+    @staticmethod
+    def _read(values: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``sum_j w[.., j] * values[h, idx[.., j]]`` -> [h, c, dh].
+
+        A weighted gather (``embedding_bag``) when no gradient must reach the values (inference, Phase 2's frozen
+        memory); when one must (Phase 1), the weights are scattered into a dense row and multiplied, because the
+        gather's gradient for its table sorts every index and is several times slower."""
+        h, c, kk = idx.shape
+        if torch.is_grad_enabled() and values.requires_grad:
+            dense = w.new_zeros(h, c, values.shape[1]).scatter_(-1, idx, w)
+            return torch.bmm(dense, values)
+        offsets = torch.arange(0, c * kk, kk, device=idx.device)
+        return torch.stack(
+            [F.embedding_bag(idx[i].reshape(-1), values[i], offsets, mode="sum", per_sample_weights=w[i].reshape(-1)) for i in range(h)]
+        )
 
     def plain_forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference formulation: ``(recon [B, N, D], dense attention [B, heads, N, K])``."""

@@ -59,6 +59,7 @@ class Mirror(Detector):
     name = "mirror"
     Params = MirrorParams
     feature_kind = "tokens"
+    patch_map_label = "residual norm per patch"
 
     def __init__(self, params: MirrorParams, backbone: Backbone) -> None:
         super().__init__(params, backbone)
@@ -102,6 +103,9 @@ class Mirror(Detector):
         v_res = self.residual_mlp((tokens - recall.recon.to(tokens.dtype)).mean(1))
         logits = self.head(torch.cat([v_per, v_res, cls], -1))
         return logits, recall, tokens
+
+    def weights_metadata(self) -> dict[str, str]:
+        return {f"memory_bank.{k}": str(v) for k, v in self.memory_bank.config().items()}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from aigi._version import __version__
 from aigi.backbones import BackboneSpec, build_backbone
-from aigi.checkpoints import CONFIG_NAME, Model, ModelConfig, ModelLoadError, build_model, save_model
+from aigi.checkpoints import CONFIG_NAME, Model, ModelConfig, ModelLoadError, build_model, check_metadata, save_model
 from aigi.data.decode import ImageDecodeError, load_image
 from aigi.data.folders import DataError, Sample, discover
 from aigi.data.transforms import AugmentedView, EvalProtocol, TrainAugment, phase1_augment
@@ -129,7 +129,8 @@ def extract_tokens(backbone_spec: BackboneSpec, protocol: EvalProtocol, paths: l
 def save_memory(bank: MemoryBank, config: MemoryConfig, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in bank.state_dict().items()}
-    atomic_write(folder / MEMORY_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "aigi": __version__}))
+    metadata = {"format": "pt", "aigi": __version__, **{k: str(v) for k, v in bank.config().items()}}
+    atomic_write(folder / MEMORY_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=metadata))
     write_json(folder / CONFIG_NAME, config.model_dump(mode="json"))
 
 
@@ -145,8 +146,11 @@ def load_memory(folder: str | os.PathLike) -> tuple[MemoryBank, MemoryConfig]:
     bank = MemoryBank(**config.bank())
     try:
         state = load_file(str(folder / MEMORY_WEIGHTS))
+        with safe_open(str(folder / MEMORY_WEIGHTS), "pt") as fh:
+            metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelLoadError(f"{folder / MEMORY_WEIGHTS}: not a readable safetensors file ({e})") from None
+    check_metadata({k: str(v) for k, v in bank.config().items()}, metadata, str(folder / MEMORY_WEIGHTS))
     check_state(bank, state, str(folder / MEMORY_WEIGHTS))
     bank.load_state_dict(state)
     return bank, config
@@ -211,7 +215,8 @@ def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: Eval
         config.epochs_done = epoch + 1
         if acc.is_main_process:
             core = acc.unwrap_model(bank)
-            ortho = float(core.orthogonality())
+            with torch.no_grad():
+                ortho = float(core.orthogonality())
             save_memory(core, config, out)
             save_train_state(out / STATE_DIR, opt, {"epoch": epoch + 1})
             log.write(phase=1, epoch=epoch + 1, lr=lr, loss=tot / max(1, n), mse=tot_mse / max(1, n), ortho=ortho,
