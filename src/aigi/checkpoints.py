@@ -75,7 +75,11 @@ def build_model(config: ModelConfig) -> Model:
     except UnknownNameError as e:
         raise ModelLoadError(str(e)) from None
     config.params = params.model_dump(mode="json")
-    return Model(cls(params, backbone), config)
+    try:
+        detector = cls(params, backbone)
+    except ValueError as e:  # settings the parameters alone cannot check, e.g. heads that do not divide the width
+        raise ModelLoadError(f"invalid {config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone: {e}") from None
+    return Model(detector, config)
 
 
 def save_model(model: Model, folder: str | os.PathLike) -> Path:

@@ -101,16 +101,26 @@ class MemoryBank(nn.Module):
         return (self.memory, self.k_proj.weight, self.v_proj.weight)
 
     def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(k^T [heads, head_dim, K], v [heads, K, head_dim])``; computed once while they cannot change."""
+        """``(k^T [heads, head_dim, K], v [heads, K, head_dim])``; computed once while they cannot change.
+
+        The cache is keyed on the source tensors themselves (not their addresses) and their version counters, so
+        replacing a projection, ``load_state_dict``, in-place edits, optimizer steps and ``.to()`` all refresh it."""
         srcs = self._kv_sources()
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in srcs)
         if needs_grad:
             return self._project_kv()
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in srcs)
-        if self._kv_cache is None or self._kv_cache[0] != key:
-            with torch.no_grad():
-                self._kv_cache = (key, *self._project_kv())
-        return self._kv_cache[1], self._kv_cache[2]
+        versions = tuple((p._version, p.data_ptr()) for p in srcs)
+        cached = self._kv_cache
+        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], srcs)):
+            # Made outside inference mode, so a cache filled while scoring can still serve a training forward.
+            with torch.inference_mode(False), torch.no_grad():
+                self._kv_cache = cached = (srcs, versions, *self._project_kv())
+        return cached[2], cached[3]
+
+    def clear_cache(self) -> None:
+        """Forget the cached keys/values: needed only after editing weights through ``.data`` (which, unlike
+        in-place edits, ``load_state_dict`` and optimizer steps, leaves no trace in the version counters)."""
+        self._kv_cache = None
 
     def _project_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         h, dh, k = self.heads, self.head_dim, self.slots

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from aigi.backbones.base import Backbone
@@ -40,6 +40,12 @@ class MirrorParams(DetectorParams):
     lora_alpha: float = 16.0
     lora_targets: list[str] | str | None = Field(None, description="peft target_modules; None: the backbone's attention q/k/v (ViT) or pointwise convolutions (CNN)")
     chunk_rows: int = Field(4096, ge=1, description="token rows per memory read (bounds memory use)")
+
+    @model_validator(mode="after")
+    def _top_k_within_slots(self) -> "MirrorParams":
+        if self.top_k > self.slots:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed slots ({self.slots})")
+        return self
 
 
 def add_lora(backbone: Backbone, r: int, alpha: float, targets: list[str] | str | None) -> list[str]:

@@ -53,6 +53,26 @@ def _accelerator(mixed_precision: str = "no", cpu: bool = False):
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
+class EpochShuffle(torch.utils.data.Sampler):
+    """A fresh permutation per epoch, drawn from ``(seed, epoch)`` alone: a resumed run sees the same batches as
+    an uninterrupted one. Every DDP process draws the same order; accelerate splits the batches between them.
+    (Not called ``set_epoch``: accelerate would call that itself with its own count of passes in this process,
+    which restarts at 0 on resume.)"""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def use_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -192,14 +212,15 @@ def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: Eval
             bank.load_state_dict(prev.state_dict())
             start = config.epochs_done = int(info["epoch"])
     acc = _accelerator(mixed_precision)
-    loader = DataLoader(TensorDataset(tokens), batch_size=recipe.batch_size, shuffle=True, drop_last=False,
-                        generator=torch.Generator().manual_seed(recipe.seed))
+    order = EpochShuffle(len(tokens), recipe.seed)
+    loader = DataLoader(TensorDataset(tokens), batch_size=recipe.batch_size, sampler=order, drop_last=False)
     bank, opt, loader = acc.prepare(bank, opt, loader)
     log = JsonLog(out / LOG_NAME)
     for epoch in range(start, recipe.epochs):
         lr = recipe.lr * 0.5 * (1 + np.cos(np.pi * epoch / recipe.epochs))  # CosineAnnealingLR stepped per epoch
         for g in opt.param_groups:
             g["lr"] = lr
+        order.use_epoch(epoch)
         t0, tot, tot_mse, n = time.perf_counter(), 0.0, 0.0, 0
         bank.train()
         for (x,) in progress_iter(loader, total=len(loader), description=f"phase 1 epoch {epoch + 1}/{recipe.epochs}", enabled=progress):
@@ -325,8 +346,9 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
 
     acc = _accelerator(mixed_precision)
     dataset = _TrainImages(train_set.samples, recipe.augment, det.backbone.preprocess, recipe.seed)
-    loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, drop_last=len(dataset) > recipe.batch_size,
-                        num_workers=recipe.num_workers, collate_fn=_collate, generator=torch.Generator().manual_seed(recipe.seed))
+    order = EpochShuffle(len(dataset), recipe.seed)
+    loader = DataLoader(dataset, batch_size=recipe.batch_size, sampler=order, drop_last=len(dataset) > recipe.batch_size,
+                        num_workers=recipe.num_workers, collate_fn=_collate)
     step_module = _Step(det)
     base_lr = recipe.blr * recipe.batch_size * acc.num_processes / 256
     opt = torch.optim.AdamW(param_groups(det, recipe.weight_decay), lr=base_lr)
@@ -351,6 +373,8 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
                              "mixed_precision": mixed_precision, "devices": acc.num_processes}
     for epoch in range(start, recipe.epochs):
         dataset.epoch = epoch
+        order.use_epoch(epoch)
+        torch.manual_seed(recipe.seed * 1_000_003 + epoch)  # dropout: a resumed epoch draws what it would have
         det.train()
         t0, tot, n = time.perf_counter(), 0.0, 0
         for it, (x, y, errors) in enumerate(progress_iter(loader, total=steps_per_epoch, description=f"phase 2 epoch {epoch + 1}/{recipe.epochs}", enabled=progress)):
