@@ -291,7 +291,7 @@ def test_phase2_mismatch_is_a_clear_error(tmp_path, spec, case):
 
 def test_phase2_impossible_settings_are_a_clear_error(tmp_path, spec):
     pth = _save(_phase2(), tmp_path / "checkpoint-0.pth")
-    with pytest.raises(ModelLoadError, match="top_k must be in"):
+    with pytest.raises(ModelLoadError, match=r"top_k \(128\) cannot exceed slots \(16\)"):
         convert_detector(pth, tmp_path / "model", spec, heads=HEADS)  # default top-k 128 > 16 slots
     with pytest.raises(ModelLoadError, match="not divisible by heads 3"):
         convert_detector(pth, tmp_path / "model", spec, heads=3, top_k=TOP_K)
