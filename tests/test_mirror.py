@@ -672,3 +672,39 @@ def test_phase2_trains_saves_a_loadable_model_and_reports_bad_files(env) -> None
     scores = score_paths(loaded, files, use_cache=False, progress=False)
     assert np.isfinite(scores.prob[:3]).all() and ((scores.prob[:3] >= 0) & (scores.prob[:3] <= 1)).all()
     assert np.isnan(scores.prob[3]) and 3 in scores.errors
+
+
+def test_a_save_cut_short_is_refused_on_resume(env) -> None:
+    """Weights and optimizer state from different epochs must never be combined silently."""
+    data = make_folder(env / "data", real=8, fake=0)
+    phase1(data, env / "mem", epochs=1)
+    state = env / "mem" / "train_state" / "train_state.json"
+    meta = json.loads(state.read_text())
+    meta["epoch"] = 2  # as if the progress file of epoch 2 was written but not the weights
+    state.write_text(json.dumps(meta))
+    with pytest.raises(ModelLoadError, match="cut short"):
+        phase1(data, env / "mem", epochs=3)
+    state.write_text("{ not json")
+    with pytest.raises(ModelLoadError, match="unreadable training state"):
+        phase1(data, env / "mem", epochs=3)
+
+
+def test_training_never_writes_over_a_folder_it_cannot_resume(env) -> None:
+    data = make_folder(env / "data", real=8, fake=0)
+    (env / "taken").mkdir()
+    (env / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="already exists"):
+        phase1(data, env / "taken", epochs=1)
+    assert (env / "taken" / "notes.txt").read_text() == "mine"
+    phase1(data, env / "mem", epochs=1)
+    with pytest.raises(ValueError, match="other settings"):
+        train_memory(data, env / "mem", SPEC, PROTOCOL, MemoryRecipe(slots=32, heads=8, top_k=8, epochs=2, batch_size=4), progress=False)
+
+
+def test_cache_filled_under_autocast_serves_full_precision() -> None:
+    """Mixed-precision training fills the cache, then validation runs in fp32: the cache keeps the weights' dtype."""
+    bank = random_bank(32, 64, 4, 8, 4096).requires_grad_(False)
+    x = torch.randn(2, 6, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bank(x).recon.dtype == torch.bfloat16
+    check_equals_plain(bank, x)

@@ -82,11 +82,11 @@ def build_model(config: ModelConfig) -> Model:
     return Model(detector, config)
 
 
-def save_model(model: Model, folder: str | os.PathLike) -> Path:
+def save_model(model: Model, folder: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.detector.trainable_state_dict().items()}
-    metadata = {"format": "pt", "aigi": __version__, **model.detector.weights_metadata()}
+    metadata = {"format": "pt", "aigi": __version__, **model.detector.weights_metadata(), **(extra_metadata or {})}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
     write_json(folder / CONFIG_NAME, model.config.model_dump(mode="json"))
     write_text(folder / "README.md", model_card(model.config))
@@ -132,15 +132,21 @@ def load_model(folder: str | os.PathLike) -> Model:
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ModelLoadError(f"{folder}: missing {WEIGHTS_NAME}")
-    try:
-        state = load_file(str(weights))
-        with safe_open(str(weights), "pt") as fh:
-            metadata = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{weights}: not a readable safetensors file ({e})") from None
+    state, metadata = read_safetensors(weights)
     check_metadata(model.detector.weights_metadata(), metadata, str(weights))
     load_checked(model.detector, state, str(weights))
     return model
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file; an unreadable file is a :class:`ModelLoadError`."""
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as fh:
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({e})") from None
+    return state, metadata
 
 
 def check_metadata(expected: dict[str, str], found: dict[str, str], where: str) -> None:
@@ -152,7 +158,12 @@ def check_metadata(expected: dict[str, str], found: dict[str, str], where: str) 
 
 def load_checked(detector: Detector, state: dict[str, torch.Tensor], where: str) -> None:
     """Load ``state`` into the detector's trainable weights; every name and shape must match."""
-    expected = detector.trainable_state_dict()
+    check_tensors(detector.trainable_state_dict(), state, where, detector.name)
+    detector.load_state_dict(state, strict=False)
+
+
+def check_tensors(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str, what: str) -> None:
+    """Every name and shape of ``state`` must match ``expected``; the error lists what does not."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
@@ -164,8 +175,7 @@ def load_checked(detector: Detector, state: dict[str, torch.Tensor], where: str)
     if wrong:
         problems.append("shape mismatch: " + "; ".join(wrong[:10]))
     if problems:
-        raise ModelLoadError(f"{where} does not match its config ({detector.name}):\n  " + "\n  ".join(problems))
-    detector.load_state_dict(state, strict=False)
+        raise ModelLoadError(f"{where} does not match its config ({what}):\n  " + "\n  ".join(problems))
 
 
 def default_model_path() -> Path:

@@ -98,6 +98,8 @@ def detect(
             scores, heatmaps = explain_paths(m, paths, explain_dir, batch_size=batch_size, progress=not as_json)
         except NoPatchMapError as e:
             _fail(str(e))
+        except OSError as e:
+            _fail(f"could not write heatmaps to {explain_dir}: {e}")
     else:
         scores = score_paths(m, paths, use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
     results = []
@@ -189,7 +191,10 @@ def evaluate(
         if all(r.skipped for r in suites):
             _fail(f"none of the named suites has labelled images under {benchmarks_root}")
         m = _load(model)
-        run_suites(m, suites, out_dir or Path("results"), threshold, batch_size, not no_cache, model_name=str(model or "default"))
+        try:
+            run_suites(m, suites, out_dir or Path("results"), threshold, batch_size, not no_cache, model_name=str(model or "default"))
+        except OSError as e:
+            _fail(f"could not write the results: {e}")
         n_images = n_bad = 0
         for r in suites:
             if r.report is None:

@@ -28,10 +28,10 @@ import torch
 from safetensors.torch import load_file
 
 from aigi.backbones import BackboneSpec
-from aigi.checkpoints import WEIGHTS_NAME, ModelConfig, ModelLoadError, build_model, load_checked, save_model
+from aigi.checkpoints import WEIGHTS_NAME, ModelConfig, ModelLoadError, build_model, check_tensors, load_checked, save_model
 from aigi.data.transforms import EvalProtocol
 from aigi.detectors.memory_bank import MemoryBank
-from aigi.engine.train_mirror import MemoryConfig, MemoryRecipe, check_state, load_memory, save_memory
+from aigi.engine.train_mirror import MemoryConfig, MemoryRecipe, load_memory, save_memory
 
 PHASE1 = "phase1"
 PHASE2 = "phase2"
@@ -232,7 +232,7 @@ def _convert_memory(obj: dict, path: Path, out: Path, backbone: BackboneSpec, pr
         bank = MemoryBank(dim, slots, n_heads, k)
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from None
-    check_state(bank, state, str(path))
+    check_tensors(bank.state_dict(), state, str(path), "MIRROR memory")
     bank.load_state_dict(state)
 
     notes = []
@@ -393,6 +393,9 @@ def _compare_backbone(det, base: dict[str, torch.Tensor], norm: dict[str, torch.
     elif base and not compared:
         notes.append("the checkpoint's backbone tensors could not be matched by name to the backbone source "
                      "(another transformers layout), so they were not compared")
+    if getattr(det.backbone, "num_prefix", 1) > 1:
+        notes.append("the reference counted the backbone's register tokens among the patch tokens; aigi leaves them out, "
+                     "so scores can differ slightly from the reference code's")
     pre = det.backbone.preprocess
     for name, want in (("norm.mean", pre.mean), ("norm.std", pre.std)):
         if name in norm and not torch.allclose(norm[name].float().flatten(), torch.tensor(want)):

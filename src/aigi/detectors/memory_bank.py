@@ -112,8 +112,10 @@ class MemoryBank(nn.Module):
         versions = tuple((p._version, p.data_ptr()) for p in srcs)
         cached = self._kv_cache
         if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], srcs)):
-            # Made outside inference mode, so a cache filled while scoring can still serve a training forward.
-            with torch.inference_mode(False), torch.no_grad():
+            # Made outside inference mode (a cache filled while scoring can serve a training forward) and outside
+            # autocast (it keeps the weights' dtype; forward casts to the tokens' dtype).
+            device = self.memory.device.type
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(device, enabled=False):
                 self._kv_cache = cached = (srcs, versions, *self._project_kv())
         return cached[2], cached[3]
 
@@ -140,6 +142,7 @@ class MemoryBank(nn.Module):
         h, dh, kk = self.heads, self.head_dim, self.top_k
         keys, values = self.keys_values()
         q = self.q_proj(tokens).reshape(b * n, h, dh).transpose(0, 1)  # [h, BN, dh]
+        keys, values = keys.to(q.dtype), values.to(q.dtype)  # no-ops unless under autocast
         rows = b * n
         step = max(1, self.chunk_rows)
         ws, idxs, outs = [], [], []
@@ -196,3 +199,7 @@ class MemoryBank(nn.Module):
 
     def config(self) -> dict:
         return {"dim": self.dim, "slots": self.slots, "heads": self.heads, "top_k": self.top_k}
+
+    def metadata(self, prefix: str = "") -> dict[str, str]:
+        """The settings as safetensors header entries (heads and top-k change no tensor shape)."""
+        return {f"{prefix}{k}": str(v) for k, v in self.config().items()}

@@ -111,7 +111,7 @@ class Mirror(Detector):
         return logits, recall, tokens
 
     def weights_metadata(self) -> dict[str, str]:
-        return {f"memory_bank.{k}": str(v) for k, v in self.memory_bank.config().items()}
+        return self.memory_bank.metadata("memory_bank.")
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -18,8 +18,8 @@ import torch
 
 from aigi.checkpoints import Model
 from aigi.data.decode import load_image
-from aigi.engine.features import extract
-from aigi.engine.inference import Scores
+from aigi.engine.features import Extracted, extract
+from aigi.engine.inference import Scores, to_scores
 from aigi.io import write_bytes
 
 
@@ -31,7 +31,8 @@ def explain_paths(model: Model, paths: Sequence[str | os.PathLike], out_dir: str
                   progress: bool = True) -> tuple[Scores, dict[int, Path]]:
     """Score every image and write one heatmap PNG per readable image; returns the scores and the PNG paths."""
     det = model.detector
-    probe = det(torch.zeros(1, 3, det.backbone.preprocess.size, det.backbone.preprocess.size))
+    with torch.inference_mode():
+        probe = det(torch.zeros(1, 3, det.backbone.preprocess.size, det.backbone.preprocess.size))
     if probe.patch_map is None:
         raise NoPatchMapError(f"the {model.config.detector} model gives no per-patch map, so --explain has nothing to draw")
     grid = tuple(probe.patch_map.shape[1:])
@@ -42,26 +43,22 @@ def explain_paths(model: Model, paths: Sequence[str | os.PathLike], out_dir: str
 
     ext = extract(paths, run, det.backbone.preprocess, model.config.protocol, cache=None, batch_size=batch_size,
                   description="scoring + heatmaps", progress=progress)
-    prob = np.full(len(paths), np.nan)
-    errors = dict(ext.errors)
+    logits = Extracted(features=[None if f is None else f[:1] for f in ext.features], errors=ext.errors)
+    scores = to_scores(logits, lambda t: torch.sigmoid(t[:, 0].double()))
     written: dict[int, Path] = {}
     out_dir = Path(out_dir)
-    for i in ext.ok:
-        row = ext.features[i]
-        if not np.all(np.isfinite(row)):
-            errors[i] = "the model produced a non-finite score (check the model's weights and preprocessing)"
-            continue
-        prob[i] = 1.0 / (1.0 + np.exp(-row[0]))
+    label = getattr(det, "patch_map_label", "per-patch evidence")
+    for i in map(int, np.flatnonzero(scores.ok)):
         try:
             dec = load_image(paths[i])
             crop = model.config.protocol.apply_pil(dec.image, dec.format, det.backbone.preprocess)
         except Exception as e:  # noqa: BLE001 - the score stands even if the picture cannot be drawn
-            errors[i] = f"scored, but the heatmap could not be drawn ({e})"
+            scores.errors[i] = f"scored, but the heatmap could not be drawn ({e})"
             continue
         name = f"{Path(paths[i]).stem}_{hashlib.sha256(str(paths[i]).encode()).hexdigest()[:8]}.png"
-        label = getattr(det, "patch_map_label", "per-patch evidence")
-        written[i] = write_bytes(out_dir / name, render(crop, row[1:].reshape(grid), prob[i], Path(paths[i]).name, label))
-    return Scores(prob=prob, errors=errors), written
+        patch_map = ext.features[i][1:].reshape(grid)
+        written[i] = write_bytes(out_dir / name, render(crop, patch_map, scores.prob[i], Path(paths[i]).name, label))
+    return scores, written
 
 
 def render(crop, patch_map: np.ndarray, prob: float, title: str, label: str = "per-patch evidence") -> bytes:

@@ -74,17 +74,32 @@ def extract_features(
 
 def score_paths(model: Model, paths: Sequence[str | os.PathLike], use_cache: bool = True,
                 cache_dir: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> Scores:
+    det = model.detector
+    if not det.cacheable:  # nothing to cache: score each batch as it comes and keep only the logits
+        ext = extract(paths, lambda px: det(px).logit, det.backbone.preprocess, model.config.protocol, cache=None,
+                      batch_size=batch_size, description="scoring images", progress=progress)
+        return to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
     ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
     return scores_from_features(model, ext)
 
 
+SCORE_CHUNK = 256  # cached feature rows scored at once (a MIRROR row is a whole token set)
+
+
 def scores_from_features(model: Model, ext: Extracted) -> Scores:
+    def head(feats: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.detector.score(feats[i : i + SCORE_CHUNK]).prob.double() for i in range(0, len(feats), SCORE_CHUNK)])
+
+    return to_scores(ext, head)
+
+
+def to_scores(ext: Extracted, to_prob) -> Scores:
+    """Probabilities from per-image rows (``to_prob``: stacked rows -> P(generated)); non-finite ones become errors."""
     prob = np.full(len(ext.features), np.nan)
     ok = ext.ok
     if ok:
         with torch.inference_mode():
-            feats = torch.from_numpy(ext.stacked(ok))
-            prob[ok] = model.detector.score(feats).prob.double().numpy()
+            prob[ok] = to_prob(torch.from_numpy(ext.stacked(ok))).numpy()
     errors = dict(ext.errors)
     for i in ok:
         if not np.isfinite(prob[i]):

@@ -16,6 +16,7 @@ log and their state after every epoch, and resume from it when run again with th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -25,13 +26,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from aigi._version import __version__
 from aigi.backbones import BackboneSpec, build_backbone
-from aigi.checkpoints import CONFIG_NAME, Model, ModelConfig, ModelLoadError, build_model, check_metadata, save_model
+from aigi.checkpoints import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Model,
+    ModelConfig,
+    ModelLoadError,
+    build_model,
+    check_metadata,
+    check_tensors,
+    load_checked,
+    read_config,
+    read_safetensors,
+    save_model,
+)
 from aigi.data.decode import ImageDecodeError, load_image
 from aigi.data.folders import DataError, Sample, discover
 from aigi.data.transforms import AugmentedView, EvalProtocol, TrainAugment, phase1_augment
@@ -128,14 +141,14 @@ def real_samples(data: str | os.PathLike) -> list[Sample]:
 
 
 def extract_tokens(backbone_spec: BackboneSpec, protocol: EvalProtocol, paths: list[Path], views: int, seed: int,
-                   cache_dir=None, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+                   cache_dir=None, progress: bool = True, device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[str]]:
     """Patch tokens [n_ok * views, N, D] of every readable image and view (cached), and the unreadable files."""
-    backbone = build_backbone(backbone_spec)
+    backbone = build_backbone(backbone_spec).to(device)
     arrays, bad = [], []
     for v in range(views):
         view = protocol if v == 0 else AugmentedView(augment=phase1_augment(), view=v, seed=seed)
         cache = cache_for(backbone_spec, backbone.preprocess, view, "patches", cache_dir)
-        ext = extract(paths, lambda px: backbone(px).patches, backbone.preprocess, view, cache=cache,
+        ext = extract(paths, lambda px: backbone(px.to(device)).patches, backbone.preprocess, view, cache=cache,
                       description=f"tokens (view {v + 1}/{views})", progress=progress)
         if v == 0:
             bad = [f"{paths[i]}: {r}" for i, r in sorted(ext.errors.items())]
@@ -149,13 +162,18 @@ def extract_tokens(backbone_spec: BackboneSpec, protocol: EvalProtocol, paths: l
 def save_memory(bank: MemoryBank, config: MemoryConfig, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in bank.state_dict().items()}
-    metadata = {"format": "pt", "aigi": __version__, **{k: str(v) for k, v in bank.config().items()}}
+    metadata = {"format": "pt", "aigi": __version__, **bank.metadata(), "epoch": str(config.epochs_done)}
     atomic_write(folder / MEMORY_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=metadata))
     write_json(folder / CONFIG_NAME, config.model_dump(mode="json"))
 
 
 def load_memory(folder: str | os.PathLike) -> tuple[MemoryBank, MemoryConfig]:
-    """Read a memory folder written by Phase 1 (or ``aigi convert mirror``); names and shapes are checked."""
+    """Read a memory folder written by Phase 1 (or ``aigi convert mirror``); names, shapes and settings are checked."""
+    bank, config, _ = _read_memory(folder)
+    return bank, config
+
+
+def _read_memory(folder) -> tuple[MemoryBank, MemoryConfig, dict[str, str]]:
     folder = Path(folder)
     try:
         config = MemoryConfig.model_validate(read_json(folder / CONFIG_NAME))
@@ -163,29 +181,24 @@ def load_memory(folder: str | os.PathLike) -> tuple[MemoryBank, MemoryConfig]:
         raise ModelLoadError(f"{folder}: not a MIRROR memory folder (missing {CONFIG_NAME})") from None
     except (ValueError, ValidationError) as e:
         raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config: {e}") from None
-    bank = MemoryBank(**config.bank())
     try:
-        state = load_file(str(folder / MEMORY_WEIGHTS))
-        with safe_open(str(folder / MEMORY_WEIGHTS), "pt") as fh:
-            metadata = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{folder / MEMORY_WEIGHTS}: not a readable safetensors file ({e})") from None
-    check_metadata({k: str(v) for k, v in bank.config().items()}, metadata, str(folder / MEMORY_WEIGHTS))
-    check_state(bank, state, str(folder / MEMORY_WEIGHTS))
+        bank = MemoryBank(**config.bank())
+    except ValueError as e:
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: impossible memory settings: {e}") from None
+    state, metadata = read_safetensors(folder / MEMORY_WEIGHTS)
+    check_metadata(bank.metadata(), metadata, str(folder / MEMORY_WEIGHTS))
+    check_tensors(bank.state_dict(), state, str(folder / MEMORY_WEIGHTS), "MIRROR memory")
     bank.load_state_dict(state)
-    return bank, config
+    return bank, config, metadata
 
 
-def check_state(module: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    expected = module.state_dict()
-    problems = []
-    if missing := sorted(set(expected) - set(state)):
-        problems.append(f"missing tensors: {', '.join(missing)}")
-    if unexpected := sorted(set(state) - set(expected)):
-        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
-    problems += [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if problems:
-        raise ModelLoadError(f"{where} does not match its config:\n  " + "\n  ".join(problems))
+def _fresh_out(out: Path, what: str) -> bool:
+    """True when ``out`` holds a run to resume; refuses to write over a finished folder or unrelated files."""
+    if (out / STATE_DIR).is_dir():
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and holds no {what} run to resume; choose a new --out folder (or delete it)")
+    return False
 
 
 def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: EvalProtocol | None = None,
@@ -193,56 +206,65 @@ def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: Eval
     out = Path(out)
     recipe = recipe or MemoryRecipe()
     backbone = backbone or BackboneSpec()
-    protocol = protocol or EvalProtocol()
+    protocol = protocol or EvalProtocol(format_align=True)
+    resume = _fresh_out(out, "Phase 1")
+    if resume:  # check before the (long) token extraction
+        _, prev_cfg, _ = _read_memory(out)
+        if (prev_cfg.recipe, prev_cfg.backbone, prev_cfg.protocol) != (recipe.model_copy(update={"epochs": prev_cfg.recipe.epochs}), backbone, protocol):
+            raise ValueError(f"{out} holds a Phase 1 run with other settings ({prev_cfg.recipe}); use a new --out folder")
     _seed(recipe.seed)
     samples = real_samples(data)
-    tokens, bad = extract_tokens(backbone, protocol, [s.path for s in samples], recipe.views, recipe.seed, cache_dir, progress)
+    acc = _accelerator(mixed_precision)
+    with acc.main_process_first():  # the first process fills the token cache, the others then read it
+        tokens, bad = extract_tokens(backbone, protocol, [s.path for s in samples], recipe.views, recipe.seed, cache_dir,
+                                     progress and acc.is_main_process, acc.device)
     config = MemoryConfig(backbone=backbone, protocol=protocol, dim=int(tokens.shape[-1]), recipe=recipe,
                           training={"data": str(data), "images": len(samples), "token_sets": int(tokens.shape[0]),
                                     "tokens_per_image": int(tokens.shape[1]), "skipped_files": bad})
     bank = MemoryBank(**config.bank())
     opt = torch.optim.AdamW(bank.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     start = 0
-    if (out / STATE_DIR).is_dir():
-        prev, prev_cfg = load_memory(out)
-        if prev_cfg.bank() != config.bank() or prev_cfg.backbone != backbone:
-            raise ValueError(f"{out} holds a run with other settings ({prev_cfg.bank()}); use a new --out folder")
-        info = load_train_state(out / STATE_DIR, opt)
-        if info is not None:
-            bank.load_state_dict(prev.state_dict())
-            start = config.epochs_done = int(info["epoch"])
-    acc = _accelerator(mixed_precision)
+    if resume:
+        prev, _, metadata = _read_memory(out)
+        bank.load_state_dict(prev.state_dict())
+        start = config.epochs_done = load_train_state(out / STATE_DIR, opt, metadata.get("epoch"))
     order = EpochShuffle(len(tokens), recipe.seed)
     loader = DataLoader(TensorDataset(tokens), batch_size=recipe.batch_size, sampler=order, drop_last=False)
     bank, opt, loader = acc.prepare(bank, opt, loader)
+    core = acc.unwrap_model(bank)
     log = JsonLog(out / LOG_NAME)
     for epoch in range(start, recipe.epochs):
-        lr = recipe.lr * 0.5 * (1 + np.cos(np.pi * epoch / recipe.epochs))  # CosineAnnealingLR stepped per epoch
+        lr = warmup_cosine(epoch, recipe.epochs, 0, recipe.lr, 0.0)  # CosineAnnealingLR, stepped per epoch
         for g in opt.param_groups:
             g["lr"] = lr
         order.use_epoch(epoch)
         t0, tot, tot_mse, n = time.perf_counter(), 0.0, 0.0, 0
         bank.train()
         for (x,) in progress_iter(loader, total=len(loader), description=f"phase 1 epoch {epoch + 1}/{recipe.epochs}", enabled=progress):
-            core = acc.unwrap_model(bank)
             with acc.autocast():
-                recall = bank(x)
-                mse = F.mse_loss(recall.recon.float(), x.float())
+                mse = F.mse_loss(bank(x).recon.float(), x.float())
                 loss = mse + recipe.ortho_weight * core.orthogonality()
+            _check_finite(loss, epoch)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
             tot, tot_mse, n = tot + loss.item() * len(x), tot_mse + mse.item() * len(x), n + len(x)
         config.epochs_done = epoch + 1
         if acc.is_main_process:
-            core = acc.unwrap_model(bank)
             with torch.no_grad():
                 ortho = float(core.orthogonality())
             save_memory(core, config, out)
-            save_train_state(out / STATE_DIR, opt, {"epoch": epoch + 1})
+            save_train_state(out / STATE_DIR, opt, epoch + 1)
             log.write(phase=1, epoch=epoch + 1, lr=lr, loss=tot / max(1, n), mse=tot_mse / max(1, n), ortho=ortho,
                       seconds=round(time.perf_counter() - t0, 2))
+        acc.wait_for_everyone()
     return config
+
+
+def _check_finite(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise ValueError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower the learning rate. "
+                         "The folder keeps the last finished epoch; rerunning resumes from it.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -331,13 +353,17 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
 
     out = Path(out)
     recipe = recipe or DetectorRecipe()
+    resume = _fresh_out(out, "Phase 2")
     _seed(recipe.seed)
     bank, mem_cfg = load_memory(memory)
     params = {**(params or {}), **{k: v for k, v in mem_cfg.bank().items() if k != "dim"}}
     config = ModelConfig(detector="mirror", params=params, backbone=mem_cfg.backbone, protocol=mem_cfg.protocol)
     model = build_model(config)
     det = model.detector
+    if det.backbone.dim != mem_cfg.dim:
+        raise ModelLoadError(f"{memory}: the memory holds {mem_cfg.dim}-d tokens but its backbone gives {det.backbone.dim}-d ones")
     det.memory_bank.load_state_dict(bank.state_dict())
+    memory_digest = hashlib.sha256((Path(memory) / MEMORY_WEIGHTS).read_bytes()).hexdigest()
     train_set = discover(data)
     labels = {s.label for s in train_set.samples}
     if labels != {0, 1}:
@@ -352,29 +378,30 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
     step_module = _Step(det)
     base_lr = recipe.blr * recipe.batch_size * acc.num_processes / 256
     opt = torch.optim.AdamW(param_groups(det, recipe.weight_decay), lr=base_lr)
-    start = 0
-    if (out / STATE_DIR).is_dir():
-        from aigi.checkpoints import load_checked, read_config
-
+    model.config.training = {"data": str(data), "val": str(val) if val else None, "memory": str(memory),
+                             "memory_sha256": memory_digest, "recipe": recipe.model_dump(mode="json"),
+                             "memory_recipe": mem_cfg.recipe.model_dump(mode="json"),
+                             "mixed_precision": mixed_precision, "devices": acc.num_processes}
+    start, skipped = 0, set()
+    if resume:
         prev = read_config(out)
-        if prev.params != model.config.params or prev.backbone != model.config.backbone:
-            raise ValueError(f"{out} holds a run with other settings; use a new --out folder")
-        info = load_train_state(out / STATE_DIR, opt)
-        if info is not None:
-            load_checked(det, load_file(str(out / "model.safetensors")), str(out))
-            start = int(info["epoch"])
+        same = (prev.params, prev.backbone, prev.training.get("memory_sha256"), prev.training.get("recipe")) == (
+            model.config.params, model.config.backbone, memory_digest, {**model.config.training["recipe"], "epochs": prev.training.get("recipe", {}).get("epochs")})
+        if not same:
+            raise ValueError(f"{out} holds a Phase 2 run with other settings or another memory; use a new --out folder")
+        state, metadata = read_safetensors(out / WEIGHTS_NAME)
+        load_checked(det, state, str(out / WEIGHTS_NAME))
+        start = load_train_state(out / STATE_DIR, opt, metadata.get("epoch"))
+        skipped = set(prev.training.get("skipped_files", []))
     step_module, opt, loader = acc.prepare(step_module, opt, loader)
     steps_per_epoch = len(loader)
     total, warmup = recipe.epochs * steps_per_epoch, int(recipe.warmup_epochs * steps_per_epoch)
     log = JsonLog(out / LOG_NAME)
-    skipped: set[str] = set()
-    model.config.training = {"data": str(data), "val": str(val) if val else None, "memory": str(memory),
-                             "recipe": recipe.model_dump(mode="json"), "memory_recipe": mem_cfg.recipe.model_dump(mode="json"),
-                             "mixed_precision": mixed_precision, "devices": acc.num_processes}
     for epoch in range(start, recipe.epochs):
         dataset.epoch = epoch
         order.use_epoch(epoch)
-        torch.manual_seed(recipe.seed * 1_000_003 + epoch)  # dropout: a resumed epoch draws what it would have
+        # dropout: a resumed epoch draws what it would have; each DDP process its own stream
+        torch.manual_seed((recipe.seed * 1_000_003 + epoch) * 64 + acc.process_index)
         det.train()
         t0, tot, n = time.perf_counter(), 0.0, 0
         for it, (x, y, errors) in enumerate(progress_iter(loader, total=steps_per_epoch, description=f"phase 2 epoch {epoch + 1}/{recipe.epochs}", enabled=progress)):
@@ -382,11 +409,14 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
             lr = warmup_cosine(epoch * steps_per_epoch + it, total, warmup, base_lr, recipe.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            if x is None:
+            # Every process must take part in every step (DDP): skip a batch only when one process has nothing.
+            empty = acc.gather(torch.tensor([x is None], device=acc.device)).any()
+            if empty:
                 continue
             with acc.autocast():
                 logits = step_module(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.smoothing)
+            _check_finite(loss, epoch)
             opt.zero_grad(set_to_none=True)
             acc.backward(loss)
             opt.step()
@@ -395,13 +425,13 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
         det.eval()
         if val_samples and acc.is_main_process:
             yv, sv = _val_scores(model, val_samples, acc.device, progress)
-            if len(set(yv.tolist())) == 2:
+            if len(set(yv.tolist())) == 2 and np.isfinite(sv).all():
                 record["val_auroc"] = float(roc_auc_score(yv, sv))
                 record["val_bal_acc"] = float(((sv[yv == 0] < 0).mean() + (sv[yv == 1] >= 0).mean()) / 2)
         if acc.is_main_process:
             model.config.training.update(epochs_done=epoch + 1, skipped_files=sorted(skipped), last_epoch=record)
-            save_model(model, out)
-            save_train_state(out / STATE_DIR, opt, {"epoch": epoch + 1})
+            save_model(model, out, extra_metadata={"epoch": str(epoch + 1)})
+            save_train_state(out / STATE_DIR, opt, epoch + 1)
             log.write(**record)
         acc.wait_for_everyone()
     det.to("cpu").eval()

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from aigi.io import atomic_write, write_json
 
@@ -17,8 +17,9 @@ STATE_TENSORS = "optimizer.safetensors"
 STATE_JSON = "train_state.json"
 
 
-def save_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer, info: dict) -> None:
-    """Write the optimizer's tensors and the run's progress (``info``: epoch, step, ...) atomically."""
+def save_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    """Write the optimizer's tensors and the finished ``epoch`` atomically (the epoch goes in both files, so a
+    save cut short between them is detected on resume)."""
     folder = Path(folder)
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -28,23 +29,34 @@ def save_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer
                 tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
             else:
                 scalars[f"{idx}.{name}"] = value
-    atomic_write(folder / STATE_TENSORS, lambda tmp: save_file(tensors, tmp))
-    write_json(folder / STATE_JSON, {"param_groups": sd["param_groups"], "scalars": scalars, **info})
+    atomic_write(folder / STATE_TENSORS, lambda tmp: save_file(tensors, tmp, metadata={"epoch": str(epoch)}))
+    write_json(folder / STATE_JSON, {"param_groups": sd["param_groups"], "scalars": scalars, "epoch": epoch})
 
 
-def load_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer) -> dict | None:
-    """Restore the optimizer from ``folder``; returns the saved ``info`` or None when there is nothing to resume."""
+def load_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer, weights_epoch: str | None) -> int:
+    """Restore the optimizer from ``folder`` and return the epoch it finished. ``weights_epoch`` is the epoch
+    recorded with the saved weights: all three must agree, or the folder is refused (a save was cut short)."""
+    from aigi.checkpoints import ModelLoadError, read_safetensors
+
     folder = Path(folder)
-    if not (folder / STATE_JSON).is_file() or not (folder / STATE_TENSORS).is_file():
-        return None
-    meta = json.loads((folder / STATE_JSON).read_text())
-    tensors = load_file(str(folder / STATE_TENSORS))
+    try:
+        meta = json.loads((folder / STATE_JSON).read_text())
+        tensors, header = read_safetensors(folder / STATE_TENSORS)
+        epoch, param_groups, scalars = int(meta["epoch"]), meta["param_groups"], meta["scalars"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelLoadError(f"{folder}: unreadable training state ({type(e).__name__}: {e}); use a new --out folder") from None
+    if header.get("epoch") != str(epoch) or weights_epoch != str(epoch):
+        raise ModelLoadError(f"{folder}: the last save was cut short (weights from epoch {weights_epoch}, optimizer from epoch "
+                             f"{header.get('epoch')}, progress file says {epoch}); use a new --out folder")
     state: dict[int, dict] = {}
-    for key, value in [*tensors.items(), *meta.pop("scalars").items()]:
+    for key, value in [*tensors.items(), *scalars.items()]:
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    return meta
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    except (ValueError, KeyError) as e:
+        raise ModelLoadError(f"{folder}: the optimizer state does not fit this model ({e}); use a new --out folder") from None
+    return epoch
 
 
 class JsonLog:
