@@ -74,7 +74,7 @@ def fast_breakdown(bank: MemoryBank, tokens: torch.Tensor) -> tuple[dict[str, fl
         outs = []
         for s in range(0, b * n, max(1, bank.chunk_rows)):
             t0 = time.perf_counter()
-            logits = torch.bmm(q[:, s : s + bank.chunk_rows], keys) * bank.scale
+            logits = torch.bmm(q[:, s : s + bank.chunk_rows], keys).mul_(bank.scale)
             t1 = time.perf_counter()
             idx = topk_select(logits, kk)
             t2 = time.perf_counter()
