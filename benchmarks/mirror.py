@@ -207,7 +207,7 @@ def report() -> bool:
         f"Speed, {speed['images']} val images, cache off, in process: `detect` {speed['detect_images_per_s']} images/s against"
         f" {speed['bare_backbone_images_per_s']} images/s for the bare backbone (decode + protocol + backbone only).",
     ]
-    md = "\n".join(["# MIRROR on aigi-mini (reproduce: `python benchmarks/mirror.py sweep && python benchmarks/mirror.py final`)", "",
+    md = "\n".join(["# MIRROR on aigi-mini (reproduce: `python benchmarks/mirror.py sweep`, then `final --recipe short` and `final --recipe long`)", "",
                     *lines, "", *notes, ""])
     write_text(HERE / "results" / "mirror.md", md)
     from default_model import update_readme
