@@ -1,0 +1,64 @@
+"""`aigi train mirror-memory` -> `aigi train mirror` -> `aigi detect`, end to end through the command line."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from aigi.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
+
+
+@pytest.fixture()
+def data(tmp_path):
+    rng = np.random.default_rng(0)
+    for label, n in (("0_real", 6), ("1_fake", 6)):
+        (tmp_path / "data" / label).mkdir(parents=True)
+        for i in range(n):
+            a = rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)
+            if label == "0_real":
+                a = np.cumsum(a.astype(np.int64), axis=1).astype(np.uint8)  # smoother "photos"
+            Image.fromarray(a).save(tmp_path / "data" / label / f"{label}_{i}.jpg")
+    return tmp_path / "data"
+
+
+def test_train_both_phases_then_detect(data, tmp_path):
+    mem, model = tmp_path / "mem", tmp_path / "model"
+    res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "0_real"), "--out", str(mem),
+                              "--slots", "32", "--top-k", "4", "--epochs", "1", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "32 slots x 320 dims, 1 epochs" in res.output  # stage6 tokens of EfficientNet-Lite0 by default
+    args = ["train", "mirror", "--data", str(data), "--memory", str(mem), "--out", str(model), "--val", str(data),
+            "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "val AUROC" in res.output
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg["detector"] == "mirror" and cfg["params"]["slots"] == 32 and cfg["training"]["epochs_done"] == 1
+    # rerun with more epochs: resumes, trains only the new one
+    res = runner.invoke(app, [*args[:-6], "--epochs", "2", "--batch-size", "4", "--num-workers", "0"])
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["epoch"] for line in (model / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    res = runner.invoke(app, ["detect", "--model", str(model), "--json", str(data)])
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["results"]) == 12
+
+
+def test_clear_errors_for_bad_training_input(data, tmp_path):
+    res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "1_fake"), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "no real images" in res.output
+    res = runner.invoke(app, ["train", "mirror", "--data", str(data), "--memory", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "not a MIRROR memory folder" in res.output
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("x")
+    res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "0_real"), "--out", str(tmp_path / "used"), "--slots", "32", "--top-k", "4"])
+    assert res.exit_code == 2 and "already exists" in res.output
