@@ -19,7 +19,6 @@ The CPU recipe (fewer slots, epochs, a larger base lr than the paper's GPU runs)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile

@@ -18,12 +18,6 @@ HEADER = ["Dataset", "Acc", "Real_Acc", "Fake_Acc", "Bal_Acc", "AUC", "AP"]
 KEYS = ["acc", "real_acc", "fake_acc", "bal_acc", "auroc", "ap"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-
-
 def _img(path, seed, ext="png"):
     path.mkdir(parents=True, exist_ok=True)
     a = np.random.default_rng(seed).integers(0, 256, size=(40, 48, 3), dtype=np.uint8)
@@ -149,7 +143,7 @@ def test_every_image_is_scored_once(root, tmp_path, monkeypatch):
         return real(model, paths, **kw)
 
     monkeypatch.setattr(bm, "score_paths", counting)
-    results = bm.evaluate_suites(load_default_model(), root, ["GenImage", "Genimage"], tmp_path / "o", threshold=0.5, timestamp="20250101_000000")
+    bm.evaluate_suites(load_default_model(), root, ["GenImage", "Genimage"], tmp_path / "o", threshold=0.5, timestamp="20250101_000000")
     assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == 8
     a, b = (_csv(tmp_path / "o" / f"{n}_20250101_000000.csv") for n in ("GenImage", "Genimage"))
     assert a == b

@@ -12,12 +12,6 @@ from aigi.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-
-
 def _photo(path, seed, size=(96, 80), smooth=True):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)

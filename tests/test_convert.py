@@ -33,12 +33,6 @@ REGISTER_NOTE = ("the reference counted the backbone's register tokens among the
                  "so scores can differ slightly from the reference code's")
 
 
-@pytest.fixture(autouse=True)
-def _quiet(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-
-
 def _hf_dinov3(seed: int) -> transformers.DINOv3ViTModel:
     torch.manual_seed(seed)
     return transformers.DINOv3ViTModel(transformers.DINOv3ViTConfig(**TINY_DINOV3)).eval()

@@ -1,6 +1,5 @@
 """EfficientNet-Lite0: the packaged ImageNet weights load onto our network and classify real photos sensibly."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

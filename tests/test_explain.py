@@ -14,12 +14,6 @@ from aigi.cli import app
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-
-
 @pytest.fixture()
 def mirror_dir(tmp_path):
     torch.manual_seed(0)

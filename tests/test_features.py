@@ -1,7 +1,6 @@
 """The feature cache: keyed by file content and settings, reused across runs, never trusted when damaged."""
 
 import numpy as np
-import torch
 from PIL import Image
 
 from aigi.backbones.base import Preprocess

@@ -599,10 +599,8 @@ def log_lines(folder) -> list[dict]:
 
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-    return tmp_path
+def env(tmp_path):
+    return tmp_path  # conftest gives each test its own cache
 
 
 def phase1(data, out, epochs, batch_size=4, lr=1e-2):

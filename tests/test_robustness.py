@@ -17,12 +17,6 @@ from aigi.data.folders import discover, read_manifest
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-
-
 def _img(path, v=100):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (32, 32), (v, v // 2, 255 - v)).save(path)
