@@ -73,13 +73,18 @@ def detect(
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
     explain: bool = typer.Option(False, "--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm)."),
     explain_dir: Path = typer.Option(Path("aigi_heatmaps"), "--explain-dir", help="Folder for the --explain heatmaps."),
+    no_provenance: bool = typer.Option(False, "--no-provenance", help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides."),
 ) -> None:
-    """Say, for each image, whether it looks generated or real, with the model's probability.
+    """Say, for each image, whether it was generated or is real, and on what basis.
 
-    Files that cannot be read get a reason and the run carries on; the exit code is non-zero only when no
-    image at all could be read."""
+    What the file declares (C2PA Content Credentials, XMP/IPTC digital source type, generator metadata, invisible
+    watermarks; see `aigi inspect`) is read beside the detector's probability: a generated-content declaration
+    decides, anything else is mentioned beside the detector's verdict. Files that cannot be read get a reason and
+    the run carries on; the exit code is non-zero only when no image at all could be read."""
     from aigi.data.folders import unlabelled
     from aigi.engine.inference import score_paths
+    from aigi.provenance import inspect_file
+    from aigi.provenance.fusion import fuse
 
     _check_threshold(threshold)
     m = _load(model)
@@ -103,14 +108,20 @@ def detect(
         scores = score_paths(m, paths, use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
     results = []
     for i, s in enumerate(image_set.samples):
-        if i in scores.errors and np.isnan(scores.prob[i]):
-            results.append({"path": str(s.path), "verdict": "error", "prob_generated": None, "error": scores.errors[i]})
+        prob = None if np.isnan(scores.prob[i]) else float(scores.prob[i])
+        r = {"path": str(s.path), "verdict": None, "basis": None, "prob_generated": None if prob is None else round(prob, 4),
+             "detector_verdict": None if prob is None else ("generated" if prob >= t else "real"), "error": scores.errors.get(i)}
+        prov = None if no_provenance else inspect_file(s.path)
+        v = fuse(prob, t, prov)
+        if v.label == "unknown":  # no score and nothing declared: the file's own problem is the answer
+            r["verdict"], r["basis"] = "error", f"could not be scored: {scores.errors.get(i)}"
         else:
-            p = float(scores.prob[i])
-            results.append({"path": str(s.path), "verdict": "generated" if p >= t else "real", "prob_generated": round(p, 4),
-                            "error": scores.errors.get(i)})
+            r["verdict"], r["basis"] = v.label, v.basis
+        if prov is not None:
+            r["provenance"] = {"findings": [f.to_dict() for f in prov.findings], "problems": prov.problems}
         if explain:
-            results[-1]["heatmap"] = str(heatmaps[i]) if i in heatmaps else None
+            r["heatmap"] = str(heatmaps[i]) if i in heatmaps else None
+        results.append(r)
     if as_json:
         payload = {"model": m.config.detector, "threshold": t, "results": results,
                    "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
@@ -120,11 +131,12 @@ def detect(
         table.add_column("file", overflow="fold")
         table.add_column("verdict")
         table.add_column("P(generated)", justify="right")
-        table.add_column("note", overflow="fold")
+        table.add_column("basis", overflow="fold")
         style = {"generated": "bold red", "real": "bold green", "error": "yellow"}
         for r in results:
             prob = "" if r["prob_generated"] is None else f"{r['prob_generated']:.3f}"
-            table.add_row(escape(r["path"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, escape(r["error"] or ""))
+            note = r["basis"] if r["verdict"] != "error" else r["error"]
+            table.add_row(escape(r["path"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, escape(note or ""))
         out.print(table)
         _report_skipped(image_set.skipped)
         n_bad = int(np.isnan(scores.prob).sum())
@@ -132,7 +144,7 @@ def detect(
             out.print(f"wrote {len(heatmaps)} heatmaps to {escape(str(explain_dir))}", highlight=False)
         if n_bad:
             err.print(f"{n_bad} of {len(results)} files could not be read (reasons above)", highlight=False)
-    if np.isnan(scores.prob).all():
+    if all(r["verdict"] == "error" for r in results):
         raise typer.Exit(1)
 
 
@@ -227,6 +239,41 @@ def evaluate(
         out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()), highlight=False)
     if len(scores.errors) == len(image_set.samples):
         _fail("no image could be read", code=1)
+
+
+@app.command()
+def inspect(
+    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per file) instead of a table."),
+) -> None:
+    """What each file declares about its origin: C2PA Content Credentials, XMP/IPTC digital source type, camera
+    EXIF, generator metadata (AUTOMATIC1111, ComfyUI, InvokeAI, NovelAI, Fooocus, Midjourney) and invisible watermarks.
+
+    Strength says how hard a finding is to forge: strong (valid C2PA from a trusted signer), moderate (C2PA signed
+    by an untrusted key, a decoded watermark), weak (plain metadata anyone can write). No findings proves nothing:
+    most platforms strip metadata."""
+    from aigi.data.folders import unlabelled
+    from aigi.provenance import inspect_file
+
+    image_set = unlabelled([str(p) for p in inputs])
+    if not image_set.samples:
+        _report_skipped(image_set.skipped)
+        _fail(f"no image files found in {', '.join(map(str, inputs))}")
+    results = [inspect_file(s.path) for s in image_set.samples]
+    if as_json:
+        payload = {"results": [r.to_dict() for r in results], "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
+        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        return
+    table = Table(title="aigi inspect — what the files declare (weak = anyone can write it; no findings proves nothing)")
+    for col in ("file", "source", "claim", "strength", "finding"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        rows = [(f.source, f.claim, f.strength, f.summary) for f in r.findings] or [("", "", "", "nothing declared")]
+        rows += [("", "", "", f"[yellow]{escape(p)}[/]") for p in r.problems]
+        for j, (src, claim, strength, text) in enumerate(rows):
+            table.add_row(escape(r.path) if j == 0 else "", src, claim, strength, text if text.startswith("[yellow]") else escape(text))
+    out.print(table)
+    _report_skipped(image_set.skipped)
 
 
 @app.command()

@@ -1,0 +1,48 @@
+"""One verdict from a detector's probability and what the file declares, with the basis said in words.
+
+Rules, in order:
+
+1. A ``strong`` or ``moderate`` claim that the image was generated or AI-edited (a C2PA manifest, an invisible
+   watermark) decides: "generated (declared: C2PA by <issuer>)", "generated (watermark)".
+2. A ``weak`` declaration that the image was generated (generator parameters, an XMP digital source type, a
+   generator named in EXIF) also decides: such a statement is easy to write but rarely written falsely, because
+   nobody gains from claiming a real photo is generated. The verdict says it is a declaration.
+3. Otherwise the detector decides at its threshold, and camera EXIF or other weak findings are mentioned beside
+   it, never instead of it: anyone can copy a camera's EXIF onto a generated image.
+4. No score (the file could not be decoded) and nothing declared: "unknown".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aigi.provenance.findings import Provenance
+
+GENERATIVE = ("generated", "ai-edited")
+
+
+@dataclass
+class Verdict:
+    label: str  # generated | real | unknown
+    basis: str  # e.g. "generated (declared: C2PA by Adobe)"
+    source: str  # declared | watermark | detector | none
+
+
+def fuse(prob: float | None, threshold: float, provenance: Provenance | None) -> Verdict:
+    declared = provenance.best(*GENERATIVE) if provenance else None
+    if declared is not None:
+        what = "AI-edited" if declared.claim == "ai-edited" else "generated"
+        if declared.source == "watermark":
+            return Verdict("generated", f"generated (watermark: {declared.summary})", "watermark")
+        note = "" if declared.strength != "weak" else "; unsigned metadata"
+        score = f"; detector {prob:.2f}" if prob is not None else ""
+        return Verdict("generated", f"{what} (declared: {declared.summary}{note}{score})", "declared")
+    if prob is None:
+        return Verdict("unknown", "unknown (no detector score and nothing declared)", "none")
+    label = "generated" if prob >= threshold else "real"
+    extras = []
+    if provenance:
+        camera = provenance.best("captured")
+        if camera is not None:
+            extras.append("camera EXIF present" if camera.source == "exif" else camera.summary)
+    return Verdict(label, f"{label} (detector {prob:.2f}" + "".join(f"; {e}" for e in extras) + ")", "detector")

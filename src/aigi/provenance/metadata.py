@@ -1,0 +1,258 @@
+"""Plain metadata: EXIF (camera signature, software), XMP / IPTC (digital source type, creator tool), and the text
+that generators write into PNG chunks and JPEG comments (AUTOMATIC1111, ComfyUI, InvokeAI, NovelAI, Fooocus,
+Midjourney). All of it is ``weak`` evidence: any tool can write or remove it.
+
+Every block is size-checked before it is parsed, XML with a DTD is refused (entity expansion), and JSON is
+parsed only below a size cap; a block that cannot be read becomes a problem on the file, not an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+
+from PIL import ExifTags, Image, IptcImagePlugin
+
+from aigi.provenance.findings import Finding
+
+MAX_BLOCK_BYTES = 1 << 20  # one EXIF / XMP / text block; larger ones are reported, not parsed
+MAX_JSON_BYTES = 4 << 20  # a ComfyUI workflow can be big, but not bigger than this
+
+# IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/), with what each claims.
+SOURCE_TYPES = {
+    "trainedAlgorithmicMedia": "generated",
+    "compositeWithTrainedAlgorithmicMedia": "ai-edited",
+    "algorithmicallyEnhanced": "ai-edited",
+    "algorithmicMedia": "generated",
+    "compositeSynthetic": "generated",
+    "digitalCapture": "captured",
+    "computationalCapture": "captured",
+    "negativeFilm": "captured",
+    "positiveFilm": "captured",
+    "print": "captured",
+    "minorHumanEdits": "edited",
+    "compositeCapture": "edited",
+    "composite": "edited",
+    "digitalArt": "info",
+    "virtualRecording": "info",
+    "screenCapture": "info",
+    "dataDrivenMedia": "info",
+}
+GENERATOR_NAMES = re.compile(
+    r"stable[\s_-]?diffusion|automatic1111|\bcomfyui\b|invokeai|novelai|midjourney|dall[\s·-]?e|openai|adobe firefly|"
+    r"\bfirefly\b|\bimagen\b|gemini|\bflux\b|fooocus|leonardo\.?ai|ideogram|runway|bing image creator|\bsdxl\b|kandinsky|"
+    r"playground ?v?\d|dreamstudio|nightcafe|craiyon|\bgpt-4o\b|sora",
+    re.IGNORECASE,
+)
+CAMERA_FIELDS = ("Make", "Model", "LensModel", "ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength", "DateTimeOriginal")
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        head, body = value[:8], value[8:]
+        if head == b"UNICODE\x00":  # EXIF UserComment: an 8-byte character-code header, then the text
+            return body.decode("utf-16-be" if body[:1] == b"\x00" else "utf-16-le", "replace")
+        if head in (b"ASCII\x00\x00\x00", b"\x00" * 8):
+            return body.decode("latin-1")
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _clean(value, limit: int = 300) -> str:
+    s = _text(value).replace("\x00", "").strip()
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+# -- EXIF ---------------------------------------------------------------------------------------------------------
+def exif_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
+    raw = im.info.get("exif")
+    if raw and len(raw) > MAX_BLOCK_BYTES:
+        problems.append(f"metadata unreadable: EXIF block of {len(raw)} bytes is over the {MAX_BLOCK_BYTES}-byte limit")
+        return []
+    try:
+        exif = im.getexif()
+        fields = {ExifTags.TAGS.get(k, str(k)): v for k, v in exif.items()}
+        fields.update({ExifTags.TAGS.get(k, str(k)): v for k, v in exif.get_ifd(ExifTags.IFD.Exif).items()})
+    except Exception as e:  # noqa: BLE001 - a malformed EXIF block is a finding about the file, not a crash
+        problems.append(f"metadata unreadable: EXIF ({type(e).__name__}: {e})")
+        return []
+    if not fields:
+        return []
+    out = []
+    camera = {k: _clean(fields[k], 80) for k in CAMERA_FIELDS if k in fields and _clean(fields[k], 80)}
+    if "Make" in camera or "Model" in camera:
+        exposure = [k for k in ("ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength") if k in camera]
+        who = " ".join(v for v in (camera.get("Make"), camera.get("Model")) if v)
+        out.append(Finding("exif", "captured", "weak",
+                           f"camera EXIF: {who}" + (f" ({', '.join(exposure)})" if exposure else ""), camera))
+    for key in ("Software", "ImageDescription", "UserComment", "Artist"):
+        if key in fields:
+            text = _clean(fields[key], 2000)
+            if text and GENERATOR_NAMES.search(text):
+                out.append(Finding("exif", "generated", "weak", f"EXIF {key} names a generator: {_clean(text, 120)}",
+                                   {"field": key, "value": text, **parse_a1111(text)}))
+            elif key == "Software" and text:
+                out.append(Finding("exif", "info", "weak", f"EXIF Software: {_clean(text, 120)}", {"field": key, "value": text}))
+    return out
+
+
+# -- XMP and IPTC ---------------------------------------------------------------------------------------------------
+def _xmp_packet(im: Image.Image) -> bytes | None:
+    raw = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8")
+    return raw or None
+
+
+def xmp_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
+    raw = _xmp_packet(im)
+    if raw is None:
+        return []
+    if len(raw) > MAX_BLOCK_BYTES:
+        problems.append(f"metadata unreadable: XMP packet of {len(raw)} bytes is over the {MAX_BLOCK_BYTES}-byte limit")
+        return []
+    if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+        problems.append("metadata unreadable: XMP packet with a DTD (entity declarations are refused)")
+        return []
+    start = raw.find(b"<x:xmpmeta")
+    end = raw.rfind(b"</x:xmpmeta>")
+    body = raw[start : end + len(b"</x:xmpmeta>")] if start >= 0 and end > start else raw
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as e:
+        problems.append(f"metadata unreadable: XMP ({e})")
+        return []
+    values: dict[str, list[str]] = {}
+    for el in root.iter():
+        name = el.tag.rsplit("}", 1)[-1]
+        for attr, v in el.attrib.items():
+            values.setdefault(attr.rsplit("}", 1)[-1], []).append(v)
+        if el.text and el.text.strip():
+            values.setdefault(name, []).append(el.text.strip())
+    out = []
+    for uri in values.get("DigitalSourceType", []):
+        out.append(_source_type_finding("xmp", uri))
+    for tool in values.get("CreatorTool", []):
+        generated = bool(GENERATOR_NAMES.search(tool))
+        out.append(Finding("xmp", "generated" if generated else "info", "weak",
+                           f"XMP creator tool{' names a generator' if generated else ''}: {_clean(tool, 120)}", {"CreatorTool": tool}))
+    for text in values.get("description", []) + values.get("Description", []):
+        if "Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I):
+            out.append(Finding("xmp", "generated", "weak", "XMP description in Midjourney's form (prompt and Job ID)",
+                               {"generator": "Midjourney", "description": _clean(text, 2000)}))
+    return out
+
+
+def _source_type_finding(source: str, uri: str) -> Finding:
+    code = uri.rstrip("/").rsplit("/", 1)[-1]
+    claim = SOURCE_TYPES.get(code, "info")
+    return Finding(source, claim, "weak", f"{source.upper()} digital source type: {code}", {"DigitalSourceType": uri})
+
+
+def iptc_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
+    if im.format not in ("JPEG", "TIFF"):
+        return []
+    try:
+        iptc = IptcImagePlugin.getiptcinfo(im) or {}
+    except Exception as e:  # noqa: BLE001
+        problems.append(f"metadata unreadable: IPTC ({type(e).__name__}: {e})")
+        return []
+    out = []
+    for (record, tag), value in iptc.items():
+        text = b" ".join(value) if isinstance(value, list) else value
+        text = _clean(text, 2000)
+        if record == 2 and tag in (65, 120, 122, 80) and GENERATOR_NAMES.search(text):  # program, caption, writer, by-line
+            out.append(Finding("iptc", "generated", "weak", f"IPTC field names a generator: {_clean(text, 120)}", {"record": f"2:{tag}", "value": text}))
+        if "digitalsourcetype" in text.lower():
+            out.append(_source_type_finding("iptc", text))
+    return out
+
+
+# -- generator parameters in text chunks ------------------------------------------------------------------------------
+def parse_a1111(text: str) -> dict:
+    """AUTOMATIC1111's ``parameters``: prompt lines, ``Negative prompt: ...``, then ``Steps: 20, Sampler: ..., Model: ...``."""
+    lines = text.strip().splitlines()
+    if not lines or not re.search(r"(^|\n)Steps: \d+", text):
+        return {}
+    settings_line = next((ln for ln in reversed(lines) if ln.startswith("Steps: ")), "")
+    settings = dict(m.groups() for m in re.finditer(r"([A-Za-z][\w /-]*): (\"[^\"]*\"|[^,]*)(?:,|$)", settings_line))
+    body = text[: text.rfind(settings_line)].strip() if settings_line else text
+    prompt, _, negative = body.partition("Negative prompt:")
+    out = {"generator": "AUTOMATIC1111 / stable-diffusion-webui", "prompt": prompt.strip(), "settings": settings}
+    if negative:
+        out["negative_prompt"] = negative.strip()
+    if "Model" in settings:
+        out["model"] = settings["Model"].strip()
+    return out
+
+
+def _json(text: str):
+    if len(text) > MAX_JSON_BYTES:
+        raise ValueError(f"{len(text)} bytes is over the {MAX_JSON_BYTES}-byte limit")
+    return json.loads(text)
+
+
+def parse_comfyui(prompt_json: str) -> dict:
+    graph = _json(prompt_json)
+    if not isinstance(graph, dict):
+        raise ValueError("not a ComfyUI node graph")
+    nodes = [n for n in graph.values() if isinstance(n, dict) and "class_type" in n]
+    models, prompts = [], []
+    for n in nodes:
+        inputs = n.get("inputs") or {}
+        for key in ("ckpt_name", "unet_name", "model_name"):
+            if isinstance(inputs.get(key), str):
+                models.append(inputs[key])
+        if "CLIPTextEncode" in n["class_type"] and isinstance(inputs.get("text"), str):
+            prompts.append(inputs["text"])
+    return {"generator": "ComfyUI", "model": models[0] if models else None, "models": models, "prompts": prompts, "nodes": len(nodes)}
+
+
+def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
+    """PNG tEXt/iTXt/zTXt chunks (and the JPEG / WebP comment) written by generation tools."""
+    info = {k: v for k, v in im.info.items() if isinstance(v, (str, bytes)) and k not in ("exif", "xmp", "icc_profile", "XML:com.adobe.xmp")}
+    out, generic = [], []  # generic: a generator named in a plain field, kept only when no tool's own format was found
+
+    def found(summary: str, details: dict) -> None:
+        out.append(Finding("png-text" if im.format == "PNG" else "comment", "generated", "weak", summary, details))
+
+    for key, value in info.items():
+        text = _text(value)
+        if len(text) > MAX_JSON_BYTES:
+            problems.append(f"metadata unreadable: text chunk {key!r} of {len(text)} bytes is over the limit")
+            continue
+        try:
+            if key == "parameters":
+                if text.lstrip().startswith("{"):  # Fooocus writes JSON here
+                    params = _json(text)
+                    found("Fooocus parameters", {"generator": "Fooocus", "prompt": params.get("prompt") or params.get("Prompt"),
+                                                 "model": params.get("base_model") or params.get("Base Model"), "raw_keys": sorted(params)[:40]})
+                else:
+                    parsed = parse_a1111(text)
+                    found(f"AUTOMATIC1111 parameters (model {parsed.get('model') or 'not named'})" if parsed else "generation parameters",
+                          parsed or {"generator": "unknown (a 'parameters' chunk)", "text": _clean(text, 2000)})
+            elif key == "prompt" and text.lstrip().startswith("{"):
+                parsed = parse_comfyui(text)
+                found(f"ComfyUI workflow (model {parsed['model'] or 'not named'})", parsed)
+            elif key == "workflow" and "prompt" not in info and text.lstrip().startswith("{"):
+                found("ComfyUI workflow (editor graph only)", {"generator": "ComfyUI", "nodes": len(_json(text).get("nodes", []))})
+            elif key in ("invokeai_metadata", "sd-metadata", "Dream", "invokeai_graph"):
+                meta = _json(text) if text.lstrip().startswith("{") else {"text": _clean(text, 2000)}
+                model = meta.get("model") or meta.get("model_weights")
+                found("InvokeAI metadata", {"generator": "InvokeAI", "model": model.get("name") if isinstance(model, dict) else model,
+                                            "prompt": meta.get("positive_prompt") or meta.get("prompt") or (meta.get("image") or {}).get("prompt")})
+            elif key == "Software" and "novelai" in text.lower():
+                comment = _json(_text(info["Comment"])) if "Comment" in info else {}
+                found("NovelAI metadata", {"generator": "NovelAI", "source": _clean(info.get("Source", ""), 200),
+                                           "prompt": comment.get("prompt"), "settings": {k: comment[k] for k in ("steps", "sampler", "seed", "scale") if k in comment}})
+            elif key in ("Description", "comment", "Comment") and ("Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I)):
+                found("Midjourney description (prompt and Job ID)", {"generator": "Midjourney", "description": _clean(text, 2000)})
+            elif key in ("Software", "Source", "comment", "Comment", "Title", "Author") and GENERATOR_NAMES.search(text):
+                generic.append((f"{key} names a generator: {_clean(text, 120)}", {"field": key, "value": _clean(text, 2000)}))
+        except (ValueError, TypeError, AttributeError) as e:
+            problems.append(f"metadata unreadable: text chunk {key!r} ({type(e).__name__}: {e})")
+    if not out:
+        for summary, details in generic:
+            found(summary, details)
+    return out

@@ -1,0 +1,186 @@
+"""Plain-metadata provenance: fixtures written here, exact findings asserted, malformed variants never crash."""
+
+import json
+
+import pytest
+from PIL import Image, PngImagePlugin
+from typer.testing import CliRunner
+
+from aigi.cli import app
+from aigi.provenance import inspect_file
+from aigi.provenance.fusion import fuse
+
+runner = CliRunner()
+
+A1111 = ("a cat astronaut, highly detailed\nNegative prompt: blurry, lowres\n"
+         "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: abcd1234, Model: v1-5-pruned-emaonly, Version: v1.6.0")
+COMFY_PROMPT = {
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+    "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]}},
+    "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20}},
+}
+XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+       ' Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/{kind}" xmp:CreatorTool="{tool}"/>'
+       '</rdf:RDF></x:xmpmeta>')
+
+
+def _png(path, **text):
+    info = PngImagePlugin.PngInfo()
+    for k, v in text.items():
+        info.add_text(k, v)
+    Image.new("RGB", (48, 40), (90, 120, 30)).save(path, pnginfo=info)
+    return path
+
+
+def _camera_jpeg(path, software=None):
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS 5D Mark IV"
+    if software:
+        exif[0x0131] = software
+    ifd = exif.get_ifd(0x8769)
+    ifd[0x8827] = 400  # ISO
+    ifd[0xA434] = "EF24-70mm f/2.8L II USM"
+    Image.new("RGB", (48, 40), (20, 40, 60)).save(path, exif=exif)
+    return path
+
+
+def _only(prov, source):
+    hits = [f for f in prov.findings if f.source == source]
+    assert len(hits) == 1, prov.findings
+    return hits[0]
+
+
+def test_a1111_parameters(tmp_path):
+    prov = inspect_file(_png(tmp_path / "a.png", parameters=A1111))
+    f = _only(prov, "png-text")
+    assert (f.claim, f.strength) == ("generated", "weak")
+    assert f.summary == "AUTOMATIC1111 parameters (model v1-5-pruned-emaonly)"
+    assert f.details["prompt"] == "a cat astronaut, highly detailed"
+    assert f.details["negative_prompt"] == "blurry, lowres"
+    assert f.details["settings"]["Steps"] == "20" and f.details["settings"]["Sampler"] == "Euler a"
+    assert f.details["settings"]["Model hash"] == "abcd1234"
+    assert prov.problems == []
+
+
+def test_comfyui_prompt_and_workflow(tmp_path):
+    prov = inspect_file(_png(tmp_path / "c.png", prompt=json.dumps(COMFY_PROMPT), workflow=json.dumps({"nodes": [{}, {}, {}]})))
+    f = _only(prov, "png-text")
+    assert f.summary == "ComfyUI workflow (model sd_xl_base_1.0.safetensors)"
+    assert f.details["prompts"] == ["a lighthouse at dusk"] and f.details["nodes"] == 3
+
+
+def test_invokeai_novelai_fooocus_midjourney(tmp_path):
+    inv = inspect_file(_png(tmp_path / "i.png", invokeai_metadata=json.dumps({"positive_prompt": "a fox", "model": {"name": "juggernaut"}})))
+    assert _only(inv, "png-text").details == {"generator": "InvokeAI", "model": "juggernaut", "prompt": "a fox"}
+    nai = inspect_file(_png(tmp_path / "n.png", Software="NovelAI", Source="Stable Diffusion 1D44365E",
+                            Comment=json.dumps({"prompt": "1girl", "steps": 28, "seed": 7})))
+    f = _only(nai, "png-text")
+    assert f.details["generator"] == "NovelAI" and f.details["prompt"] == "1girl" and f.details["settings"] == {"steps": 28, "seed": 7}
+    foo = inspect_file(_png(tmp_path / "f.png", parameters=json.dumps({"Prompt": "a boat", "Base Model": "juggernautXL"})))
+    assert _only(foo, "png-text").details["model"] == "juggernautXL"
+    mj = inspect_file(_png(tmp_path / "m.png", Description="a castle in the clouds --ar 16:9 Job ID: 1c2d3e4f-aaaa-bbbb-cccc-0123456789ab"))
+    assert _only(mj, "png-text").details["generator"] == "Midjourney"
+
+
+def test_camera_exif_and_generator_software(tmp_path):
+    prov = inspect_file(_camera_jpeg(tmp_path / "cam.jpg", software="Adobe Lightroom Classic 13.0"))
+    cam = next(f for f in prov.findings if f.claim == "captured")
+    assert (cam.source, cam.strength) == ("exif", "weak")
+    assert cam.details["Make"] == "Canon" and cam.details["Model"] == "Canon EOS 5D Mark IV" and cam.details["LensModel"].startswith("EF24-70")
+    assert any(f.claim == "info" and f.details.get("value") == "Adobe Lightroom Classic 13.0" for f in prov.findings)
+    gen = inspect_file(_camera_jpeg(tmp_path / "gen.jpg", software="Stable Diffusion XL"))
+    assert any(f.claim == "generated" and f.source == "exif" and "Stable Diffusion XL" in f.summary for f in gen.findings)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_xmp_digital_source_type(tmp_path, fmt):
+    xmp = XMP.format(kind="compositeWithTrainedAlgorithmicMedia", tool="Adobe Photoshop 25.0")
+    path = tmp_path / f"x.{fmt.lower()}"
+    if fmt == "JPEG":
+        Image.new("RGB", (32, 32)).save(path, xmp=xmp.encode())
+    else:
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        Image.new("RGB", (32, 32)).save(path, pnginfo=info)
+    prov = inspect_file(path)
+    dst = next(f for f in prov.findings if "DigitalSourceType" in f.details)
+    assert (dst.claim, dst.summary) == ("ai-edited", "XMP digital source type: compositeWithTrainedAlgorithmicMedia")
+    tool = next(f for f in prov.findings if "CreatorTool" in f.details)
+    assert tool.claim == "info" and tool.details["CreatorTool"] == "Adobe Photoshop 25.0"
+
+
+def _malformed(tmp_path):
+    d = tmp_path / "bad"
+    d.mkdir()
+    good = _png(tmp_path / "g.png", parameters=A1111).read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 2])
+    (d / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00garbage-garbage" + bytes(range(256)) * 4)
+    (d / "empty.png").write_bytes(b"")
+    (d / "text.png").write_text("not an image")
+    big = "<x:xmpmeta>" + "A" * (2 << 20) + "</x:xmpmeta>"
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", big, zip=True)
+    Image.new("RGB", (8, 8)).save(d / "huge_xmp.png", pnginfo=info)
+    bomb = ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>')
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", bomb)
+    Image.new("RGB", (8, 8)).save(d / "entities.png", pnginfo=info)
+    _png(d / "bad_comfy.png", prompt="{not json at all")
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta><unclosed>")
+    Image.new("RGB", (8, 8)).save(d / "broken_xmp.png", pnginfo=info)
+    return d
+
+
+def test_malformed_metadata_is_a_problem_not_a_crash(tmp_path):
+    d = _malformed(tmp_path)
+    problems = {p.name: inspect_file(p).problems for p in sorted(d.iterdir())}
+    assert problems["empty.png"] == ["empty file (0 bytes)"]
+    assert problems["text.png"] == ["not an image (unrecognised or unsupported format)"]
+    assert any("XMP packet with a DTD" in p for p in problems["entities.png"])
+    assert any("text chunk 'prompt' (JSONDecodeError" in p for p in problems["bad_comfy.png"])
+    assert any(p.startswith("metadata unreadable: XMP (") for p in problems["broken_xmp.png"])
+    assert problems["huge_xmp.png"] == ["metadata unreadable: the file could not be opened (ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"]
+    assert isinstance(problems["garbage.jpg"], list) and isinstance(problems["truncated.png"], list)
+
+
+def test_inspect_cli_on_a_folder_of_malformed_files(tmp_path):
+    d = _malformed(tmp_path)
+    _png(d / "ok.png", parameters=A1111)
+    res = runner.invoke(app, ["inspect", "--json", str(d)])
+    assert res.exit_code == 0, res.output
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
+    assert set(rows) >= {"truncated.png", "garbage.jpg", "empty.png", "huge_xmp.png", "entities.png", "bad_comfy.png", "ok.png"}
+    assert rows["ok.png"]["findings"][0]["summary"].startswith("AUTOMATIC1111")
+    table = runner.invoke(app, ["inspect", str(d)])
+    assert table.exit_code == 0 and "nothing declared" in table.output
+
+
+def test_fusion_rules(tmp_path):
+    a1111 = inspect_file(_png(tmp_path / "a.png", parameters=A1111))
+    v = fuse(0.1, 0.5, a1111)
+    assert v.label == "generated" and v.basis.startswith("generated (declared: AUTOMATIC1111 parameters") and "unsigned metadata" in v.basis
+    cam = inspect_file(_camera_jpeg(tmp_path / "cam.jpg"))
+    assert fuse(0.08, 0.5, cam).basis == "real (detector 0.08; camera EXIF present)"
+    assert fuse(0.93, 0.5, cam).basis == "generated (detector 0.93; camera EXIF present)"  # EXIF never overrides the detector
+    assert fuse(None, 0.5, cam).label == "unknown"
+    assert fuse(0.93, 0.5, None).basis == "generated (detector 0.93)"
+
+
+def test_detect_reports_the_basis(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _png(d / "a1111.png", parameters=A1111)
+    _camera_jpeg(d / "cam.jpg")
+    res = runner.invoke(app, ["detect", "--json", str(d)])
+    assert res.exit_code == 0, res.output
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
+    assert rows["a1111.png"]["verdict"] == "generated" and "declared: AUTOMATIC1111" in rows["a1111.png"]["basis"]
+    assert rows["a1111.png"]["provenance"]["findings"][0]["source"] == "png-text"
+    cam = rows["cam.jpg"]
+    assert cam["verdict"] == cam["detector_verdict"] and cam["basis"].endswith("camera EXIF present)")
+    res = runner.invoke(app, ["detect", "--json", "--no-provenance", str(d)])
+    rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
+    assert rows["a1111.png"]["verdict"] == rows["a1111.png"]["detector_verdict"] and "provenance" not in rows["a1111.png"]
