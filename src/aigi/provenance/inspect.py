@@ -14,13 +14,19 @@ from aigi.data.decode import ImageDecodeError, read_bytes
 from aigi.provenance.findings import Finding, Provenance
 from aigi.provenance.metadata import exif_findings, iptc_findings, text_chunk_findings, xmp_findings
 
-# (name, extractor(image, problems) -> findings); extractors needing the raw bytes get them through ``raw``.
-Extractor = Callable[[Image.Image, list[str]], list[Finding]]
+# (name, extractor(image opened lazily by PIL, the file's bytes, problems) -> findings)
+Extractor = Callable[[Image.Image, bytes, list[str]], list[Finding]]
+
+
+def _plain(fn) -> Extractor:
+    return lambda im, data, problems: fn(im, problems)
+
+
 EXTRACTORS: list[tuple[str, Extractor]] = [
-    ("EXIF", exif_findings),
-    ("XMP", xmp_findings),
-    ("IPTC", iptc_findings),
-    ("text chunks", text_chunk_findings),
+    ("EXIF", _plain(exif_findings)),
+    ("XMP", _plain(xmp_findings)),
+    ("IPTC", _plain(iptc_findings)),
+    ("text chunks", _plain(text_chunk_findings)),
 ]
 
 
@@ -45,7 +51,7 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result.findings += extractor(im, result.problems)
+                result.findings += extractor(im, data, result.problems)
         except Exception as e:  # noqa: BLE001 - one broken block must not hide the others
             result.problems.append(f"metadata unreadable: {name} ({type(e).__name__}: {e})")
     return result
