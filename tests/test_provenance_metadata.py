@@ -93,6 +93,22 @@ def test_camera_exif_and_generator_software(tmp_path):
     assert any(f.claim == "generated" and f.source == "exif" and "Stable Diffusion XL" in f.summary for f in gen.findings)
 
 
+def test_parameters_in_jpeg_exif_usercomment(tmp_path):
+    """AUTOMATIC1111 (UTF-16 UserComment in the Exif IFD) and Fooocus (plain JSON string in IFD0) write JPEGs this way."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + A1111.encode("utf-16-be")
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg", exif=exif)
+    f = _only(inspect_file(tmp_path / "a.jpg"), "exif")
+    assert f.summary == "AUTOMATIC1111 parameters in EXIF UserComment (model v1-5-pruned-emaonly)"
+    assert f.details["prompt"] == "a cat astronaut, highly detailed"
+    exif = Image.Exif()
+    exif[0x0131] = "Fooocus v2.5.5"
+    exif[0x9286] = json.dumps({"Prompt": "a red boat", "Base Model": "juggernautXL_v8"})
+    Image.new("RGB", (40, 30)).save(tmp_path / "f.jpg", exif=exif)
+    found = [f for f in inspect_file(tmp_path / "f.jpg").findings if f.claim == "generated"]
+    assert any(f.details.get("model") == "juggernautXL_v8" and f.details.get("prompt") == "a red boat" for f in found), found
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_xmp_digital_source_type(tmp_path, fmt):
     xmp = XMP.format(kind="compositeWithTrainedAlgorithmicMedia", tool="Adobe Photoshop 25.0")

@@ -88,8 +88,21 @@ def exif_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
                            f"camera EXIF: {who}" + (f" ({', '.join(exposure)})" if exposure else ""), camera))
     for key in ("Software", "ImageDescription", "UserComment", "Artist"):
         if key in fields:
-            text = _clean(fields[key], 2000)
-            if text and GENERATOR_NAMES.search(text):
+            text = _clean(fields[key], 20000)
+            params = parse_a1111(text) if key in ("UserComment", "ImageDescription") else {}
+            if params:  # AUTOMATIC1111 writes its parameters into JPEG/WebP UserComment
+                out.append(Finding("exif", "generated", "weak", f"AUTOMATIC1111 parameters in EXIF {key} (model {params.get('model') or 'not named'})",
+                                   {"field": key, **params}))
+            elif key == "UserComment" and text.startswith("{") and '"prompt"' in text.lower():  # Fooocus: JSON parameters
+                try:
+                    meta = _json(text)
+                except ValueError as e:
+                    problems.append(f"metadata unreadable: EXIF UserComment ({e})")
+                    continue
+                out.append(Finding("exif", "generated", "weak", "generation parameters (JSON) in EXIF UserComment",
+                                   {"field": key, "generator": _clean(fields.get("Software", "unknown"), 80),
+                                    "prompt": meta.get("prompt") or meta.get("Prompt"), "model": meta.get("base_model") or meta.get("Base Model")}))
+            elif text and GENERATOR_NAMES.search(text):
                 out.append(Finding("exif", "generated", "weak", f"EXIF {key} names a generator: {_clean(text, 120)}",
                                    {"field": key, "value": text, **parse_a1111(text)}))
             elif key == "Software" and text:
