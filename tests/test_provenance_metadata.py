@@ -1,6 +1,8 @@
 """Plain-metadata provenance: fixtures written here, exact findings asserted, malformed variants never crash."""
 
+import io
 import json
+import struct
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -107,6 +109,23 @@ def test_parameters_in_jpeg_exif_usercomment(tmp_path):
     Image.new("RGB", (40, 30)).save(tmp_path / "f.jpg", exif=exif)
     found = [f for f in inspect_file(tmp_path / "f.jpg").findings if f.claim == "generated"]
     assert any(f.details.get("model") == "juggernautXL_v8" and f.details.get("prompt") == "a red boat" for f in found), found
+
+
+def _with_iptc(jpeg: bytes, *fields: tuple[int, bytes]) -> bytes:
+    """Pillow cannot write IPTC: add an APP13 "Photoshop 3.0" segment with an 8BIM 0x0404 IIM block by hand."""
+    iim = b"".join(b"\x1c\x02" + bytes([tag]) + struct.pack(">H", len(v)) + v for tag, v in fields)
+    res = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(iim)) + iim + b"\x00" * (len(iim) % 2)
+    app13 = b"Photoshop 3.0\x00" + res
+    return jpeg[:2] + b"\xff\xed" + struct.pack(">H", len(app13) + 2) + app13 + jpeg[2:]
+
+
+def test_iptc_fields(tmp_path):
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "JPEG")
+    (tmp_path / "i.jpg").write_bytes(_with_iptc(buf.getvalue(), (120, b"a castle, made with Midjourney v6"), (80, b"Jane Doe")))
+    f = _only(inspect_file(tmp_path / "i.jpg"), "iptc")
+    assert (f.claim, f.details["record"]) == ("generated", "2:120")
+    assert f.summary == "IPTC field names a generator: a castle, made with Midjourney v6"
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
