@@ -219,3 +219,22 @@ def test_detect_reports_the_basis(tmp_path):
     res = runner.invoke(app, ["detect", "--json", "--no-provenance", str(d)])
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
     assert rows["a1111.png"]["verdict"] == rows["a1111.png"]["detector_verdict"] and "provenance" not in rows["a1111.png"]
+
+
+def test_mutated_files_never_crash(tmp_path):
+    """Random byte flips and cuts in metadata-rich files: every result is findings and/or problems, never an exception."""
+    import random
+
+    rng = random.Random(0)
+    seeds = [_png(tmp_path / "s.png", parameters=A1111, prompt=json.dumps(COMFY_PROMPT)).read_bytes(),
+             _camera_jpeg(tmp_path / "s.jpg", software="Stable Diffusion").read_bytes()]
+    for i in range(60):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 20)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.5:
+            data = data[: rng.randrange(8, len(data))]
+        path = tmp_path / f"m{i}.bin"
+        path.write_bytes(bytes(data))
+        prov = inspect_file(path)
+        assert isinstance(prov.findings, list) and isinstance(prov.problems, list)
