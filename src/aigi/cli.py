@@ -127,7 +127,9 @@ def detect(
                    "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        table = Table(title=f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}")
+        caption = None if no_provenance else ("declared evidence decides when present (C2PA, watermark, generator metadata); "
+                                              "camera EXIF is weak; no metadata proves nothing — see `aigi inspect`")
+        table = Table(title=f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}", caption=caption)
         table.add_column("file", overflow="fold")
         table.add_column("verdict")
         table.add_column("P(generated)", justify="right")
