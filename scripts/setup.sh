@@ -20,3 +20,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   pip install -q -e ".[dev]"
   touch "$stamp"
 fi
+# invisible-watermark only makes the watermark test fixtures. Its metadata asks for opencv-python (GUI build) and torch,
+# so it is installed without dependencies: the dev extra brings opencv-python-headless and PyWavelets instead.
+if ! pip show -q invisible-watermark >/dev/null 2>&1; then
+  echo "setup: installing invisible-watermark (test fixtures, --no-deps)" >&2
+  pip install -q --no-deps "invisible-watermark==0.2.0"
+fi

@@ -3,10 +3,13 @@
 Rules, in order:
 
 1. A ``strong`` or ``moderate`` claim that the image was generated or AI-edited (a C2PA manifest, an invisible
-   watermark) decides: "generated (declared: C2PA by <issuer>)", "generated (watermark)".
+   watermark) decides: "generated (declared: C2PA by <issuer>)" from a trusted signer, "generated (declared: C2PA
+   by <issuer>; signer not on a trust list)" from an unknown one, "generated (watermark: ...)".
 2. A ``weak`` declaration that the image was generated (generator parameters, an XMP digital source type, a
    generator named in EXIF) also decides: such a statement is easy to write but rarely written falsely, because
-   nobody gains from claiming a real photo is generated. The verdict says it is a declaration.
+   nobody gains from claiming a real photo is generated. The verdict says it is a declaration. A C2PA manifest
+   that fails validation is such a weak declaration: "generated (declared: C2PA by <issuer>; manifest fails
+   validation; detector 0.20)".
 3. Otherwise the detector decides at its threshold, and camera EXIF or other weak findings are mentioned beside
    it, never instead of it: anyone can copy a camera's EXIF onto a generated image.
 4. No score (the file could not be decoded) and nothing declared: "unknown".
@@ -34,8 +37,12 @@ def fuse(prob: float | None, threshold: float, provenance: Provenance | None) ->
         what = "AI-edited" if declared.claim == "ai-edited" else "generated"
         if declared.source == "watermark":
             return Verdict("generated", f"generated (watermark: {declared.summary})", "watermark")
-        note = "" if declared.strength != "weak" else "; unsigned metadata"
         score = f"; detector {prob:.2f}" if prob is not None else ""
+        if declared.source == "c2pa":
+            signer = declared.details.get("issuer") or declared.details.get("common_name") or "an unnamed signer"
+            note = {"strong": "", "moderate": "; signer not on a trust list"}.get(declared.strength, f"; manifest fails validation{score}")
+            return Verdict("generated", f"{what} (declared: C2PA by {signer}{note})", "declared")
+        note = "" if declared.strength != "weak" else "; unsigned metadata"
         return Verdict("generated", f"{what} (declared: {declared.summary}{note}{score})", "declared")
     if prob is None:
         return Verdict("unknown", "unknown (no detector score and nothing declared)", "none")

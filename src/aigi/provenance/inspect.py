@@ -6,15 +6,16 @@ import io
 import os
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from aigi.data.decode import ImageDecodeError, read_bytes
+from aigi.provenance.c2pa import c2pa_findings
 from aigi.provenance.findings import Finding, Provenance
 from aigi.provenance.metadata import exif_findings, iptc_findings, text_chunk_findings, xmp_findings
+from aigi.provenance.watermark import watermark_findings
 
-# (name, extractor(image opened lazily by PIL, the file's bytes, problems) -> findings)
+# (name, extractor(image opened lazily by PIL or None, the file's bytes, problems) -> findings)
 Extractor = Callable[[Image.Image, bytes, list[str]], list[Finding]]
 
 
@@ -22,11 +23,14 @@ def _plain(fn) -> Extractor:
     return lambda im, data, problems: fn(im, problems)
 
 
+BYTES_ONLY = {"C2PA"}  # extractors that still run when PIL cannot open the file (they read the bytes themselves)
 EXTRACTORS: list[tuple[str, Extractor]] = [
+    ("C2PA", c2pa_findings),
     ("EXIF", _plain(exif_findings)),
     ("XMP", _plain(xmp_findings)),
     ("IPTC", _plain(iptc_findings)),
     ("text chunks", _plain(text_chunk_findings)),
+    ("watermark", watermark_findings),
 ]
 
 
@@ -37,17 +41,18 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
     except ImageDecodeError as e:
         result.problems.append(e.reason)
         return result
+    im = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's warnings about odd chunks: the problems list speaks for them
             im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         result.problems.append("not an image (unrecognised or unsupported format)")
-        return result
     except Exception as e:  # noqa: BLE001 - e.g. PIL refusing an oversized text chunk while opening
         result.problems.append(f"metadata unreadable: the file could not be opened ({type(e).__name__}: {e})")
-        return result
     for name, extractor in EXTRACTORS:
+        if im is None and name not in BYTES_ONLY:
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -55,7 +60,3 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
         except Exception as e:  # noqa: BLE001 - one broken block must not hide the others
             result.problems.append(f"metadata unreadable: {name} ({type(e).__name__}: {e})")
     return result
-
-
-def inspect_paths(paths: list[Path]) -> list[Provenance]:
-    return [inspect_file(p) for p in paths]
