@@ -270,7 +270,7 @@ def inspect(
     for col in ("file", "source", "claim", "strength", "finding"):
         table.add_column(col, overflow="fold")
     for r in results:
-        rows = [(f.source, f.claim, f.strength, f.summary) for f in r.findings] or [("", "", "", "nothing declared")]
+        rows = [(f.source, f.claim, f.strength, f.summary) for f in r.findings] or ([] if r.problems else [("", "", "", "nothing declared")])
         rows += [("", "", "", f"[yellow]{escape(p)}[/]") for p in r.problems]
         for j, (src, claim, strength, text) in enumerate(rows):
             table.add_row(escape(r.path) if j == 0 else "", src, claim, strength, text if text.startswith("[yellow]") else escape(text))
