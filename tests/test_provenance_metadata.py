@@ -240,3 +240,13 @@ def test_mutated_files_never_crash(tmp_path):
         path.write_bytes(bytes(data))
         prov = inspect_file(path)
         assert isinstance(prov.findings, list) and isinstance(prov.problems, list)
+
+
+def test_only_a_trusted_c2pa_capture_claim_overrides_the_detector():
+    from aigi.provenance.findings import Finding, Provenance
+
+    def capture(strength):
+        return Provenance("x.jpg", [Finding("c2pa", "captured", strength, "C2PA by Leica: captured", {"issuer": "Leica Camera AG"})])
+
+    assert fuse(0.9, 0.5, capture("strong")).basis == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.90)"
+    assert fuse(0.9, 0.5, capture("moderate")).basis == "generated (detector 0.90; C2PA by Leica: captured)"

@@ -10,9 +10,12 @@ Rules, in order:
    nobody gains from claiming a real photo is generated. The verdict says it is a declaration. A C2PA manifest
    that fails validation is such a weak declaration: "generated (declared: C2PA by <issuer>; manifest fails
    validation; detector 0.20)".
-3. Otherwise the detector decides at its threshold, and camera EXIF or other weak findings are mentioned beside
+3. A capture claim decides only when it is C2PA from a trusted signer (a camera with Content Credentials):
+   "real (declared: C2PA capture by <issuer>, trusted)". A capture claim signed by an unknown key is as easy to
+   make as a self-signed certificate, so it is only mentioned.
+4. Otherwise the detector decides at its threshold, and camera EXIF or other weak findings are mentioned beside
    it, never instead of it: anyone can copy a camera's EXIF onto a generated image.
-4. No score (the file could not be decoded) and nothing declared: "unknown".
+5. No score (the file could not be decoded) and nothing declared: "unknown".
 """
 
 from __future__ import annotations
@@ -44,12 +47,15 @@ def fuse(prob: float | None, threshold: float, provenance: Provenance | None) ->
             return Verdict("generated", f"{what} (declared: C2PA by {signer}{note})", "declared")
         note = "" if declared.strength != "weak" else "; unsigned metadata"
         return Verdict("generated", f"{what} (declared: {declared.summary}{note}{score})", "declared")
+    camera = provenance.best("captured") if provenance else None
+    if camera is not None and camera.source == "c2pa" and camera.strength == "strong":
+        signer = camera.details.get("issuer") or camera.details.get("common_name") or "an unnamed signer"
+        score = f"; detector {prob:.2f}" if prob is not None else ""
+        return Verdict("real", f"real (declared: C2PA capture by {signer}, trusted{score})", "declared")
     if prob is None:
         return Verdict("unknown", "unknown (no detector score and nothing declared)", "none")
     label = "generated" if prob >= threshold else "real"
     extras = []
-    if provenance:
-        camera = provenance.best("captured")
-        if camera is not None:
-            extras.append("camera EXIF present" if camera.source == "exif" else camera.summary)
+    if camera is not None:
+        extras.append("camera EXIF present" if camera.source == "exif" else camera.summary)
     return Verdict(label, f"{label} (detector {prob:.2f}" + "".join(f"; {e}" for e in extras) + ")", "detector")
