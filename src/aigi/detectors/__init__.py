@@ -3,6 +3,8 @@
 - ``univfd``: frozen backbone global feature -> logistic regression (:mod:`aigi.detectors.univfd`).
 - ``mirror``: patch tokens vs their reconstruction from a memory of real images (:mod:`aigi.detectors.mirror`,
   memory in :mod:`aigi.detectors.memory_bank`).
+- ``mdmf``: MMD between an image's projected patches and a reference bank of real images (:mod:`aigi.detectors.mdmf`,
+  estimators in :mod:`aigi.detectors.mmd`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ DETECTORS: Registry = Registry("detector")
 
 
 def _load_all() -> None:
-    from aigi.detectors import mirror, univfd  # noqa: F401  (register themselves)
+    from aigi.detectors import mdmf, mirror, univfd  # noqa: F401  (register themselves)
 
 
 def get_detector(name: str):

@@ -1,0 +1,137 @@
+"""MDMF (arXiv 2605.09296): an image is a set of patches; its score is the MMD between its projected patches and
+those of a reference bank of real images.
+
+- Patch unit: the backbone's tokens, optionally average-pooled over ``pool x pool`` cells (e.g. EfficientNet-Lite0
+  stage4 cells are 16 px, so ``pool=2`` gives 32-px patches, the paper's best patch size).
+- Patch Forensic Signature (PFS): an MLP ``phi`` applied to each patch token.
+- Kernel: the deep-kernel mixture of :class:`aigi.detectors.mmd.DeepKernel` on ``(phi(x), x)``.
+- Score: biased MMD^2 between the image's patches and the reference bank, standardised by the mean and spread of
+  the training reals' scores, so ``sigmoid`` of it is a usable probability before calibration.
+  ``estimator="fast"``: the bank is summarised by its kernel mean embedding in random Fourier features (one vector;
+  cost per image independent of the bank's size). ``estimator="exact"``: kernel sums against a stored subsample
+  of the bank's patches (cost grows with it).
+
+This file holds the detector (what a model folder stores and how it scores); training is
+:func:`aigi.engine.train_mdmf.train_mdmf` (test-power criterion).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from aigi.backbones.base import Backbone
+from aigi.detectors import DETECTORS
+from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.mmd import DeepKernel, RandomFourierFeatures
+
+
+class MDMFParams(DetectorParams):
+    pool: int = Field(1, ge=1, description="average-pool the token grid over pool x pool cells: the patch unit")
+    proj_hidden: int = Field(256, ge=1)
+    proj_dim: int = Field(64, ge=1, description="dimension of the Patch Forensic Signature")
+    sigma_phi: float = Field(1.0, gt=0, description="initial kernel bandwidth on projected patches (learned)")
+    sigma_q: float = Field(10.0, gt=0, description="initial kernel bandwidth on raw tokens (learned)")
+    eps: float = Field(0.1, gt=0, lt=1, description="initial weight of the raw-token kernel alone (learned)")
+    estimator: Literal["fast", "exact"] = "fast"
+    rff_features: int = Field(2048, ge=16, description="random Fourier features per kernel component (fast estimator)")
+    rff_seed: int = 0
+    bank_patches: int = Field(4096, ge=2, description="reference patches kept for the exact estimator")
+
+
+@DETECTORS.register("mdmf")
+class MDMF(Detector):
+    name = "mdmf"
+    Params = MDMFParams
+    cacheable = True
+    feature_kind = "patches"
+    patch_map_label = "patch contribution to the MMD"
+
+    def __init__(self, params: MDMFParams, backbone: Backbone) -> None:
+        super().__init__(params, backbone)
+        d = backbone.dim
+        self.project = nn.Sequential(nn.Linear(d, params.proj_hidden), nn.GELU(), nn.Linear(params.proj_hidden, params.proj_dim))
+        self.kernel = DeepKernel(params.sigma_phi, params.sigma_q, params.eps)
+        f = params.rff_features
+        self.rff_joint = RandomFourierFeatures(params.proj_dim + d, f, params.rff_seed)
+        self.rff_raw = RandomFourierFeatures(d, f, params.rff_seed + 1)
+        # The reference bank, filled by training: its mean embedding (fast) and a patch subsample (exact).
+        self.register_buffer("bank_embedding", torch.zeros(2 * f))
+        self.register_buffer("bank_tokens", torch.zeros(params.bank_patches, d))
+        self.register_buffer("bank_self", torch.zeros(()))  # mean k(R, R) over the subsample, for the exact estimator
+        self.register_buffer("score_center", torch.zeros(()))
+        self.register_buffer("score_scale", torch.ones(()))
+
+    # -- patches ------------------------------------------------------------------------------------------------
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[B, N, D]`` (row-major grid), before pooling: the cache is shared by every patch unit."""
+        return self.backbone(pixels).patches
+
+    def patches(self, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Pool the token grid over ``pool x pool`` cells: ``[B, N, D] -> [B, n, D]`` and the pooled grid."""
+        b, n, d = tokens.shape
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"MDMF expects a square token grid, got {n} tokens")
+        p = self.params.pool
+        if p == 1:
+            return tokens, (side, side)
+        grid = tokens.transpose(1, 2).reshape(b, d, side, side)
+        pooled = F.avg_pool2d(grid, p, p, ceil_mode=True)
+        return pooled.flatten(2).transpose(1, 2), tuple(pooled.shape[-2:])
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Random-feature embedding of patches ``[..., D] -> [..., 2F]``: ``z(x).z(y)`` estimates ``k(x, y)``."""
+        u, xq = self.kernel.scaled(self.project(x), x)
+        eps = self.kernel.eps
+        return torch.cat([torch.sqrt(1 - eps) * self.rff_joint(u), torch.sqrt(eps) * self.rff_raw(xq)], -1)
+
+    # -- scoring --------------------------------------------------------------------------------------------------
+    def mmd2(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Per image: biased MMD^2 to the bank ``[B]``, each patch's share of it ``[B, n]``, and the patch grid."""
+        x, grid = self.patches(tokens.float())
+        if self.params.estimator == "fast":
+            z = self.embed(x)  # [B, n, 2F]
+            diff = z.mean(1) - self.bank_embedding  # [B, 2F]
+            mmd2 = (diff * diff).sum(-1)
+            share = (z - self.bank_embedding) @ diff.unsqueeze(-1)  # [B, n, 1]: patch i's term of |mean_i z_i - mu|^2
+            return mmd2, share.squeeze(-1) / x.shape[1], grid
+        bank = self.bank_tokens
+        phi_x, phi_r = self.project(x), self.project(bank)
+        kxx = self.kernel(phi_x, x, phi_x, x)  # [B, n, n]
+        kxr = self.kernel(phi_x, x, phi_r.expand(x.shape[0], -1, -1), bank.expand(x.shape[0], -1, -1))  # [B, n, M]
+        mmd2 = kxx.mean((-1, -2)) + self.bank_self - 2 * kxr.mean((-1, -2))
+        share = (kxx.mean(-1) - 2 * kxr.mean(-1) + self.bank_self) / x.shape[1]
+        return mmd2, share, grid
+
+    def score(self, features: torch.Tensor) -> Output:
+        mmd2, share, grid = self.mmd2(features)
+        logit = (mmd2 - self.score_center) / self.score_scale
+        return Output(logit=logit, patch_map=share.reshape(share.shape[0], *grid))
+
+    # -- the reference bank ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_bank(self, tokens: torch.Tensor, generator: torch.Generator | None = None, chunk: int = 64) -> None:
+        """Summarise reference images' tokens ``[M, N, D]``: mean embedding over all their patches, and a random
+        subsample of ``bank_patches`` patches (with its self-similarity) for the exact estimator."""
+        total, count, kept = torch.zeros_like(self.bank_embedding), 0, []
+        for i in range(0, len(tokens), chunk):
+            x, _ = self.patches(tokens[i : i + chunk].float())
+            flat = x.reshape(-1, x.shape[-1])
+            total += self.embed(flat).sum(0)
+            count += flat.shape[0]
+            kept.append(flat)
+        self.bank_embedding.copy_(total / count)
+        pool = torch.cat(kept)
+        pick = torch.randperm(len(pool), generator=generator)[: self.params.bank_patches]
+        if len(pick) < self.params.bank_patches:  # fewer patches than slots: repeat (keeps the buffer's shape)
+            pick = pick.repeat(math.ceil(self.params.bank_patches / len(pick)))[: self.params.bank_patches]
+        bank = pool[pick]
+        self.bank_tokens.copy_(bank)
+        phi = self.project(bank)
+        self.bank_self.copy_(self.kernel(phi, bank, phi, bank).mean())

@@ -1,0 +1,64 @@
+"""MDMF detector: patch units, the reference bank, fast vs exact scoring, and the model folder."""
+
+import torch
+
+from aigi.checkpoints import ModelConfig, build_model, load_model, save_model
+
+SPEC = {"family": "efficientnet_lite0", "options": {"feature_level": "stage4", "pretrained": False}}
+
+
+def _model(**params):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(detector="mdmf", params={"proj_hidden": 32, "proj_dim": 8, "sigma_q": 4.0, **params}, backbone=SPEC))
+
+
+def _tokens(n_images, shift=0.0, seed=0, grid=14, dim=112):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n_images, grid * grid, dim, generator=g) + shift
+
+
+def test_pooling_makes_the_patch_unit():
+    det = _model(pool=2).detector
+    x, grid = det.patches(_tokens(3))
+    assert x.shape == (3, 49, 112) and grid == (7, 7)
+    tokens = _tokens(1)
+    manual = tokens[0].reshape(14, 14, 112)[:2, :2].mean((0, 1))
+    assert torch.allclose(x[0, 0], manual, atol=1e-6)
+
+
+def test_scores_grow_with_the_shift_and_fast_tracks_exact():
+    det = _model(rff_features=8192, bank_patches=20 * 196).detector
+    det.set_bank(_tokens(20, seed=1), torch.Generator().manual_seed(0))
+    fast = [det.mmd2(_tokens(4, shift=s, seed=2))[0].mean().item() for s in (0.0, 0.3, 0.6)]
+    assert fast[0] < fast[1] < fast[2], fast
+    det.params.estimator = "exact"
+    exact = [det.mmd2(_tokens(4, shift=s, seed=2))[0].mean().item() for s in (0.0, 0.3, 0.6)]
+    assert exact[0] < exact[1] < exact[2], exact
+    for f, e in zip(fast, exact):
+        assert abs(f - e) < 0.1 * max(e, 1e-3) + 2e-3, (fast, exact)
+
+
+def test_patch_shares_sum_to_the_score():
+    det = _model(pool=2).detector
+    det.set_bank(_tokens(6, seed=1))
+    for estimator in ("fast", "exact"):
+        det.params.estimator = estimator
+        mmd2, share, grid = det.mmd2(_tokens(2, shift=0.5, seed=3))
+        assert grid == (7, 7) and share.shape == (2, 49)
+        assert torch.allclose(share.sum(-1), mmd2, rtol=1e-4, atol=1e-6)
+        out = det.score(_tokens(2, seed=3))
+        assert out.patch_map.shape == (2, 7, 7) and out.logit.shape == (2,)
+
+
+def test_model_folder_round_trip(tmp_path):
+    m = _model(pool=2)
+    m.detector.set_bank(_tokens(5, seed=1))
+    m.detector.score_center.fill_(0.3)
+    save_model(m, tmp_path / "mdmf")
+    torch.manual_seed(123)  # another random backbone would change features, not the stored head
+    loaded = load_model(tmp_path / "mdmf")
+    a, b = m.detector.trainable_state_dict(), loaded.detector.trainable_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    tokens = _tokens(2, seed=4)
+    with torch.no_grad():
+        assert torch.equal(m.detector.score(tokens).logit, loaded.detector.score(tokens).logit)
