@@ -124,8 +124,10 @@ def test_iptc_fields(tmp_path):
     Image.new("RGB", (32, 32)).save(buf, "JPEG")
     (tmp_path / "i.jpg").write_bytes(_with_iptc(buf.getvalue(), (120, b"a castle, made with Midjourney v6"), (80, b"Jane Doe")))
     f = _only(inspect_file(tmp_path / "i.jpg"), "iptc")
-    assert (f.claim, f.details["record"]) == ("generated", "2:120")
+    assert (f.claim, f.details["record"]) == ("info", "2:120")  # a caption is free text: mentioned, never deciding
     assert f.summary == "IPTC field names a generator: a castle, made with Midjourney v6"
+    (tmp_path / "p.jpg").write_bytes(_with_iptc(buf.getvalue(), (65, b"Adobe Firefly Image 3")))
+    assert _only(inspect_file(tmp_path / "p.jpg"), "iptc").claim == "generated"  # 2:65 names the originating program
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
@@ -177,7 +179,8 @@ def test_malformed_metadata_is_a_problem_not_a_crash(tmp_path):
     assert any("XMP packet with a DTD" in p for p in problems["entities.png"])
     assert any("text chunk 'prompt' (JSONDecodeError" in p for p in problems["bad_comfy.png"])
     assert any(p.startswith("metadata unreadable: XMP (") for p in problems["broken_xmp.png"])
-    assert problems["huge_xmp.png"] == ["metadata unreadable: the file could not be opened (ValueError: Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"]
+    # PIL refuses the 2 MiB chunk; it is skipped and the rest of the file is still read
+    assert problems["huge_xmp.png"] == ["metadata unreadable: a text chunk over PIL's limit was skipped (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"]
     assert isinstance(problems["garbage.jpg"], list) and isinstance(problems["truncated.png"], list)
 
 
@@ -250,3 +253,66 @@ def test_only_a_trusted_c2pa_capture_claim_overrides_the_detector():
 
     assert fuse(0.9, 0.5, capture("strong")).basis == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.90)"
     assert fuse(0.9, 0.5, capture("moderate")).basis == "generated (detector 0.90; C2PA by Leica: captured)"
+
+
+def test_a_trusted_capture_outranks_a_weak_generated_declaration():
+    from aigi.provenance.findings import Finding, Provenance
+
+    prov = Provenance("x.jpg", [Finding("c2pa", "captured", "strong", "C2PA by Leica: captured", {"issuer": "Leica Camera AG"}),
+                                Finding("png-text", "generated", "weak", "AUTOMATIC1111 parameters", {})])
+    v = fuse(0.02, 0.5, prov)
+    assert v.label == "real" and v.basis == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.02; also declared: AUTOMATIC1111 parameters)"
+
+
+def test_free_text_naming_a_generator_never_decides(tmp_path):
+    for caption in ("Vista dalle colline di Firenze", "Boeing 747 on the runway", "Imagen de Juan Pérez", "made with Stable Diffusion"):
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x010E] = "Canon", "EOS R5", caption
+        Image.new("RGB", (32, 32)).save(tmp_path / "c.jpg", exif=exif)
+        prov = inspect_file(tmp_path / "c.jpg")
+        assert fuse(0.03, 0.5, prov).label == "real", (caption, prov.findings)
+
+
+def test_hostile_parameters_stay_fast(tmp_path):
+    import time
+
+    _png(tmp_path / "q.png", parameters="cat\nSteps: 1, " + "a " * 500_000)
+    t0 = time.perf_counter()
+    inspect_file(tmp_path / "q.png")
+    assert time.perf_counter() - t0 < 5.0  # was quadratic (minutes) before the pattern was bounded
+
+
+def test_xmp_rdf_resource_form_and_utf16_dtd(tmp_path):
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"><Iptc4xmpExt:DigitalSourceType'
+           ' rdf:resource="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/></rdf:Description></rdf:RDF></x:xmpmeta>')
+    Image.new("RGB", (32, 32)).save(tmp_path / "r.jpg", xmp=xmp.encode())
+    assert _only(inspect_file(tmp_path / "r.jpg"), "xmp").summary == "XMP digital source type: trainedAlgorithmicMedia"
+    bomb = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/">&a;</x:xmpmeta>').encode("utf-16")
+    Image.new("RGB", (32, 32)).save(tmp_path / "b.jpg", xmp=bomb)
+    assert inspect_file(tmp_path / "b.jpg").problems == ["metadata unreadable: XMP (XMP packet with a DTD (entity declarations are refused))"]
+
+
+def test_utf16_be_usercomment_starting_with_cjk(tmp_path):
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + ("猫の写真\n" + A1111.split("\n", 1)[1]).encode("utf-16-be")
+    Image.new("RGB", (40, 30)).save(tmp_path / "c.jpg", exif=exif)
+    assert _only(inspect_file(tmp_path / "c.jpg"), "exif").details["prompt"] == "猫の写真"
+
+
+def test_control_characters_are_stripped(tmp_path):
+    exif = Image.Exif()
+    exif[0x0131] = "GIMP\x1b[31mRED\x1b]0;pwned\x07"
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg", exif=exif)
+    assert "\x1b" not in json.dumps([f.to_dict() for f in inspect_file(tmp_path / "a.jpg").findings], ensure_ascii=False)
+
+
+def test_an_oversized_chunk_does_not_hide_the_others(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", A1111)
+    info.add_text("padding", "x" * (2 << 20), zip=True)
+    Image.new("RGB", (32, 32)).save(tmp_path / "p.png", pnginfo=info)
+    prov = inspect_file(tmp_path / "p.png")
+    assert prov.problems and "skipped" in prov.problems[0]
+    assert any(f.summary.startswith("AUTOMATIC1111") for f in prov.findings)

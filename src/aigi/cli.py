@@ -141,7 +141,7 @@ def detect(
             table.add_row(escape(r["path"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, escape(note or ""))
         out.print(table)
         _report_skipped(image_set.skipped)
-        n_bad = int(np.isnan(scores.prob).sum())
+        n_bad = sum(r["verdict"] == "error" for r in results)
         if heatmaps:
             out.print(f"wrote {len(heatmaps)} heatmaps to {escape(str(explain_dir))}", highlight=False)
         if n_bad:
@@ -150,12 +150,57 @@ def detect(
         raise typer.Exit(1)
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True})  # extra args: more names after --benchmarks
+def _pooled_real(real: Path, fakes: list[Path]):
+    """``eval --real R --fake A B``: one subset per generator folder (named by it), each with all the real images."""
+    from aigi.data.folders import ImageSet, Sample, collect_files
+
+    for d in [real, *fakes]:
+        if not d.is_dir():
+            _fail(f"{d}: not a folder" if d.exists() else f"{d}: no such folder")
+    real_files, skipped = collect_files([real])
+    if not real_files:
+        _fail(f"--real {real}: no image files found")
+    samples = [Sample(f, 0) for f in real_files]
+    pooled, real_set = list(range(len(samples))), {f.resolve() for f in real_files}
+    notes, seen, gens = [], set(), []
+    for d in fakes:
+        if d.resolve() in seen:
+            notes.append(f"--fake {d} is named twice: used once")
+            continue
+        seen.add(d.resolve())
+        files, s = collect_files([d])
+        skipped += s
+        inside = [f for f in files if f.resolve() in real_set]
+        if inside:
+            notes.append(f"--fake {d}: {len(inside)} image(s) of the --real folder left out")
+            files = [f for f in files if f.resolve() not in real_set]
+        if not files:
+            notes.append(f"--fake {d}: no image files, skipped")
+            continue
+        gens.append((d.resolve(), list(range(len(samples), len(samples) + len(files)))))
+        samples += [Sample(f, 1) for f in files]
+    if not gens:
+        _fail("none of the --fake folders holds image files")
+    names = [d.name for d, _ in gens]
+    subsets: dict[str, list[int]] = {}
+    for (d, idx), name in zip(gens, names):
+        if names.count(name) > 1 or name == "MEAN":  # a clash: the parent's name too
+            name = f"{d.parent.name}/{name}"
+        base, k = name, 2
+        while name in subsets:
+            name, k = f"{base} #{k}", k + 1
+        subsets[name] = pooled + idx
+    return ImageSet(samples=samples, subsets=subsets, skipped=skipped), notes
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True})  # extra args: more names after --benchmarks or --fake
 def evaluate(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest."),
     benchmarks_root: Optional[Path] = typer.Option(None, "--benchmarks-root", help="Folder holding MIRROR's benchmark suites (instead of --data); name them with --benchmarks."),
     benchmarks: Optional[list[str]] = typer.Option(None, "--benchmarks", "-b", metavar="NAME...", help="Suite names, ignoring case: --benchmarks Chameleon GenImage, repeated, or comma-separated. See README."),
+    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real images, pooled: scored against each --fake folder (instead of --data)."),
+    fake: Optional[list[Path]] = typer.Option(None, "--fake", metavar="GEN_DIR...", help="With --real: one folder of generated images per generator (--fake A B C, or repeated); one subset each."),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs). With --benchmarks-root: default results/."),
     threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold."),
@@ -164,7 +209,8 @@ def evaluate(
 ) -> None:
     """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
 
-    With --benchmarks-root and --benchmarks: MIRROR's suites, one CSV ({name}_{timestamp}.csv) and one report folder each."""
+    With --benchmarks-root and --benchmarks: MIRROR's suites, one CSV ({name}_{timestamp}.csv) and one report folder each.
+    With --real and --fake: one subset per generator folder, each with all the real images (MDMF's per-generator table)."""
     from aigi.data.folders import DataError, discover
     from aigi.engine.evaluate import build_report, format_table, write_report
     from aigi.engine.inference import score_paths
@@ -179,10 +225,19 @@ def evaluate(
         out.print(table)
 
     _check_threshold(threshold)
-    if (data is None) == (benchmarks_root is None):
-        _fail("give exactly one of --data (labelled images) or --benchmarks-root (with --benchmarks NAME ...)")
-    names = [*(benchmarks or []), *ctx.args]
-    if ctx.args and not benchmarks:
+    pooled = real is not None or bool(fake)
+    if pooled:
+        if real is None or not fake:
+            _fail("--real REAL_DIR and --fake GEN_DIR [GEN_DIR ...] go together")
+        if data is not None or benchmarks_root is not None:
+            _fail("--real/--fake replace --data and --benchmarks-root: give only one of them")
+        if benchmarks:
+            _fail("--benchmarks needs --benchmarks-root, not --real/--fake")
+        fake = [*fake, *map(Path, ctx.args)]  # --fake A B C: the names after the first are extra arguments
+    elif (data is None) == (benchmarks_root is None):
+        _fail("give exactly one of --data (labelled images), --benchmarks-root (with --benchmarks NAME ...) or --real with --fake")
+    names = [*(benchmarks or []), *([] if pooled else ctx.args)]
+    if ctx.args and not benchmarks and not pooled:
         _fail(f"unexpected argument(s): {' '.join(ctx.args)}")
     if data is not None and benchmarks:
         _fail("--benchmarks needs --benchmarks-root, not --data")
@@ -224,15 +279,22 @@ def evaluate(
         if n_bad == n_images:
             _fail("no image could be read", code=1)
         return
+    if pooled:
+        image_set, notes = _pooled_real(real, fake)
+        for note in notes:
+            err.print(f"note: {escape(note)}", highlight=False)
+        source = f"real {real} vs " + ", ".join(map(str, fake))
     m = _load(model)
-    try:
-        image_set = discover(data)
-    except (DataError, OSError, UnicodeDecodeError) as e:
-        _fail(str(e))
+    if not pooled:
+        try:
+            image_set = discover(data)
+        except (DataError, OSError, UnicodeDecodeError) as e:
+            _fail(str(e))
+        source = str(data)
     t = m.threshold if threshold is None else threshold
     scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size)
-    report = build_report(image_set, scores.prob, t, scores.errors, model=str(model or "default"), data=str(data))
-    show(f"aigi eval — {data} (threshold {t:.3f})", format_table(report))
+    report = build_report(image_set, scores.prob, t, scores.errors, model=str(model or "default"), data=source)
+    show(f"aigi eval — {source} (threshold {t:.3f})", format_table(report))
     for e in report.errors:
         err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
     _report_skipped(image_set.skipped)
@@ -276,6 +338,68 @@ def inspect(
             table.add_row(escape(r.path) if j == 0 else "", src, claim, strength, text if text.startswith("[yellow]") else escape(text))
     out.print(table)
     _report_skipped(image_set.skipped)
+
+
+FEATURE_KINDS = {"patches": "mdmf", "global": "univfd", "tokens": "mirror"}  # feature kind -> the detector that caches it
+# efficientnet_lite0 level when --feature-level is not given: the training defaults (train_mdmf: stage4, MIRROR: stage6)
+KIND_LEVELS = {"patches": "stage4", "tokens": "stage6"}
+
+
+@app.command()
+def features(
+    data: Path = typer.Option(..., "--data", "-d", help="Images: a folder (every image below it, whatever its layout), an image file or a CSV manifest."),
+    backbone: str = typer.Option(..., help="Backbone family: efficientnet_lite0 or hf_vit."),
+    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder."),
+    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage4 as MDMF, tokens: stage6 as MIRROR, global: head)."),
+    kind: str = typer.Option("patches", help="What to cache: patches (mdmf), global (univfd) or tokens (mirror with a frozen backbone)."),
+    format_align: bool = typer.Option(True, help="Evaluation protocol: re-encode lossless inputs as JPEG q96. Must match the model that will read the cache."),
+    batch_size: int = typer.Option(8, min=1, help="Images per batch."),
+) -> None:
+    """Precompute backbone features into the on-disk feature cache, so that later `aigi train` / `aigi eval` runs read them.
+
+    The cache is keyed as the detectors key it (backbone, preprocessing, protocol, feature kind, file contents).
+    Unreadable files get a reason and the run carries on; the exit code is 1 only when no image could be read."""
+    from aigi.checkpoints import ModelConfig, ModelLoadError, build_model
+    from aigi.data.folders import DataError, discover, unlabelled
+    from aigi.data.transforms import EvalProtocol
+    from aigi.engine.inference import extract_features, feature_cache_for
+    from aigi.registry import UnknownNameError
+
+    kind = kind.lower()
+    if kind not in FEATURE_KINDS:
+        _fail(f"--kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+    if not data.exists():
+        _fail(f"{data}: no such file or folder")
+    if data.is_file() and data.suffix.lower() == ".csv":
+        try:
+            image_set = discover(data)
+        except (DataError, OSError) as e:
+            _fail(str(e))
+    else:  # every image below the folder, labelled or not
+        image_set = unlabelled([data])
+    paths = list(dict.fromkeys(s.path for s in image_set.samples))
+    if not paths:
+        _report_skipped(image_set.skipped)
+        _fail(f"no image files found in {data}")
+    detector = FEATURE_KINDS[kind]
+    level = feature_level or (KIND_LEVELS.get(kind) if backbone == "efficientnet_lite0" else None)
+    try:  # a throwaway model of that detector: its cache namespace is the one training and scoring use
+        m = build_model(ModelConfig(detector=detector, params={"lora_r": 0} if detector == "mirror" else {},
+                                    backbone=_backbone_spec(backbone, backbone_source, level),
+                                    protocol=EvalProtocol(format_align=format_align)))
+    except (ModelLoadError, UnknownNameError, OSError, ValueError) as e:
+        _fail(str(e))
+    ext = extract_features(m, paths, use_cache=True, batch_size=batch_size, description=f"{kind} features")
+    for i, reason in sorted(ext.errors.items()):
+        err.print(f"could not read {escape(str(paths[i]))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    _report_skipped(image_set.skipped)
+    n_ok = len(ext.ok)
+    what = escape(backbone + (f", {level}" if level else ""))
+    out.print(f"{kind} features ({what}): {n_ok - ext.cache_hits} computed, {ext.cache_hits} already cached, "
+              f"{len(ext.errors)} unreadable", highlight=False)
+    out.print(f"cache: {escape(str(feature_cache_for(m).dir))}", highlight=False, soft_wrap=True)
+    if not n_ok:
+        _fail("no image could be read", code=1)
 
 
 @app.command()

@@ -64,6 +64,8 @@ class MDMF(Detector):
         self.register_buffer("bank_embedding", torch.zeros(2 * f))
         self.register_buffer("bank_tokens", torch.zeros(params.bank_patches, d))
         self.register_buffer("bank_self", torch.zeros(()))  # mean k(R, R) over the subsample, for the exact estimator
+        self.register_buffer("token_mean", torch.zeros(d))  # patch standardisation, set from training reals
+        self.register_buffer("token_std", torch.ones(d))
         self.register_buffer("score_center", torch.zeros(()))
         self.register_buffer("score_scale", torch.ones(()))
 
@@ -80,10 +82,13 @@ class MDMF(Detector):
             raise ValueError(f"MDMF expects a square token grid, got {n} tokens")
         p = self.params.pool
         if p == 1:
-            return tokens, (side, side)
+            return self._standardise(tokens), (side, side)
         grid = tokens.transpose(1, 2).reshape(b, d, side, side)
         pooled = F.avg_pool2d(grid, p, p, ceil_mode=True)
-        return pooled.flatten(2).transpose(1, 2), tuple(pooled.shape[-2:])
+        return self._standardise(pooled.flatten(2).transpose(1, 2)), tuple(pooled.shape[-2:])
+
+    def _standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.token_mean) / self.token_std
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Random-feature embedding of patches ``[..., D] -> [..., 2F]``: ``z(x).z(y)`` estimates ``k(x, y)``."""
@@ -113,6 +118,25 @@ class MDMF(Detector):
         mmd2, share, grid = self.mmd2(features)
         logit = (mmd2 - self.score_center) / self.score_scale
         return Output(logit=logit, patch_map=share.reshape(share.shape[0], *grid))
+
+    # -- fitting helpers ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_standardisation(self, tokens: torch.Tensor) -> None:
+        """Per-channel mean and spread of (pooled) patch tokens, so kernels see unit-scale inputs."""
+        self.token_mean.zero_()
+        self.token_std.fill_(1.0)
+        x, _ = self.patches(tokens.float())
+        flat = x.reshape(-1, x.shape[-1])
+        self.token_mean.copy_(flat.mean(0))
+        self.token_std.copy_(flat.std(0).clamp_min(1e-6))
+
+    @torch.no_grad()
+    def median_bandwidths(self, x: torch.Tensor) -> None:
+        """Set the kernel bandwidths to the median pairwise distance of patches ``[n, D]`` (the usual heuristic)."""
+        phi = self.project(x)
+        for values, log_sigma in ((x, self.kernel.log_sigma_q), (phi, self.kernel.log_sigma_phi)):
+            d = torch.cdist(values, values)
+            log_sigma.fill_(float(d[d > 0].median().clamp_min(1e-3).log()))
 
     # -- the reference bank ----------------------------------------------------------------------------------------
     @torch.no_grad()

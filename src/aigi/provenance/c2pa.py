@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from aigi.provenance.findings import Finding
-from aigi.provenance.metadata import SOURCE_TYPES
+from aigi.provenance.metadata import CONTROL_CHARS, SOURCE_TYPES
 
 TRUST_ANCHORS_ENV = "AIGI_C2PA_TRUST_ANCHORS"
 
@@ -42,7 +42,7 @@ MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "
 
 # Digital source types (IPTC, plus C2PA's own trainedAlgorithmicData) and what each claims.
 GENERATED_TYPES = {"trainedAlgorithmicMedia", "trainedAlgorithmicData", "algorithmicMedia", "compositeSynthetic"}
-AI_EDIT_TYPES = {"compositeWithTrainedAlgorithmicMedia", "algorithmicallyEnhanced"}
+AI_EDIT_TYPES = {"compositeWithTrainedAlgorithmicMedia"}  # algorithmicallyEnhanced (filters, denoise) is an edit, not AI content
 CAPTURE_TYPES = {k for k, v in SOURCE_TYPES.items() if v == "captured"}
 EDIT_ACTIONS = {"c2pa.edited", "c2pa.cropped", "c2pa.resized", "c2pa.color_adjustments", "c2pa.filtered",
                 "c2pa.drawing", "c2pa.orientation", "c2pa.placed", "c2pa.removed", "c2pa.redacted"}
@@ -158,13 +158,20 @@ def _code(uri) -> str:
 def _agent(value) -> str | None:
     if isinstance(value, dict):
         text = " ".join(str(value[k]) for k in ("name", "version") if value.get(k))
-        return text or None
-    return str(value) if value else None
+    else:
+        text = str(value) if value else ""
+    return _safe(text) or None
+
+
+def _safe(text: str, limit: int = 200) -> str:
+    """Text from the file, without control characters (terminal escapes) and bounded in length."""
+    text = CONTROL_CHARS.sub("", str(text)).strip()
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _claim_generator(manifest: dict) -> str | None:
     if isinstance(manifest.get("claim_generator"), str):  # v1 claims
-        return manifest["claim_generator"]
+        return _safe(manifest["claim_generator"])
     names = [_agent(i) for i in manifest.get("claim_generator_info") or [] if isinstance(i, dict)]
     return ", ".join(n for n in names if n) or None
 
@@ -184,11 +191,14 @@ def _actions(manifest: dict) -> list[dict]:
 def _own_claim(actions: list[dict], generator: str | None) -> tuple[str, str]:
     """What one manifest's own actions claim, and in words (no signer, no ingredients)."""
     opened = any(a["action"] == "c2pa.opened" for a in actions)
+    captured = any(a["action"] == "c2pa.created" and _code(a["digitalSourceType"]) in CAPTURE_TYPES for a in actions)
     for a in actions:
         code = _code(a["digitalSourceType"])
         who = a["softwareAgent"] or generator or "an unnamed tool"
         if code in GENERATED_TYPES:
-            if a["action"] == "c2pa.created" or not opened:
+            if a["action"] == "c2pa.created" and not captured:
+                return "generated", f"created by {who} ({code})"
+            if not opened and not captured and a["action"] in PASS_THROUGH_ACTIONS | {None}:
                 return "generated", f"created by {who} ({code})"
             return "ai-edited", f"edited with {who} ({code})"
     for a in actions:
@@ -255,6 +265,7 @@ def _finding(store: dict, problems: list[str]) -> Finding | None:
                 claim, what = "ai-edited", f"edited from an AI-generated ingredient ({text})"
     state = str(store.get("validation_state") or "")
     codes = _status_codes(store)
+    sig = {k: (_safe(v) if isinstance(v, str) else v) for k, v in sig.items()}
     issuer = sig.get("issuer") or sig.get("common_name") or "an unnamed signer"
     details = {
         "issuer": sig.get("issuer"),
@@ -316,8 +327,9 @@ def c2pa_findings(im: Image.Image, data: bytes, problems: list[str],
             url = re.search(r"https?://[^\s)\"']+", text)
             problems.append("C2PA manifest is remote (not fetched)" + (f": {url.group(0)}" if url else ""))
             return []
-        problems.append(f"C2PA data unreadable: {name}: {_message(e, name)}")
-        return []
+        if has_c2pa_marker(data):
+            problems.append(f"C2PA data unreadable: {name}: {_message(e, name)}")
+        return []  # no C2PA data in the file: the reader only failed on its structure, which others report
     except ValueError as e:  # the store's JSON (json.JSONDecodeError is a ValueError)
         problems.append(f"C2PA data unreadable: {type(e).__name__}: {str(e)[:MAX_MESSAGE]}")
         return []

@@ -2,6 +2,7 @@
 
 Rules, in order:
 
+0. A capture claim in C2PA from a trusted signer outranks any weaker claim of generation.
 1. A ``strong`` or ``moderate`` claim that the image was generated or AI-edited (a C2PA manifest, an invisible
    watermark) decides: "generated (declared: C2PA by <issuer>)" from a trusted signer, "generated (declared: C2PA
    by <issuer>; signer not on a trust list)" from an unknown one, "generated (watermark: ...)".
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aigi.provenance.findings import Provenance
+from aigi.provenance.findings import STRENGTH_ORDER, Provenance
 
 GENERATIVE = ("generated", "ai-edited")
 
@@ -36,6 +37,13 @@ class Verdict:
 
 def fuse(prob: float | None, threshold: float, provenance: Provenance | None) -> Verdict:
     declared = provenance.best(*GENERATIVE) if provenance else None
+    camera = provenance.best("captured") if provenance else None
+    trusted_capture = camera is not None and camera.source == "c2pa" and camera.strength == "strong"
+    if trusted_capture and (declared is None or STRENGTH_ORDER[declared.strength] < STRENGTH_ORDER["strong"]):
+        signer = camera.details.get("issuer") or camera.details.get("common_name") or "an unnamed signer"
+        score = f"; detector {prob:.2f}" if prob is not None else ""
+        other = f"; also declared: {declared.summary}" if declared is not None else ""
+        return Verdict("real", f"real (declared: C2PA capture by {signer}, trusted{score}{other})", "declared")
     if declared is not None:
         what = "AI-edited" if declared.claim == "ai-edited" else "generated"
         if declared.source == "watermark":
@@ -47,11 +55,6 @@ def fuse(prob: float | None, threshold: float, provenance: Provenance | None) ->
             return Verdict("generated", f"{what} (declared: C2PA by {signer}{note})", "declared")
         note = "" if declared.strength != "weak" else "; unsigned metadata"
         return Verdict("generated", f"{what} (declared: {declared.summary}{note}{score})", "declared")
-    camera = provenance.best("captured") if provenance else None
-    if camera is not None and camera.source == "c2pa" and camera.strength == "strong":
-        signer = camera.details.get("issuer") or camera.details.get("common_name") or "an unnamed signer"
-        score = f"; detector {prob:.2f}" if prob is not None else ""
-        return Verdict("real", f"real (declared: C2PA capture by {signer}, trusted{score})", "declared")
     if prob is None:
         return Verdict("unknown", "unknown (no detector score and nothing declared)", "none")
     label = "generated" if prob >= threshold else "real"

@@ -7,7 +7,7 @@ import os
 import warnings
 from collections.abc import Callable
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from aigi.data.decode import ImageDecodeError, read_bytes
 from aigi.provenance.c2pa import c2pa_findings
@@ -34,6 +34,32 @@ EXTRACTORS: list[tuple[str, Extractor]] = [
 ]
 
 
+def _open_lazily(data: bytes, problems: list[str]) -> Image.Image:
+    """Open without decoding pixels. The pixel-count guard is lifted (nothing is decoded here; the watermark reader
+    checks the size before it decodes), and a PNG text chunk over PIL's limit is skipped rather than hiding the
+    rest of the file's metadata."""
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's warnings about odd chunks: the problems list speaks for them
+            try:
+                return Image.open(io.BytesIO(data))
+            except ValueError as e:
+                if "too large" not in str(e):
+                    raise
+                saved_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+                ImageFile.LOAD_TRUNCATED_IMAGES = True  # PIL then skips the oversized chunk
+                try:
+                    im = Image.open(io.BytesIO(data))
+                finally:
+                    ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+                problems.append(f"metadata unreadable: a text chunk over PIL's limit was skipped ({e})")
+                return im
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenance:
     result = Provenance(path=str(path))
     try:
@@ -43,12 +69,10 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
         return result
     im = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's warnings about odd chunks: the problems list speaks for them
-            im = Image.open(io.BytesIO(data))
+        im = _open_lazily(data, result.problems)
     except UnidentifiedImageError:
         result.problems.append("not an image (unrecognised or unsupported format)")
-    except Exception as e:  # noqa: BLE001 - e.g. PIL refusing an oversized text chunk while opening
+    except Exception as e:  # noqa: BLE001 - e.g. a header PIL cannot parse
         result.problems.append(f"metadata unreadable: the file could not be opened ({type(e).__name__}: {e})")
     for name, extractor in EXTRACTORS:
         if im is None and name not in BYTES_ONLY:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 
 from PIL import ExifTags, Image, IptcImagePlugin
 
@@ -18,12 +19,14 @@ from aigi.provenance.findings import Finding
 
 MAX_BLOCK_BYTES = 1 << 20  # one EXIF / XMP / text block; larger ones are reported, not parsed
 MAX_JSON_BYTES = 4 << 20  # a ComfyUI workflow can be big, but not bigger than this
+MAX_SETTINGS_CHARS = 16 << 10  # AUTOMATIC1111's settings line
 
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/), with what each claims.
 SOURCE_TYPES = {
     "trainedAlgorithmicMedia": "generated",
     "compositeWithTrainedAlgorithmicMedia": "ai-edited",
-    "algorithmicallyEnhanced": "ai-edited",
+    "algorithmicallyEnhanced": "edited",  # filters, denoising of a capture: not generative
+    "humanEdits": "edited",
     "algorithmicMedia": "generated",
     "compositeSynthetic": "generated",
     "digitalCapture": "captured",
@@ -39,12 +42,17 @@ SOURCE_TYPES = {
     "screenCapture": "info",
     "dataDrivenMedia": "info",
 }
+# Generator names, matched as whole words. Found in a tool field (EXIF Software, XMP CreatorTool, PNG Software /
+# Source) they claim "generated"; found in free text (captions, descriptions, authors) they are only "info": "Vista
+# dalle colline", "on the runway" or "Imagen de Juan" must not turn a photo into a generated image.
 GENERATOR_NAMES = re.compile(
-    r"stable[\s_-]?diffusion|automatic1111|\bcomfyui\b|invokeai|novelai|midjourney|dall[\s·-]?e|openai|adobe firefly|"
-    r"\bfirefly\b|\bimagen\b|gemini|\bflux\b|fooocus|leonardo\.?ai|ideogram|runway|bing image creator|\bsdxl\b|kandinsky|"
-    r"playground ?v?\d|dreamstudio|nightcafe|craiyon|\bgpt-4o\b|sora",
+    r"\b(?:stable[\s_-]?diffusion|automatic1111|comfyui|invokeai|novelai|midjourney|dall[·-]e(?:[\s-]?[23])?|"
+    r"adobe firefly|firefly image|fooocus|leonardo\.ai|ideogram|bing image creator|sdxl|dreamstudio|nightcafe|craiyon|"
+    r"flux\.1|gpt-4o|playground v\d)\b",
     re.IGNORECASE,
 )
+TOOL_FIELDS = {"Software", "CreatorTool", "Source"}
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # terminal escapes must not reach the screen
 CAMERA_FIELDS = ("Make", "Model", "LensModel", "ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength", "DateTimeOriginal")
 
 
@@ -52,7 +60,10 @@ def _text(value) -> str:
     if isinstance(value, bytes):
         head, body = value[:8], value[8:]
         if head == b"UNICODE\x00":  # EXIF UserComment: an 8-byte character-code header, then the text
-            return body.decode("utf-16-be" if body[:1] == b"\x00" else "utf-16-le", "replace")
+            # piexif (AUTOMATIC1111) writes big-endian; little-endian writers leave the odd bytes mostly zero
+            odd = body[1::2]
+            little = len(odd) > 0 and odd.count(0) > len(odd) // 2 and body[0::2].count(0) < len(odd) // 2
+            return body.decode("utf-16-le" if little else "utf-16-be", "replace")
         if head in (b"ASCII\x00\x00\x00", b"\x00" * 8):
             return body.decode("latin-1")
         return value.decode("utf-8", "replace")
@@ -60,7 +71,7 @@ def _text(value) -> str:
 
 
 def _clean(value, limit: int = 300) -> str:
-    s = _text(value).replace("\x00", "").strip()
+    s = CONTROL_CHARS.sub("", _text(value)).strip()
     return s if len(s) <= limit else s[:limit] + "…"
 
 
@@ -70,6 +81,8 @@ def exif_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     if raw and len(raw) > MAX_BLOCK_BYTES:
         problems.append(f"metadata unreadable: EXIF block of {len(raw)} bytes is over the {MAX_BLOCK_BYTES}-byte limit")
         return []
+    if im.format == "PNG" and "exif" not in im.info:
+        return []  # an eXIf chunk after the image data would make PIL decode every pixel to reach it: not read
     try:
         exif = im.getexif()
         fields = {ExifTags.TAGS.get(k, str(k)): v for k, v in exif.items()}
@@ -103,14 +116,37 @@ def exif_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
                                    {"field": key, "generator": _clean(fields.get("Software", "unknown"), 80),
                                     "prompt": meta.get("prompt") or meta.get("Prompt"), "model": meta.get("base_model") or meta.get("Base Model")}))
             elif text and GENERATOR_NAMES.search(text):
-                out.append(Finding("exif", "generated", "weak", f"EXIF {key} names a generator: {_clean(text, 120)}",
-                                   {"field": key, "value": text, **parse_a1111(text)}))
+                claim = "generated" if key in TOOL_FIELDS else "info"
+                out.append(Finding("exif", claim, "weak", f"EXIF {key} names a generator: {_clean(text, 120)}",
+                                   {"field": key, "value": _clean(text, 2000)}))
             elif key == "Software" and text:
                 out.append(Finding("exif", "info", "weak", f"EXIF Software: {_clean(text, 120)}", {"field": key, "value": text}))
     return out
 
 
 # -- XMP and IPTC ---------------------------------------------------------------------------------------------------
+IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
+XMP_NS = "http://ns.adobe.com/xap/1.0/"
+RDF_RESOURCE = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}resource"
+
+
+def _parse_xml(body: bytes) -> ET.Element:
+    """Parse XML with any DTD refused by an expat pass first (a byte search for "<!DOCTYPE" is defeated by other
+    encodings, e.g. UTF-16), so entity expansion never starts."""
+
+    def refuse(*_args) -> None:
+        raise ValueError("XMP packet with a DTD (entity declarations are refused)")
+
+    scan = expat.ParserCreate()
+    scan.StartDoctypeDeclHandler = refuse
+    scan.EntityDeclHandler = refuse
+    try:
+        scan.Parse(body, True)
+    except expat.ExpatError as e:
+        raise ET.ParseError(str(e)) from None
+    return ET.fromstring(body)
+
+
 def _xmp_packet(im: Image.Image) -> bytes | None:
     raw = im.info.get("xmp") or im.info.get("XML:com.adobe.xmp")
     if isinstance(raw, str):
@@ -132,25 +168,27 @@ def xmp_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     end = raw.rfind(b"</x:xmpmeta>")
     body = raw[start : end + len(b"</x:xmpmeta>")] if start >= 0 and end > start else raw
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError as e:
+        root = _parse_xml(body)
+    except (ET.ParseError, ValueError) as e:
         problems.append(f"metadata unreadable: XMP ({e})")
         return []
     values: dict[str, list[str]] = {}
     for el in root.iter():
-        name = el.tag.rsplit("}", 1)[-1]
         for attr, v in el.attrib.items():
-            values.setdefault(attr.rsplit("}", 1)[-1], []).append(v)
+            values.setdefault(attr, []).append(v)
+        if el.tag == f"{{{IPTC_EXT}}}DigitalSourceType" and el.get(RDF_RESOURCE):  # <... rdf:resource="URI"/>
+            values.setdefault(el.tag, []).append(el.get(RDF_RESOURCE))
         if el.text and el.text.strip():
-            values.setdefault(name, []).append(el.text.strip())
+            values.setdefault(el.tag, []).append(el.text.strip())
     out = []
-    for uri in values.get("DigitalSourceType", []):
+    for uri in values.get(f"{{{IPTC_EXT}}}DigitalSourceType", []):
         out.append(_source_type_finding("xmp", uri))
-    for tool in values.get("CreatorTool", []):
+    for tool in values.get(f"{{{XMP_NS}}}CreatorTool", []):
         generated = bool(GENERATOR_NAMES.search(tool))
         out.append(Finding("xmp", "generated" if generated else "info", "weak",
                            f"XMP creator tool{' names a generator' if generated else ''}: {_clean(tool, 120)}", {"CreatorTool": tool}))
-    for text in values.get("description", []) + values.get("Description", []):
+    descriptions = [v for k, vals in values.items() if k.rsplit("}", 1)[-1] in ("description", "Description") for v in vals]
+    for text in descriptions:
         if "Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I):
             out.append(Finding("xmp", "generated", "weak", "XMP description in Midjourney's form (prompt and Job ID)",
                                {"generator": "Midjourney", "description": _clean(text, 2000)}))
@@ -176,7 +214,8 @@ def iptc_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
         text = b" ".join(value) if isinstance(value, list) else value
         text = _clean(text, 2000)
         if record == 2 and tag in (65, 120, 122, 80) and GENERATOR_NAMES.search(text):  # program, caption, writer, by-line
-            out.append(Finding("iptc", "generated", "weak", f"IPTC field names a generator: {_clean(text, 120)}", {"record": f"2:{tag}", "value": text}))
+            claim = "generated" if tag == 65 else "info"  # 2:65 is the originating program; the others are free text
+            out.append(Finding("iptc", claim, "weak", f"IPTC field names a generator: {_clean(text, 120)}", {"record": f"2:{tag}", "value": text}))
         if "digitalsourcetype" in text.lower():
             out.append(_source_type_finding("iptc", text))
     return out
@@ -189,7 +228,9 @@ def parse_a1111(text: str) -> dict:
     if not lines or not re.search(r"(^|\n)Steps: \d+", text):
         return {}
     settings_line = next((ln for ln in reversed(lines) if ln.startswith("Steps: ")), "")
-    settings = dict(m.groups() for m in re.finditer(r"([A-Za-z][\w /-]*): (\"[^\"]*\"|[^,]*)(?:,|$)", settings_line))
+    # bounded key length and line length: the pattern must stay linear on hostile input
+    settings = dict(m.groups() for m in re.finditer(r"([A-Za-z][\w /-]{0,63}): (\"[^\"]{0,4096}\"|[^,]{0,4096})(?:,|$)",
+                                                    settings_line[:MAX_SETTINGS_CHARS]))
     body = text[: text.rfind(settings_line)].strip() if settings_line else text
     prompt, _, negative = body.partition("Negative prompt:")
     out = {"generator": "AUTOMATIC1111 / stable-diffusion-webui", "prompt": prompt.strip(), "settings": settings}
@@ -214,7 +255,7 @@ def parse_comfyui(prompt_json: str) -> dict:
     models, prompts = [], []
     for n in nodes:
         inputs = n.get("inputs") or {}
-        for key in ("ckpt_name", "unet_name", "model_name"):
+        for key in ("ckpt_name", "unet_name"):
             if isinstance(inputs.get(key), str):
                 models.append(inputs[key])
         if "CLIPTextEncode" in n["class_type"] and isinstance(inputs.get("text"), str):
@@ -262,10 +303,10 @@ def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
             elif key in ("Description", "comment", "Comment") and ("Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I)):
                 found("Midjourney description (prompt and Job ID)", {"generator": "Midjourney", "description": _clean(text, 2000)})
             elif key in ("Software", "Source", "comment", "Comment", "Title", "Author") and GENERATOR_NAMES.search(text):
-                generic.append((f"{key} names a generator: {_clean(text, 120)}", {"field": key, "value": _clean(text, 2000)}))
-        except (ValueError, TypeError, AttributeError) as e:
-            problems.append(f"metadata unreadable: text chunk {key!r} ({type(e).__name__}: {e})")
+                generic.append((key in TOOL_FIELDS, f"{key} names a generator: {_clean(text, 120)}", {"field": key, "value": _clean(text, 2000)}))
+        except Exception as e:  # noqa: BLE001 - incl. RecursionError from deeply nested JSON: this chunk only
+            problems.append(f"metadata unreadable: text chunk {key!r} ({type(e).__name__}: {str(e)[:200]})")
     if not out:
-        for summary, details in generic:
-            found(summary, details)
+        for is_tool, summary, details in generic:
+            out.append(Finding("png-text" if im.format == "PNG" else "comment", "generated" if is_tool else "info", "weak", summary, details))
     return out

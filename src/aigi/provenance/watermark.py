@@ -71,7 +71,7 @@ from aigi.provenance.findings import Finding
 SCALE = 36  # the encoder's quantisation step for the U plane
 BLOCK = 4  # block size in the Haar low-low band
 MIN_AREA = 256 * 256  # the library refuses smaller images (an area check: 128x1024 is fine)
-MAX_PIXELS = 40_000_000  # beyond this the file is reported unchecked, to bound time and memory
+MAX_PIXELS = 4096 * 4096  # generators write the mark at generation size; larger files are reported unchecked (time, memory)
 MIN_ACCURACY = 0.90
 STRIP_ROWS = 256  # image rows decoded at a time (a multiple of 8: one block row of cA is 8 image rows)
 _HAAR = 0.7071067811865476  # PyWavelets' Haar filter tap; the two separate products keep its rounding
