@@ -91,9 +91,10 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
         opt.step()
         history.append(float(power.detach()))
         if (step + 1) % 50 == 0 or step + 1 == steps:
-            log.write(step=step + 1, test_power=float(np.mean(history[-50:])), mmd2=float(mmd2.detach()),
-                      sigma_phi=float(det.kernel.log_sigma_phi.exp()), sigma_q=float(det.kernel.log_sigma_q.exp()),
-                      eps=float(det.kernel.eps), seconds=round(time.perf_counter() - t0, 1))
+            with torch.no_grad():
+                log.write(step=step + 1, test_power=float(np.mean(history[-50:])), mmd2=float(mmd2),
+                          sigma_phi=float(det.kernel.log_sigma_phi.exp()), sigma_q=float(det.kernel.log_sigma_q.exp()),
+                          eps=float(det.kernel.eps), seconds=round(time.perf_counter() - t0, 1))
     det.eval()
     det.set_bank(ref_tokens, g)
     real_scores = _scores(det, real)
