@@ -2,9 +2,7 @@
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from aigi.cli import app
@@ -13,16 +11,8 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def data(tmp_path):
-    rng = np.random.default_rng(0)
-    for label, n in (("0_real", 6), ("1_fake", 6)):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(n):
-            a = rng.integers(0, 256, (80, 90, 3), dtype=np.uint8)
-            if label == "0_real":
-                a = np.cumsum(a.astype(np.int64), axis=1).astype(np.uint8)  # smoother "photos"
-            Image.fromarray(a).save(tmp_path / "data" / label / f"{label}_{i}.jpg")
-    return tmp_path / "data"
+def data(labelled_images):
+    return labelled_images
 
 
 def test_train_both_phases_then_detect(data, tmp_path):

@@ -64,25 +64,14 @@ def test_model_folder_round_trip(tmp_path):
         assert torch.equal(m.detector.score(tokens).logit, loaded.detector.score(tokens).logit)
 
 
-def test_training_recipe_runs_and_stores_a_usable_bank(tmp_path):
+def test_training_recipe_runs_and_stores_a_usable_bank(labelled_images, tmp_path):
     import json
-
-    import numpy as np
-    from PIL import Image
 
     from aigi.backbones import BackboneSpec
     from aigi.engine.train_mdmf import train_mdmf
 
-    rng = np.random.default_rng(0)
-    for label, n in (("0_real", 6), ("1_fake", 6)):
-        (tmp_path / "data" / label).mkdir(parents=True)
-        for i in range(n):
-            a = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            if label == "0_real":
-                a = np.cumsum(a.astype(np.int64), axis=0).astype(np.uint8)
-            Image.fromarray(a).save(tmp_path / "data" / label / f"{i}.png")
     torch.manual_seed(0)
-    model = train_mdmf(tmp_path / "data", tmp_path / "m", val=tmp_path / "data", backbone=BackboneSpec(**SPEC),
+    model = train_mdmf(labelled_images, tmp_path / "m", val=labelled_images, backbone=BackboneSpec(**SPEC),
                        params={"pool": 2, "proj_hidden": 16, "proj_dim": 4, "rff_features": 64, "bank_patches": 64},
                        steps=5, images_per_side=2, patches_per_side=32, progress=False)
     info = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
