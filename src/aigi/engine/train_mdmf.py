@@ -33,6 +33,12 @@ from aigi.engine.train_state import JsonLog
 from aigi.progress import progress_iter
 
 
+CRITERIA = {
+    "image": "(mean s_fake - mean s_real) / sqrt(var s_fake + var s_real + lam), s = per-image MMD^2_b to a reference-bank sample",
+    "pooled": "mmd2_u / sqrt(var_H1 + lam) between pooled real and generated patches",
+}
+
+
 def _tokens(model: Model, folder, what: str, progress: bool, label: int | None = None) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     image_set = discover(folder)
     samples = [s for s in image_set.samples if label is None or s.label == label]
@@ -49,10 +55,45 @@ def _scores(det, tokens: torch.Tensor, chunk: int = 64) -> np.ndarray:
         return torch.cat([det.mmd2(tokens[i : i + chunk])[0] for i in range(0, len(tokens), chunk)]).numpy()
 
 
+def _pooled_power(det, real, fake, images_per_side, patches_per_side, lam, g):
+    """Test power between the pooled patches of real and of generated images (a patch-level two-sample test)."""
+    sides = []
+    for pool in (real, fake):
+        x, _ = det.patches(pool[torch.randint(len(pool), (images_per_side,), generator=g)].float())
+        flat = x.reshape(-1, x.shape[-1])
+        sides.append(flat[torch.randperm(len(flat), generator=g)[:patches_per_side]])
+    n = min(len(sides[0]), len(sides[1]))
+    xr, xf = sides[0][:n], sides[1][:n]
+    pr, pf = det.project(xr), det.project(xf)
+    kxx, kyy, kxy = det.kernel(pr, xr, pr, xr), det.kernel(pf, xf, pf, xf), det.kernel(pr, xr, pf, xf)
+    mmd2 = mmd2_unbiased(kxx, kyy, kxy)
+    return mmd2 / torch.sqrt(mmd2_variance(kxx, kyy, kxy).clamp_min(0) + lam), mmd2
+
+
+def _image_level_power(det, real, fake, ref_flat, images_per_side, patches_per_side, lam, g):
+    """Separation of per-image scores, as the detector scores: each image's MMD^2 to a sample of the reference
+    bank; maximise ``(mean s_fake - mean s_real) / sqrt(var s_fake + var s_real + lam)``."""
+    bank = ref_flat[torch.randperm(len(ref_flat), generator=g)[:patches_per_side]]
+    phi_b = det.project(bank)
+    kbb = det.kernel(phi_b, bank, phi_b, bank).mean()
+    scores = []
+    for pool in (real, fake):
+        x, _ = det.patches(pool[torch.randint(len(pool), (images_per_side,), generator=g)].float())  # [B, n, D]
+        phi = det.project(x)
+        kxx = det.kernel(phi, x, phi, x).mean((-1, -2))
+        kxb = det.kernel(phi, x, phi_b.expand(len(x), -1, -1), bank.expand(len(x), -1, -1)).mean((-1, -2))
+        scores.append(kxx + kbb - 2 * kxb)
+    s_real, s_fake = scores
+    gap = s_fake.mean() - s_real.mean()
+    return gap / torch.sqrt(s_fake.var() + s_real.var() + lam), gap
+
+
 def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | None = None, params: dict | None = None,
                protocol: EvalProtocol | None = None, steps: int = 300, lr: float = 1e-3, images_per_side: int = 16,
                patches_per_side: int = 512, lam: float = 1e-8, seed: int = 0, calibrate_on=None,
-               target_real_acc: float | None = None, progress: bool = True) -> Model:
+               target_real_acc: float | None = None, criterion: str = "image", progress: bool = True) -> Model:
+    if criterion not in ("image", "pooled"):
+        raise ValueError(f"criterion must be 'image' or 'pooled', got {criterion!r}")
     out = Path(out)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -73,19 +114,12 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
     log = JsonLog(out / "train_log.jsonl")
     det.train()
     t0, history = time.perf_counter(), []
+    ref_flat = det.patches(ref_tokens.float())[0].reshape(-1, real.shape[-1]) if criterion == "image" else None
     for step in progress_iter(range(steps), total=steps, description="MDMF (test power)", enabled=progress):
-        sides = []
-        for pool in (real, fake):
-            pick = torch.randint(len(pool), (images_per_side,), generator=g)
-            x, _ = det.patches(pool[pick].float())
-            flat = x.reshape(-1, x.shape[-1])
-            sides.append(flat[torch.randperm(len(flat), generator=g)[:patches_per_side]])
-        n = min(len(sides[0]), len(sides[1]))
-        xr, xf = sides[0][:n], sides[1][:n]
-        pr, pf = det.project(xr), det.project(xf)
-        kxx, kyy, kxy = det.kernel(pr, xr, pr, xr), det.kernel(pf, xf, pf, xf), det.kernel(pr, xr, pf, xf)
-        mmd2 = mmd2_unbiased(kxx, kyy, kxy)
-        power = mmd2 / torch.sqrt(mmd2_variance(kxx, kyy, kxy).clamp_min(0) + lam)
+        if criterion == "image":
+            power, mmd2 = _image_level_power(det, real, fake, ref_flat, images_per_side, patches_per_side, lam, g)
+        else:
+            power, mmd2 = _pooled_power(det, real, fake, images_per_side, patches_per_side, lam, g)
         opt.zero_grad(set_to_none=True)
         (-power).backward()
         opt.step()
@@ -103,7 +137,7 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
     det.score_center.fill_(center)
     det.score_scale.fill_(scale)
     info = {"data": str(data), "reference": str(reference or data), "reference_images": int(len(ref_tokens)), "steps": steps,
-            "lr": lr, "images_per_side": images_per_side, "patches_per_side": patches_per_side, "criterion": "mmd2_u / sqrt(var_H1 + lam)",
+            "lr": lr, "images_per_side": images_per_side, "patches_per_side": patches_per_side, "criterion": CRITERIA[criterion],
             "final_test_power": float(np.mean(history[-50:])), "skipped_files": bad + bad_ref}
     if val is not None:
         vt, vy, _ = _tokens(model, val, "val", progress)
