@@ -46,3 +46,15 @@ def test_clear_errors_for_bad_training_input(data, tmp_path):
     (tmp_path / "used" / "keep.txt").write_text("x")
     res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "0_real"), "--out", str(tmp_path / "used"), "--slots", "32", "--top-k", "4"])
     assert res.exit_code == 2 and "already exists" in res.output
+
+
+def test_train_mdmf_then_explain(data, tmp_path):
+    model = tmp_path / "mdmf"
+    res = runner.invoke(app, ["train", "mdmf", "--data", str(data), "--val", str(data), "--out", str(model), "--steps", "3"])
+    assert res.exit_code == 0, res.output
+    assert "val AUROC" in res.output
+    res = runner.invoke(app, ["detect", "--model", str(model), "--json", "--explain", "--explain-dir", str(tmp_path / "h"), str(data)])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "h").glob("*.png"))) == 12
+    res = runner.invoke(app, ["train", "mdmf", "--data", str(data / "0_real"), "--out", str(tmp_path / "x"), "--steps", "1"])
+    assert res.exit_code == 2 and "needs real and generated images" in res.output

@@ -452,6 +452,39 @@ def train_univfd(
     out.print(f"saved {escape(str(out_dir))} (C={info['C']}, threshold {m.threshold:.4f})", highlight=False)
 
 
+@train_app.command("mdmf")
+def train_mdmf(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled training images (real and generated)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
+    reference: Optional[Path] = typer.Option(None, help="Clean real images for the reference bank (default: the real training images)."),
+    val: Optional[Path] = typer.Option(None, help="Labelled validation images (AUROC recorded in the config)."),
+    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Labelled images on which to choose the threshold."),
+    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
+    backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
+    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder (the paper: DINOv2 ViT-L/14)."),
+    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: stage4 (default here: 16-px cells), stage3, stage5, stage6, head."),
+    pool: int = typer.Option(2, min=1, help="Patch unit: average tokens over pool x pool cells (2 x 16 px = the paper's 32-px patches)."),
+    estimator: str = typer.Option("fast", help="fast (random-feature mean embedding of the bank) or exact (kernel sums against a bank sample)."),
+    steps: int = typer.Option(1000, min=1),
+    lr: float = typer.Option(1e-3),
+    criterion: str = typer.Option("image", help="image (separation of per-image scores) or pooled (patch-level test power)."),
+) -> None:
+    """MDMF: patch-distribution detection by MMD against a bank of real images (deep kernel, test-power training)."""
+    from aigi.data.folders import DataError
+    from aigi.engine.train_mdmf import train_mdmf as run
+
+    level = feature_level or ("stage4" if backbone == "efficientnet_lite0" else None)
+    try:
+        m = run(data, out_dir, reference=reference, val=val, backbone=_backbone_spec(backbone, backbone_source, level),
+                params={"pool": pool, "estimator": estimator}, steps=steps, lr=lr, criterion=criterion,
+                calibrate_on=calibrate_on, target_real_acc=target_real_acc)
+    except (DataError, ValueError, OSError) as e:
+        _fail(str(e))
+    auroc = m.config.training.get("val_auroc")
+    out.print(f"saved {escape(str(out_dir))} (threshold {m.threshold:.4f}" + (f", val AUROC {auroc:.3f}" if auroc is not None else "") + ")",
+              highlight=False)
+
+
 MIXED_HELP = "Mixed precision on GPU: no, fp16 or bf16. Several GPUs: run under `accelerate launch -m aigi.cli ...`."
 
 
