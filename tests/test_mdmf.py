@@ -92,3 +92,21 @@ def test_image_level_criterion_rewards_separated_images():
     near, _ = _image_level_power(det, _tokens(8, seed=2), _tokens(8, seed=3), ref, 8, 256, 1e-8, g)
     far, _ = _image_level_power(det, _tokens(8, seed=2), _tokens(8, shift=1.0, seed=3), ref, 8, 256, 1e-8, g)
     assert far > near + 1.0, (near, far)
+
+
+def test_exact_estimator_is_blocked_over_the_bank_and_tracks_projection_changes():
+    det = _model(pool=2, bank_patches=300).detector
+    det.set_bank(_tokens(8, seed=1), torch.Generator().manual_seed(0))
+    det.params.estimator = "exact"
+    x = _tokens(3, shift=0.3, seed=5)
+    with torch.no_grad():
+        whole = det.mmd2(x)[0]
+        det.BANK_CHUNK = 7  # 300 patches in 43 blocks, the last one short
+        blocked = det.mmd2(x)[0]
+        assert torch.allclose(whole, blocked, rtol=1e-5, atol=1e-7)
+        det.project[0].weight.mul_(1.5)  # the cached bank projection must follow the weights
+        changed = det.mmd2(x)[0]
+    det.BANK_CHUNK = 10_000
+    with torch.no_grad():
+        fresh = det.mmd2(x)[0]
+    assert not torch.allclose(changed, blocked) and torch.allclose(changed, fresh, rtol=1e-5, atol=1e-7)

@@ -106,13 +106,35 @@ class MDMF(Detector):
             mmd2 = (diff * diff).sum(-1)
             share = (z - self.bank_embedding) @ diff.unsqueeze(-1)  # [B, n, 1]: patch i's term of |mean_i z_i - mu|^2
             return mmd2, share.squeeze(-1) / x.shape[1], grid
-        bank = self.bank_tokens
-        phi_x, phi_r = self.project(x), self.project(bank)
+        phi_x = self.project(x)
         kxx = self.kernel(phi_x, x, phi_x, x)  # [B, n, n]
-        kxr = self.kernel(phi_x, x, phi_r.expand(x.shape[0], -1, -1), bank.expand(x.shape[0], -1, -1))  # [B, n, M]
-        mmd2 = kxx.mean((-1, -2)) + self.bank_self - 2 * kxr.mean((-1, -2))
-        share = (kxx.mean(-1) - 2 * kxr.mean(-1) + self.bank_self) / x.shape[1]
+        kxr = self._bank_kernel_mean(phi_x, x)  # [B, n]: mean kernel of each patch against every bank patch
+        mmd2 = kxx.mean((-1, -2)) + self.bank_self - 2 * kxr.mean(-1)
+        share = (kxx.mean(-1) - 2 * kxr + self.bank_self) / x.shape[1]
         return mmd2, share, grid
+
+    BANK_CHUNK = 8192  # bank patches per kernel block: bounds memory to B * n * BANK_CHUNK floats
+
+    def _bank_projection(self) -> torch.Tensor:
+        """``phi(bank)``: recomputed under autograd, cached otherwise while the bank and the projection are unchanged."""
+        if torch.is_grad_enabled():
+            return self.project(self.bank_tokens)
+        key = (self.bank_tokens.data_ptr(), self.bank_tokens._version,
+               *((p.data_ptr(), p._version) for p in self.project.parameters()))
+        cached = getattr(self, "_phi_bank", None)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                cached = (key, self.project(self.bank_tokens))
+            self._phi_bank = cached
+        return cached[1]
+
+    def _bank_kernel_mean(self, phi_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        bank, phi_r = self.bank_tokens, self._bank_projection()
+        total = x.new_zeros(x.shape[:-1])
+        for i in range(0, len(bank), self.BANK_CHUNK):
+            r, pr = bank[i : i + self.BANK_CHUNK], phi_r[i : i + self.BANK_CHUNK]
+            total = total + self.kernel(phi_x, x, pr, r).sum(-1)
+        return total / len(bank)
 
     def score(self, features: torch.Tensor) -> Output:
         mmd2, share, grid = self.mmd2(features)
@@ -139,6 +161,8 @@ class MDMF(Detector):
             log_sigma.fill_(float(d[d > 0].median().clamp_min(1e-3).log()))
 
     # -- the reference bank ----------------------------------------------------------------------------------------
+    SELF_PATCHES = 8192
+
     @torch.no_grad()
     def set_bank(self, tokens: torch.Tensor, generator: torch.Generator | None = None, chunk: int = 64) -> None:
         """Summarise reference images' tokens ``[M, N, D]``: mean embedding over all their patches, and a random
@@ -157,5 +181,8 @@ class MDMF(Detector):
             pick = pick.repeat(math.ceil(self.params.bank_patches / len(pick)))[: self.params.bank_patches]
         bank = pool[pick]
         self.bank_tokens.copy_(bank)
-        phi = self.project(bank)
-        self.bank_self.copy_(self.kernel(phi, bank, phi, bank).mean())
+        # mean k(R, R): the same constant for every image (it shifts scores, never their order); from at most
+        # SELF_PATCHES patches, since the full double sum is quadratic in the bank's size
+        sub = bank[torch.randperm(len(bank), generator=generator)[: self.SELF_PATCHES]]
+        phi = self.project(sub)
+        self.bank_self.copy_(self.kernel(phi, sub, phi, sub).mean())
