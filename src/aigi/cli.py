@@ -58,6 +58,17 @@ def _check_threshold(t: Optional[float]) -> None:
         _fail(f"--threshold must be a probability in [0, 1], got {t}")
 
 
+def _perturbation(text: Optional[str]):
+    from aigi.data.perturb import PerturbationError, parse_perturbation
+
+    if text is None:
+        return None
+    try:
+        return parse_perturbation(text)
+    except PerturbationError as e:
+        _fail(f"--perturb {e}")
+
+
 def _report_skipped(skipped) -> None:
     for p, reason in skipped:
         err.print(f"skipped {escape(str(p))}: {escape(reason)}", highlight=False)
@@ -206,6 +217,7 @@ def evaluate(
     threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold."),
     batch_size: int = typer.Option(8, min=1, help="Images per batch."),
     no_cache: bool = typer.Option(False, "--no-cache"),
+    perturb: Optional[str] = typer.Option(None, "--perturb", metavar="KIND:LEVEL", help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75."),
 ) -> None:
     """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
 
@@ -225,6 +237,9 @@ def evaluate(
         out.print(table)
 
     _check_threshold(threshold)
+    perturbation = _perturbation(perturb)
+    if perturbation is not None and benchmarks_root is not None:
+        _fail("--perturb works with --data or --real/--fake, not --benchmarks-root")
     pooled = real is not None or bool(fake)
     if pooled:
         if real is None or not fake:
@@ -292,7 +307,9 @@ def evaluate(
             _fail(str(e))
         source = str(data)
     t = m.threshold if threshold is None else threshold
-    scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size)
+    scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size, perturbation=perturbation)
+    if perturbation is not None:
+        source += f" ({perturbation.name})"
     report = build_report(image_set, scores.prob, t, scores.errors, model=str(model or "default"), data=source)
     show(f"aigi eval — {source} (threshold {t:.3f})", format_table(report))
     for e in report.errors:
@@ -302,6 +319,55 @@ def evaluate(
         files = write_report(report, out_dir, image_set, scores.prob)
         out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()), highlight=False)
     if len(scores.errors) == len(image_set.samples):
+        _fail("no image could be read", code=1)
+
+
+@app.command()
+def robustness(
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled images (any layout eval --data reads)."),
+    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="Model folder; repeat to compare models. Default: the shipped model."),
+    perturb: Optional[list[str]] = typer.Option(None, "--perturb", "-p", metavar="KIND:LEVEL", help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25."),
+    out_dir: Path = typer.Option(Path("robustness"), "--out", "-o", help="Folder for robustness.json/.csv/.png (an interrupted run resumes from it)."),
+    batch_size: int = typer.Option(8, min=1, help="Images per batch."),
+) -> None:
+    """AUROC and accuracies under post-processing (JPEG, blur, noise), per model: a table, a CSV and a plot."""
+    from aigi.data.folders import DataError, discover
+    from aigi.data.perturb import DEFAULT_SWEEP
+    from aigi.engine.robustness import run_sweep
+
+    texts = [t for item in (perturb or DEFAULT_SWEEP) for t in item.split(",") if t.strip()]
+    perturbations = list({p.name: p for p in map(_perturbation, texts)}.values())
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"--out {out_dir} exists and is not a folder")
+    try:
+        image_set = discover(data)
+    except (DataError, OSError, UnicodeDecodeError) as e:
+        _fail(str(e))
+    _report_skipped(image_set.skipped)
+    models = {}
+    for folder in model or [None]:
+        name = "default" if folder is None else folder.name
+        base, k = name, 2
+        while name in models:
+            name, k = f"{base} #{k}", k + 1
+        models[name] = _load(folder)
+    try:
+        rows = run_sweep(models, image_set, perturbations, out_dir, batch_size, data=str(data.resolve()))
+    except OSError as e:
+        _fail(f"could not write the results: {e}")
+    table = Table(title=f"aigi robustness — {data} (mean AUROC over subsets; accuracies at each model's threshold)")
+    for c in ["perturbation", "model", "AUROC", "AP", "Real_Acc", "Fake_Acc", "unreadable"]:
+        table.add_column(c, justify="left" if c in ("perturbation", "model") else "right")
+
+    def f(v):
+        return "" if v is None else f"{v:.3f}"
+
+    for p in perturbations:
+        for r in (r for r in rows if r["perturbation"] == p.name):
+            table.add_row(p.name, escape(r["model"]), f(r["mean_auroc"]), f(r["mean_ap"]), f(r["real_acc"]), f(r["fake_acc"]), str(r["errors"]))
+    out.print(table)
+    out.print(f"wrote {escape(str(out_dir))}/robustness.json, robustness.csv, robustness.png", highlight=False)
+    if all(r["errors"] == len(image_set.samples) for r in rows):
         _fail("no image could be read", code=1)
 
 

@@ -120,7 +120,7 @@ def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path
     if len(ax.get_lines()) > 1:  # curves besides the diagonal
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    roc = _save_fig(fig, out / f"{stem}_roc.png")
+    roc = save_figure(fig, out / f"{stem}_roc.png")
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     labels = np.array([s.label if s.label is not None else -1 for s in image_set.samples])
@@ -132,11 +132,11 @@ def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path
     ax.set(xlabel="P(generated)", ylabel="images", title=f"Scores: {report.model}")
     ax.legend()
     fig.tight_layout()
-    hist = _save_fig(fig, out / f"{stem}_hist.png")
+    hist = save_figure(fig, out / f"{stem}_hist.png")
     return roc, hist
 
 
-def _save_fig(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()

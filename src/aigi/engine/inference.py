@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from aigi.checkpoints import Model
+from aigi.data.perturb import Perturbation, Perturbed
 from aigi.engine.features import Extracted, FeatureCache, extract
 
 
@@ -73,10 +74,16 @@ def extract_features(
 
 
 def score_paths(model: Model, paths: Sequence[str | os.PathLike], use_cache: bool = True,
-                cache_dir: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True) -> Scores:
+                cache_dir: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True,
+                perturbation: Perturbation | None = None) -> Scores:
+    """P(generated) per file. ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded image before the
+    model's protocol; perturbed features are never cached."""
     det = model.detector
-    if not det.cacheable:  # nothing to cache: score each batch as it comes and keep only the logits
-        ext = extract(paths, lambda px: det(px).logit, det.backbone.preprocess, model.config.protocol, cache=None,
+    protocol = model.config.protocol
+    if perturbation is not None and perturbation.kind != "none":
+        protocol, use_cache = Perturbed(protocol, perturbation), False
+    if not det.cacheable or not use_cache:  # nothing to cache: score each batch as it comes and keep only the logits
+        ext = extract(paths, lambda px: det(px).logit, det.backbone.preprocess, protocol, cache=None,
                       batch_size=batch_size, description="scoring images", progress=progress)
         return to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
     ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
