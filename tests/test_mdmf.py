@@ -1,5 +1,6 @@
 """MDMF detector: patch units, the reference bank, fast vs exact scoring, and the model folder."""
 
+import numpy as np
 import torch
 
 from aigi.checkpoints import ModelConfig, build_model, load_model, save_model
@@ -110,3 +111,19 @@ def test_exact_estimator_is_blocked_over_the_bank_and_tracks_projection_changes(
     with torch.no_grad():
         fresh = det.mmd2(x)[0]
     assert not torch.allclose(changed, blocked) and torch.allclose(changed, fresh, rtol=1e-5, atol=1e-7)
+
+
+def test_probabilities_follow_log_mmd_and_do_not_saturate():
+    """A distance orders of magnitude beyond the reals' must still rank above a smaller one (no ties at P = 1)."""
+    from aigi.engine.train_mdmf import _log_score_scale
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(-6, 0.5, 200), rng.normal(-3, 1.0, 200)  # log MMD^2 of training images
+    center, scale = _log_score_scale(real, fake)
+    assert -5 < center < -4 and 0.5 < scale < 1
+    det = _model().detector
+    det.score_center.fill_(center)
+    det.score_scale.fill_(scale)
+    mmd2 = torch.tensor([1e-3, 1e-2, 1.0, 10.0, 100.0], dtype=torch.float64)
+    prob = torch.sigmoid((det.log_score(mmd2) - det.score_center) / det.score_scale)
+    assert bool((prob.diff() > 0).all()) and float(prob[-1]) < 1.0, prob

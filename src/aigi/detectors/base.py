@@ -27,7 +27,8 @@ class Output:
 
     @property
     def prob(self) -> torch.Tensor:
-        return torch.sigmoid(self.logit)
+        """P(generated), in float64: a float32 sigmoid rounds every logit above ~17 to exactly 1, tying those images."""
+        return torch.sigmoid(self.logit.double())
 
 
 class DetectorParams(BaseModel):

@@ -1,12 +1,14 @@
 """MDMF (arXiv 2605.09296): an image is a set of patches; its score is the MMD between its projected patches and
 those of a reference bank of real images.
 
-- Patch unit: the backbone's tokens, optionally average-pooled over ``pool x pool`` cells (e.g. EfficientNet-Lite0
-  stage4 cells are 16 px, so ``pool=2`` gives 32-px patches, the paper's best patch size).
+- Patch unit: the backbone's tokens, optionally average-pooled over ``pool x pool`` cells. EfficientNet-Lite0's
+  stage6 cells are 32 px (the paper's best patch size) and measured best on aigi-mini val; its stage4 cells are
+  16 px, so ``pool=2`` there also gives 32-px patches (``benchmarks/mdmf.py sweep``).
 - Patch Forensic Signature (PFS): an MLP ``phi`` applied to each patch token.
 - Kernel: the deep-kernel mixture of :class:`aigi.detectors.mmd.DeepKernel` on ``(phi(x), x)``.
-- Score: biased MMD^2 between the image's patches and the reference bank, standardised by the mean and spread of
-  the training reals' scores, so ``sigmoid`` of it is a usable probability before calibration.
+- Score: biased MMD^2 between the image's patches and the reference bank; the logit is ``(log MMD^2 - center) /
+  scale`` with ``center`` between the training reals' and generated images' log-scores and ``scale`` their spread,
+  so scores keep their order through the sigmoid; the threshold is calibrated on validation data.
   ``estimator="fast"``: the bank is summarised by its kernel mean embedding in random Fourier features (one vector;
   cost per image independent of the bank's size). ``estimator="exact"``: kernel sums against a stored subsample
   of the bank's patches (cost grows with it).
@@ -136,9 +138,17 @@ class MDMF(Detector):
             total = total + self.kernel(phi_x, x, pr, r).sum(-1)
         return total / len(bank)
 
+    MMD_FLOOR = 1e-12
+
+    @staticmethod
+    def log_score(mmd2: torch.Tensor) -> torch.Tensor:
+        """``log MMD^2``: MMD^2 is heavy-tailed (a generated image can sit orders of magnitude further from the bank
+        than a real one), so a linear map of it saturates the sigmoid and ties images at P = 1; its log does not."""
+        return torch.log(mmd2.clamp_min(MDMF.MMD_FLOOR))
+
     def score(self, features: torch.Tensor) -> Output:
         mmd2, share, grid = self.mmd2(features)
-        logit = (mmd2 - self.score_center) / self.score_scale
+        logit = (self.log_score(mmd2) - self.score_center) / self.score_scale
         return Output(logit=logit, patch_map=share.reshape(share.shape[0], *grid))
 
     # -- fitting helpers ---------------------------------------------------------------------------------------------

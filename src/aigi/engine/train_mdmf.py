@@ -1,17 +1,26 @@
-"""MDMF training: learn the Patch Forensic Signature and the kernel by the test-power criterion, then store the
+"""MDMF training: learn the Patch Forensic Signature and the kernel by a test-power criterion, then store the
 reference bank's summary in the model folder.
 
-Criterion (learned-kernel MMD two-sample tests, Liu et al. 2020): each step draws ``images_per_side`` real and
-generated training images, takes ``patches_per_side`` of their (pooled) patches on each side, and maximises
+Two criteria, both ratios of a separation to its spread (the power of a two-sample test, as in learned-kernel
+MMD tests, Liu et al. 2020), optimised over the projection ``phi`` and the kernel's bandwidths and mixing weight:
 
-    J = MMD^2_u(real patches, generated patches) / sqrt(Var_H1 + lam)
+- ``image`` (the default): each step draws ``images_per_side`` real and generated training images and a sample of
+  ``patches_per_side`` reference-bank patches, scores every image as the detector does (its biased MMD^2 to the
+  bank sample, ``s``), and maximises ``(mean s_fake - mean s_real) / sqrt(var s_fake + var s_real + lam)``.
+- ``pooled``: the paper's wording taken literally: ``patches_per_side`` patches pooled over the sampled real and
+  over the sampled generated images, maximising ``MMD^2_u(real, generated) / sqrt(Var_H1 + lam)`` (the unbiased
+  estimate over its variance under the alternative).
 
-over the projection ``phi`` and the kernel's bandwidths and mixing weight. Maximising the ratio rather than the
-MMD alone is what the power of a two-sample test asks for: a large separation that is also stable across samples.
-Scoring an image (:mod:`aigi.detectors.mdmf`) is then the same kind of two-sample comparison, image vs bank.
+Why ``image`` is the default: detection ranks single images by their distance to the bank, and a kernel that
+separates the pooled patch distributions need not separate images (pooled patches of generated images differ from
+real ones in ways each single image shares with real ones). On aigi-mini (stage4 tokens pooled 2x2, val AUROC of
+the detector after training): ``image`` 0.948 after 1000 steps, ``pooled`` 0.715 after 150 and 0.507 after 1000.
+The variance term is what makes both a power criterion rather than a bare separation: a wide but unstable gap is
+penalised.
 
-After training: the bank is summarised from the reference real images, the score is standardised by the training
-reals' scores (median and spread), and the threshold may be calibrated on validation data.
+After training: the bank is summarised from the reference real images, the score's scale is fitted on the training
+images (log MMD^2, centred between real and generated and in units of their spread, see
+:func:`_log_score_scale`), and the threshold may be calibrated on validation data.
 """
 
 from __future__ import annotations
@@ -53,6 +62,20 @@ def _tokens(model: Model, folder, what: str, progress: bool, label: int | None =
 def _scores(det, tokens: torch.Tensor, chunk: int = 64) -> np.ndarray:
     with torch.no_grad():
         return torch.cat([det.mmd2(tokens[i : i + chunk])[0] for i in range(0, len(tokens), chunk)]).numpy()
+
+
+def _log_score_scale(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
+    """``(center, scale)`` for ``logit = (s - center) / scale`` on log-scores ``s`` of the training images: the midpoint
+    of the two classes' medians, in units of their robust spread (1.4826 MAD, averaged over the classes).
+
+    Not a logistic fit: the training images are the ones the kernel was fitted to, so a fit on them is overconfident
+    (a steep slope), and a steep slope pushes unseen generators' logits past what a float64 sigmoid can tell apart
+    from 1. The threshold is calibrated on validation data afterwards anyway."""
+    med_r, med_f = float(np.median(real)), float(np.median(fake))
+    spread = np.mean([np.median(np.abs(v - np.median(v))) * 1.4826 for v in (real, fake)])
+    if not np.isfinite(spread) or spread <= 0:
+        spread = float(np.std(np.concatenate([real, fake]))) or 1.0
+    return (med_r + med_f) / 2, float(spread)
 
 
 def _pooled_power(det, real, fake, images_per_side, patches_per_side, lam, g):
@@ -97,7 +120,7 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
     out = Path(out)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    config = ModelConfig(detector="mdmf", params=params or {}, backbone=backbone or BackboneSpec(options={"feature_level": "stage4"}),
+    config = ModelConfig(detector="mdmf", params=params or {}, backbone=backbone or BackboneSpec(options={"feature_level": "stage6"}),
                          protocol=protocol or EvalProtocol(format_align=True))
     model = build_model(config)
     det = model.detector
@@ -131,9 +154,8 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
                           eps=float(det.kernel.eps), seconds=round(time.perf_counter() - t0, 1))
     det.eval()
     det.set_bank(ref_tokens, g)
-    real_scores = _scores(det, real)
-    center = float(np.median(real_scores))
-    scale = float(np.median(np.abs(real_scores - center)) * 1.4826) or float(np.std(real_scores)) or 1.0
+    center, scale = _log_score_scale(det.log_score(torch.from_numpy(_scores(det, real))).numpy(),
+                           det.log_score(torch.from_numpy(_scores(det, fake))).numpy())
     det.score_center.fill_(center)
     det.score_scale.fill_(scale)
     info = {"data": str(data), "reference": str(reference or data), "reference_images": int(len(ref_tokens)), "steps": steps,
