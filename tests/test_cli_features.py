@@ -75,8 +75,8 @@ def test_features_patches_are_the_mdmf_namespace(images, tmp_path):
     res = runner.invoke(app, ["features", "--backbone", "efficientnet_lite0", "--data", str(images)])  # default kind: patches
     assert res.exit_code == 0, res.output
     assert _counts(res.output) == (5, 0, 1)
-    assert "patches features (efficientnet_lite0, stage4)" in _flat(res.output)  # train_mdmf's default level
-    spec = {"family": "efficientnet_lite0", "options": {"feature_level": "stage4"}}
+    assert "patches features (efficientnet_lite0, stage6)" in _flat(res.output)  # train_mdmf's default level
+    spec = {"family": "efficientnet_lite0", "options": {"feature_level": "stage6"}}
     for pool in (1, 2):  # the patch unit is not part of the key: every pool size hits
         m = build_model(ModelConfig(detector="mdmf", params={"pool": pool}, backbone=spec, protocol=EvalProtocol(format_align=True)))
         ext = extract_features(m, [images / "0_real" / "r0.png", images / "loose" / "u0.png"], progress=False)
@@ -84,7 +84,7 @@ def test_features_patches_are_the_mdmf_namespace(images, tmp_path):
     # another protocol is another namespace
     m = build_model(ModelConfig(detector="mdmf", backbone=spec, protocol=EvalProtocol(format_align=False)))
     assert extract_features(m, [images / "0_real" / "r0.png"], progress=False).cache_hits == 0
-    res = runner.invoke(app, ["features", "--backbone", "efficientnet_lite0", "--feature-level", "stage4", "--no-format-align",
+    res = runner.invoke(app, ["features", "--backbone", "efficientnet_lite0", "--feature-level", "stage6", "--no-format-align",
                               "--data", str(images)])
     assert res.exit_code == 0 and _counts(res.output) == (4, 1, 1)
 

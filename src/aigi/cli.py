@@ -407,8 +407,8 @@ def inspect(
 
 
 FEATURE_KINDS = {"patches": "mdmf", "global": "univfd", "tokens": "mirror"}  # feature kind -> the detector that caches it
-# efficientnet_lite0 level when --feature-level is not given: the training defaults (train_mdmf: stage4, MIRROR: stage6)
-KIND_LEVELS = {"patches": "stage4", "tokens": "stage6"}
+# efficientnet_lite0 level when --feature-level is not given: the training defaults (both chosen on aigi-mini val)
+KIND_LEVELS = {"patches": "stage6", "tokens": "stage6"}
 
 
 @app.command()
@@ -416,7 +416,7 @@ def features(
     data: Path = typer.Option(..., "--data", "-d", help="Images: a folder (every image below it, whatever its layout), an image file or a CSV manifest."),
     backbone: str = typer.Option(..., help="Backbone family: efficientnet_lite0 or hf_vit."),
     backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder."),
-    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage4 as MDMF, tokens: stage6 as MIRROR, global: head)."),
+    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage6 as MDMF, tokens: stage6 as MIRROR, global: head)."),
     kind: str = typer.Option("patches", help="What to cache: patches (mdmf), global (univfd) or tokens (mirror with a frozen backbone)."),
     format_align: bool = typer.Option(True, help="Evaluation protocol: re-encode lossless inputs as JPEG q96. Must match the model that will read the cache."),
     batch_size: int = typer.Option(8, min=1, help="Images per batch."),
@@ -528,9 +528,10 @@ def train_mdmf(
     target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
     backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
     backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder (the paper: DINOv2 ViT-L/14)."),
-    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: stage4 (default here: 16-px cells), stage3, stage5, stage6, head."),
-    pool: int = typer.Option(2, min=1, help="Patch unit: average tokens over pool x pool cells (2 x 16 px = the paper's 32-px patches)."),
+    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: stage6 (default: 32-px cells, best on aigi-mini val), stage5, stage4 (16-px cells), stage3."),
+    pool: int = typer.Option(1, min=1, help="Patch unit: average tokens over pool x pool cells (stage6 cells are 32 px, the paper's best; at stage4, 2 x 16 px)."),
     estimator: str = typer.Option("fast", help="fast (random-feature mean embedding of the bank) or exact (kernel sums against a bank sample)."),
+    bank_patches: int = typer.Option(4096, min=2, help="Reference patches stored for the exact estimator (the fast one summarises every patch)."),
     steps: int = typer.Option(1000, min=1),
     lr: float = typer.Option(1e-3),
     criterion: str = typer.Option("image", help="image (separation of per-image scores) or pooled (patch-level test power)."),
@@ -539,10 +540,10 @@ def train_mdmf(
     from aigi.data.folders import DataError
     from aigi.engine.train_mdmf import train_mdmf as run
 
-    level = feature_level or ("stage4" if backbone == "efficientnet_lite0" else None)
+    level = feature_level or ("stage6" if backbone == "efficientnet_lite0" else None)
     try:
         m = run(data, out_dir, reference=reference, val=val, backbone=_backbone_spec(backbone, backbone_source, level),
-                params={"pool": pool, "estimator": estimator}, steps=steps, lr=lr, criterion=criterion,
+                params={"pool": pool, "estimator": estimator, "bank_patches": bank_patches}, steps=steps, lr=lr, criterion=criterion,
                 calibrate_on=calibrate_on, target_real_acc=target_real_acc)
     except (DataError, ValueError, OSError) as e:
         _fail(str(e))
