@@ -96,7 +96,7 @@ def sweep(data: Path, cache: str) -> dict:
 def evaluate(model, folder: Path, out: Path, stem: str):
     image_set = discover(folder)
     scores = score_paths(model, [s.path for s in image_set.samples], use_cache=False, progress=False)
-    report = build_report(image_set, scores.prob, model.threshold, scores.errors, model="mirror (efficientnet_lite0)", data=str(folder))
+    report = build_report(image_set, scores.prob, model.threshold, scores.errors, model=f"{model.config.detector} ({model.config.backbone.family})", data=str(folder))
     write_report(report, out, image_set, scores.prob, stem=stem)
     return report
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aigi.checkpoints import Model
@@ -38,7 +38,7 @@ def sweep_row(model: Model, name: str, image_set: ImageSet, perturbation: Pertur
 
 
 def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequence[Perturbation], out_dir: str | os.PathLike,
-              batch_size: int = 8, progress: bool = True, data: str = "") -> list[dict]:
+              batch_size: int = 8, progress: bool = True, data: str = "", on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Every model under every perturbation; resumes from ``out_dir/robustness.json`` when it exists for the same data."""
     out = Path(out_dir)
     state_path = out / "robustness.json"
@@ -54,6 +54,8 @@ def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequ
                 continue
             done.append(sweep_row(model, name, image_set, p, batch_size, progress))
             write_json(state_path, {"data": data, "rows": done})
+            if on_row is not None:
+                on_row(done[-1])
     order = {(n, p.name): i for i, (n, p) in enumerate((n, p) for n in models for p in perturbations)}
     rows = sorted((r for r in done if (r["model"], r["perturbation"]) in order), key=lambda r: order[(r["model"], r["perturbation"])])
     write_json(state_path, {"data": data, "rows": rows})
