@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from aigi.backbones import BackboneSpec
 from aigi.checkpoints import load_model
@@ -140,6 +141,16 @@ def speed(data: Path) -> None:
     tokens = torch.from_numpy(ext.stacked(ext.ok))
     assert len(ext.ok) == len(test.samples), ext.errors
     n_patches = det.patches(bank[:1].float())[0].shape[1]
+    val = discover(data / "val")
+    vext = extract_features(model, [s.path for s in val.samples], progress=False)
+    vtokens, vlabels = torch.from_numpy(vext.stacked(vext.ok)), [val.samples[i].label for i in vext.ok]
+
+    def val_auroc() -> float:
+        with torch.inference_mode():
+            s = torch.cat([det.mmd2(vtokens[i : i + 64])[0] for i in range(0, len(vtokens), 64)]).numpy()
+        return float(roc_auc_score(vlabels, s))
+
+    val_model_bank = val_auroc()  # the model's own bank: train/0_real evaluation crops
     results = {}
     for estimator in ("fast", "exact"):
         det.params.estimator = estimator
@@ -149,11 +160,16 @@ def speed(data: Path) -> None:
         det.set_bank(bank, torch.Generator().manual_seed(0))
         bank_s = time.perf_counter() - t0
         det.score(tokens[:8])  # warm-up (the exact path projects and caches the bank here)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            scores = torch.cat([det.mmd2(tokens[i : i + 64])[0] for i in range(0, len(tokens), 64)]).numpy()
-        seconds = time.perf_counter() - t0
+        times = []
+        for _ in range(5 if estimator == "fast" else 1):  # the fast pass takes ~1 s: the median of 5 steadies it
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                scores = torch.cat([det.mmd2(tokens[i : i + 64])[0] for i in range(0, len(tokens), 64)]).numpy()
+            times.append(time.perf_counter() - t0)
+        seconds = float(np.median(times))
         aurocs = _test_auroc(test, scores, 0.5)
+        if estimator == "fast":
+            val_big_bank = val_auroc()
         results[estimator] = {"score_seconds": round(seconds, 2), "images_per_s": round(len(tokens) / seconds, 1),
                               "bank_setup_seconds": round(bank_s, 1), "auroc": aurocs, "mean_auroc": aurocs.get("MEAN")}
         print(estimator, results[estimator], flush=True)
@@ -163,7 +179,8 @@ def speed(data: Path) -> None:
                "backbone_images_per_s": round(len(tokens) / backbone_s, 1),
                "speedup": round(results["exact"]["score_seconds"] / results["fast"]["score_seconds"], 1),
                "mean_auroc_gap": round(abs(results["fast"]["mean_auroc"] - results["exact"]["mean_auroc"]), 4),
-               "cpu_threads": torch.get_num_threads(), "estimators": results}
+               "cpu_threads": torch.get_num_threads(), "estimators": results,
+               "val_auroc_fast": {"model_bank": round(val_model_bank, 4), "bank_3000": round(val_big_bank, 4)}}
     write_json(OUT / "speed.json", summary)
     report()
 
@@ -231,7 +248,11 @@ def report() -> None:
             f"| exact (kernel sums over every bank patch) | {e['images_per_s']} | {e['score_seconds']} | {e['bank_setup_seconds']} | {fmt(e['mean_auroc'])} |",
             "",
             f"Fast is **{sp['speedup']}x** faster, mean AUROC within {sp['mean_auroc_gap']:.4f} of exact. The backbone alone runs at"
-            f" {sp['backbone_images_per_s']} images/s, so with the fast estimator the MMD is not the bottleneck.", ""]
+            f" {sp['backbone_images_per_s']} images/s, so with the fast estimator the MMD is not the bottleneck.",
+            f"The augmented views only make the bank big enough to time: on val they lower the AUROC (fast estimator:"
+            f" {sp['val_auroc_fast']['bank_3000']:.3f} with this bank vs {sp['val_auroc_fast']['model_bank']:.3f} with the model's own"
+            f" {read_json(OUT / 'run' / 'summary.json')['training']['reference_images']} evaluation crops), so the shipped recipe keeps"
+            " the clean bank.", ""]
         md += ["## Fast vs exact scoring", "", *speed_lines]
     write_text(HERE / "results" / "mdmf.md", "\n".join(md))
     from default_model import update_readme

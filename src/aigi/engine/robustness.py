@@ -89,15 +89,17 @@ def plot(rows: list[dict], path: Path, metric: str = "mean_auroc") -> Path:
             pts = [r for r in rows if r["model"] == m and r["kind"] == kind and r.get(metric) is not None]
             xs = [r["level"] for r in pts]
             ys = [r[metric] for r in pts]
-            if clean and clean[0].get(metric) is not None and kind != "none":  # the clean image is level 0 (JPEG: no re-encoding, drawn at 101)
-                xs, ys = [101.0 if kind == "jpeg" else 0.0, *xs], [clean[0][metric], *ys]
+            if clean and clean[0].get(metric) is not None and kind != "none":  # the clean image is level 0 (JPEG: no re-encoding, drawn at 105)
+                xs, ys = [105.0 if kind == "jpeg" else 0.0, *xs], [clean[0][metric], *ys]
             order = sorted(range(len(xs)), key=lambda i: xs[i])
             ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", lw=1.4, label=m)
         if kind == "jpeg":
+            ticks = sorted({r["level"] for r in rows if r["kind"] == "jpeg"} | {105.0}, reverse=True)
+            ax.set_xticks(ticks, ["clean" if t == 105 else f"{t:g}" for t in ticks], fontsize=8)
             ax.invert_xaxis()
         ax.axhline(0.5, color="k", ls=":", lw=0.8)
         ax.set(xlabel=titles[kind], title=titles[kind])
-    axes[0][0].set_ylabel(metric.replace("_", " "))
+    axes[0][0].set_ylabel({"mean_auroc": "mean AUROC over subsets"}.get(metric, metric.replace("_", " ")))
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return save_figure(fig, path)
