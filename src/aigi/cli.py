@@ -82,7 +82,7 @@ def detect(
     threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold on P(generated)."),
     batch_size: int = typer.Option(8, min=1, help="Images per batch (small batches are fastest on CPU)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
-    explain: bool = typer.Option(False, "--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm)."),
+    explain: bool = typer.Option(False, "--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm; MDMF: each patch's share of the MMD)."),
     explain_dir: Path = typer.Option(Path("aigi_heatmaps"), "--explain-dir", help="Folder for the --explain heatmaps."),
     no_provenance: bool = typer.Option(False, "--no-provenance", help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides."),
 ) -> None:
