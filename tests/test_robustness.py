@@ -97,3 +97,15 @@ def test_robustness_sweep_writes_table_csv_plot_and_resumes(labelled_images, tmp
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "robustness.json").read_text())["rows"] == state["rows"]
+    # another model under the same name (here: re-calibrated) is measured again, not read from the old rows
+    monkeypatch.undo()
+    from aigi.checkpoints import load_default_model, save_model
+
+    model = tmp_path / "default_model"
+    m = load_default_model()
+    m.config.threshold = 0.3
+    save_model(m, model)
+    res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "robustness.json").read_text())["rows"]
+    assert [r["model"] for r in rows] == ["default_model"] and rows[0]["model_id"] != state["rows"][0]["model_id"]

@@ -10,6 +10,7 @@ JSON as it completes, so an interrupted sweep resumes where it stopped.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 from collections.abc import Callable, Sequence
@@ -23,6 +24,16 @@ from aigi.engine.inference import score_paths
 from aigi.io import read_json, write_json, write_text
 
 FIELDS = ["model", "perturbation", "kind", "level", "mean_auroc", "mean_ap", "real_acc", "fake_acc", "bal_acc", "errors"]
+
+
+def model_id(model: Model) -> str:
+    """Identifies a model's results across runs: its config (detector, params, backbone, protocol, threshold, training
+    record) and a digest of its trained weights. A retrained or re-calibrated model gets new rows, not stale ones."""
+    h = hashlib.sha256(model.config.model_dump_json().encode())
+    for name, t in sorted(model.detector.trainable_state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def sweep_row(model: Model, name: str, image_set: ImageSet, perturbation: Perturbation, batch_size: int = 8,
@@ -39,7 +50,8 @@ def sweep_row(model: Model, name: str, image_set: ImageSet, perturbation: Pertur
 
 def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequence[Perturbation], out_dir: str | os.PathLike,
               batch_size: int = 8, progress: bool = True, data: str = "", on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every model under every perturbation; resumes from ``out_dir/robustness.json`` when it exists for the same data."""
+    """Every model under every perturbation; resumes from ``out_dir/robustness.json``, reusing the rows of the same
+    data and the same models (by :func:`model_id`)."""
     out = Path(out_dir)
     state_path = out / "robustness.json"
     done: list[dict] = []
@@ -47,12 +59,14 @@ def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequ
         state = read_json(state_path)
         if state.get("data") == data:
             done = state.get("rows", [])
+    ids = {name: model_id(model) for name, model in models.items()}
+    done = [r for r in done if ids.get(r["model"]) == r.get("model_id")]  # rows of another model by that name are stale
     have = {(r["model"], r["perturbation"]) for r in done}
     for name, model in models.items():
         for p in perturbations:
             if (name, p.name) in have:
                 continue
-            done.append(sweep_row(model, name, image_set, p, batch_size, progress))
+            done.append({**sweep_row(model, name, image_set, p, batch_size, progress), "model_id": ids[name]})
             write_json(state_path, {"data": data, "rows": done})
             if on_row is not None:
                 on_row(done[-1])
