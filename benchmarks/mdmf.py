@@ -159,7 +159,8 @@ def speed(data: Path) -> None:
         t0 = time.perf_counter()
         det.set_bank(bank, torch.Generator().manual_seed(0))
         bank_s = time.perf_counter() - t0
-        det.score(tokens[:8])  # warm-up (the exact path projects and caches the bank here)
+        with torch.inference_mode():
+            det.score(tokens[:8])  # warm-up (the exact path projects and caches the bank here)
         times = []
         for _ in range(5 if estimator == "fast" else 1):  # the fast pass takes ~1 s: the median of 5 steadies it
             t0 = time.perf_counter()

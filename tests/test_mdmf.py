@@ -77,6 +77,7 @@ def test_training_recipe_runs_and_stores_a_usable_bank(labelled_images, tmp_path
                        steps=5, images_per_side=2, patches_per_side=32, progress=False)
     info = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
     assert info["criterion"].startswith("(mean s_fake - mean s_real)") and info["steps"] == 5 and "val_auroc" in info
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["params"]["score_form"] == "log"
     assert [json.loads(x)["step"] for x in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()] == [5]
     det = model.detector
     assert float(det.bank_embedding.abs().sum()) > 0 and float(det.score_scale) > 0
@@ -102,12 +103,12 @@ def test_exact_estimator_is_blocked_over_the_bank_and_tracks_projection_changes(
     x = _tokens(3, shift=0.3, seed=5)
     with torch.no_grad():
         whole = det.mmd2(x)[0]
-        det.BANK_CHUNK = 7  # 300 patches in 43 blocks, the last one short
+        det.BLOCK_FLOATS = 3 * 49 * 17  # blocks of 17 bank patches: 300 in 18 blocks, the last one short
         blocked = det.mmd2(x)[0]
         assert torch.allclose(whole, blocked, rtol=1e-5, atol=1e-7)
         det.project[0].weight.mul_(1.5)  # the cached bank projection must follow the weights
         changed = det.mmd2(x)[0]
-    det.BANK_CHUNK = 10_000
+    det.BLOCK_FLOATS = 1 << 24
     with torch.no_grad():
         fresh = det.mmd2(x)[0]
     assert not torch.allclose(changed, blocked) and torch.allclose(changed, fresh, rtol=1e-5, atol=1e-7)
@@ -127,3 +128,26 @@ def test_probabilities_follow_log_mmd_and_do_not_saturate():
     mmd2 = torch.tensor([1e-3, 1e-2, 1.0, 10.0, 100.0], dtype=torch.float64)
     prob = torch.sigmoid((det.log_score(mmd2) - det.score_center) / det.score_scale)
     assert bool((prob.diff() > 0).all()) and float(prob[-1]) < 1.0, prob
+
+
+def test_exact_scoring_works_for_a_model_built_in_inference_mode():
+    with torch.inference_mode():
+        det = _model(pool=2, bank_patches=100, estimator="exact").detector
+        det.set_bank(_tokens(4, seed=1), torch.Generator().manual_seed(0))
+        a = det.mmd2(_tokens(2, seed=6))[0]
+        b = det.mmd2(_tokens(2, seed=6))[0]
+    assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_score_form_log_for_trained_models_linear_for_older_folders():
+    det = _model().detector
+    assert det.params.score_form == "linear"  # a config without the field: an MDMF folder from before the log form
+    det.set_bank(_tokens(4, seed=1))
+    det.score_center.fill_(0.01)
+    det.score_scale.fill_(0.002)
+    x = _tokens(2, shift=0.4, seed=7)
+    with torch.no_grad():
+        mmd2 = det.mmd2(x)[0]
+        assert torch.allclose(det.score(x).logit, (mmd2 - 0.01) / 0.002)
+        det.params.score_form = "log"
+        assert torch.allclose(det.score(x).logit, (torch.log(mmd2) - 0.01) / 0.002)

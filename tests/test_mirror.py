@@ -280,7 +280,7 @@ def test_cache_follows_dtype_changes() -> None:
     x = torch.randn(2, 6, 32)
     check_equals_plain(bank, x)
     bank.to(torch.float64)
-    assert bank._kv_cache is None
+    assert bank._kv_cache.empty
     with torch.no_grad():
         recall = bank(x.double())
     assert keys.calls == 2 and recall.recon.dtype == torch.float64
@@ -708,3 +708,12 @@ def test_cache_filled_under_autocast_serves_full_precision() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert bank(x).recon.dtype == torch.bfloat16
     check_equals_plain(bank, x)
+
+
+def test_memory_built_in_inference_mode_reads_without_a_version_counter():
+    """Tensors made under inference_mode have no version counter: the K/V cache steps aside instead of failing."""
+    with torch.inference_mode():
+        bank = MemoryBank(16, slots=32, heads=2, top_k=4)
+        x = torch.randn(2, 5, 16)
+        a, b = bank(x).recon, bank(x).recon
+    assert torch.equal(a, b) and bank._kv_cache.empty

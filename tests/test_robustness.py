@@ -56,11 +56,14 @@ def test_perturbed_protocol_applies_before_the_crop():
     from aigi.backbones.base import Preprocess
 
     pre = Preprocess(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    proto = EvalProtocol(crop=32)
+    proto = EvalProtocol(crop=32, format_align=True)
     im = _photo(size=(64, 64))
-    blurred = Perturbed(proto, parse_perturbation("blur:3")).apply(im, "PNG", pre)
+    blurred = Perturbed(proto, parse_perturbation("blur:3")).apply(im, "JPEG", pre)
+    # blurred pixels are new, lossless pixels: format alignment treats a JPEG and a PNG source alike
     expected = proto.apply(parse_perturbation("blur:3").apply(im), "PNG", pre)
     assert blurred.shape == (3, 32, 32) and np.allclose(blurred.numpy(), expected.numpy())
+    assert np.allclose(Perturbed(proto, parse_perturbation("blur:3")).apply(im, "PNG", pre).numpy(), blurred.numpy())
+    assert not np.allclose(proto.apply(parse_perturbation("blur:3").apply(im), "JPEG", pre).numpy(), blurred.numpy())
 
 
 def test_eval_perturb_scores_differ_and_bad_values_are_messages(labelled_images, tmp_path):
@@ -108,4 +111,22 @@ def test_robustness_sweep_writes_table_csv_plot_and_resumes(labelled_images, tmp
     res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "robustness.json").read_text())["rows"]
-    assert [r["model"] for r in rows] == ["default_model"] and rows[0]["model_id"] != state["rows"][0]["model_id"]
+    assert len(rows) == 4 and rows[:3] == state["rows"]  # earlier rows are kept, the new model's row is added
+    assert rows[3]["model"] == "default_model" and rows[3]["model_id"] != state["rows"][0]["model_id"]
+    assert (out / "robustness.csv").read_text().count("\n") == 2  # the CSV and plot show this call's rows
+    # changed images are measured again
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(labelled_images / "0_real" / "extra.jpg")
+    res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)])
+    assert res.exit_code == 0 and len(json.loads((out / "robustness.json").read_text())["rows"]) == 5
+
+
+def test_robustness_damaged_state_and_empty_sweep_are_messages(labelled_images, tmp_path):
+    out = tmp_path / "rob"
+    out.mkdir()
+    (out / "robustness.json").write_text("[1, 2")
+    res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "-p", "none", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "not a sweep state" in res.output and "Traceback" not in res.output
+    assert len(json.loads((out / "robustness.json").read_text())["rows"]) == 1
+    res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "-p", ",", "--out", str(out)])
+    assert res.exit_code == 2 and "no perturbation given" in res.output

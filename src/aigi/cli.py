@@ -336,6 +336,8 @@ def robustness(
     from aigi.engine.robustness import run_sweep
 
     texts = [t for item in (perturb or DEFAULT_SWEEP) for t in item.split(",") if t.strip()]
+    if not texts:
+        _fail("--perturb: no perturbation given (e.g. -p none,jpeg:75,blur:2)")
     perturbations = list({p.name: p for p in map(_perturbation, texts)}.values())
     if out_dir.exists() and not out_dir.is_dir():
         _fail(f"--out {out_dir} exists and is not a folder")
@@ -346,15 +348,18 @@ def robustness(
     _report_skipped(image_set.skipped)
     models = {}
     for folder in model or [None]:
-        name = "default" if folder is None else folder.name
+        name = "default" if folder is None else (folder.resolve().name or str(folder))
         base, k = name, 2
         while name in models:
             name, k = f"{base} #{k}", k + 1
         models[name] = _load(folder)
+    notes: list[str] = []
     try:
-        rows = run_sweep(models, image_set, perturbations, out_dir, batch_size, data=str(data.resolve()))
+        rows = run_sweep(models, image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes)
     except OSError as e:
         _fail(f"could not write the results: {e}")
+    for note in notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
     table = Table(title=f"aigi robustness — {data} (mean AUROC over subsets; accuracies at each model's threshold)")
     for c in ["perturbation", "model", "AUROC", "AP", "Real_Acc", "Fake_Acc", "unreadable"]:
         table.add_column(c, justify="left" if c in ("perturbation", "model") else "right")
@@ -531,7 +536,7 @@ def train_mdmf(
     feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: stage6 (default: 32-px cells, best on aigi-mini val), stage5, stage4 (16-px cells), stage3."),
     pool: int = typer.Option(1, min=1, help="Patch unit: average tokens over pool x pool cells (stage6 cells are 32 px, the paper's best; at stage4, 2 x 16 px)."),
     estimator: str = typer.Option("fast", help="fast (random-feature mean embedding of the bank) or exact (kernel sums against a bank sample)."),
-    bank_patches: int = typer.Option(4096, min=2, help="Reference patches stored for the exact estimator (the fast one summarises every patch)."),
+    bank_patches: int = typer.Option(4096, min=2, max=1_000_000, help="Reference patches stored for the exact estimator (the fast one summarises every patch)."),
     steps: int = typer.Option(1000, min=1),
     lr: float = typer.Option(1e-3),
     criterion: str = typer.Option("image", help="image (separation of per-image scores) or pooled (patch-level test power)."),

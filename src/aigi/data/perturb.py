@@ -9,7 +9,7 @@ A :class:`Perturbation` is a kind and a level, written ``kind:level`` on the com
 - ``none``    the clean image (the reference level of a sweep).
 
 It is applied to the decoded image, before the model's evaluation protocol (resize, crop, format alignment), as a
-platform's re-encoding or a camera's blur would be. :class:`Perturbed` wraps a protocol with it, and has the
+platform's re-encoding or a camera's blur would be: a blur's sigma is in the source image's pixels. :class:`Perturbed` wraps a protocol with it, and has the
 protocol's ``apply(im, fmt, pre)``, so :func:`aigi.engine.features.extract` runs it unchanged.
 """
 
@@ -95,6 +95,11 @@ class Perturbed:
         self.protocol, self.perturbation = protocol, perturbation
 
     def apply(self, im: Image.Image, fmt: str, pre: Preprocess):
+        # What the protocol's format alignment sees: a JPEG after JPEG, whatever the file was; freshly computed
+        # (lossless) pixels after blur or noise, so every image, JPEG or PNG at the start, is aligned the same way and
+        # the perturbation cannot bring back a per-class file-format trace.
         if self.perturbation.kind == "jpeg":
-            fmt = "JPEG"  # the model now sees a JPEG, whatever the file was
+            fmt = "JPEG"
+        elif self.perturbation.kind in ("blur", "noise"):
+            fmt = "PNG"
         return self.protocol.apply(self.perturbation.apply(im), fmt, pre)

@@ -30,6 +30,7 @@ from torch import nn
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
 from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.derived import DerivedCache
 from aigi.detectors.mmd import DeepKernel, RandomFourierFeatures
 
 
@@ -44,6 +45,9 @@ class MDMFParams(DetectorParams):
     rff_features: int = Field(2048, ge=16, description="random Fourier features per kernel component (fast estimator)")
     rff_seed: int = 0
     bank_patches: int = Field(4096, ge=2, description="reference patches kept for the exact estimator")
+    score_form: Literal["linear", "log"] = Field(
+        "linear", description="logit = (f(MMD^2) - center) / scale with f = log (what train_mdmf fits) or the identity"
+        " (MDMF folders written before the log form; kept so they still score as they were calibrated)")
 
 
 @DETECTORS.register("mdmf")
@@ -70,6 +74,7 @@ class MDMF(Detector):
         self.register_buffer("token_std", torch.ones(d))
         self.register_buffer("score_center", torch.zeros(()))
         self.register_buffer("score_scale", torch.ones(()))
+        self._phi_bank = DerivedCache()
 
     # -- patches ------------------------------------------------------------------------------------------------
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -115,28 +120,28 @@ class MDMF(Detector):
         share = (kxx.mean(-1) - 2 * kxr + self.bank_self) / x.shape[1]
         return mmd2, share, grid
 
-    BANK_CHUNK = 8192  # bank patches per kernel block: bounds memory to B * n * BANK_CHUNK floats
+    BLOCK_FLOATS = 1 << 24  # kernel block size, images x patches x bank patches: 64 MiB per float32 temporary
 
     def _bank_projection(self) -> torch.Tensor:
-        """``phi(bank)``: recomputed under autograd, cached otherwise while the bank and the projection are unchanged."""
-        if torch.is_grad_enabled():
-            return self.project(self.bank_tokens)
-        key = (self.bank_tokens.data_ptr(), self.bank_tokens._version,
-               *((p.data_ptr(), p._version) for p in self.project.parameters()))
-        cached = getattr(self, "_phi_bank", None)
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False), torch.no_grad():
-                cached = (key, self.project(self.bank_tokens))
-            self._phi_bank = cached
-        return cached[1]
+        """``phi(bank)``, cached while the bank and the projection are unchanged (:mod:`aigi.detectors.derived`)."""
+        return self._phi_bank.get((self.bank_tokens, *self.project.parameters()), lambda: self.project(self.bank_tokens))
+
+    def clear_cache(self) -> None:
+        """Forget the cached bank projection: needed only after editing weights through ``.data``."""
+        self._phi_bank.clear()
 
     def _bank_kernel_mean(self, phi_x: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         bank, phi_r = self.bank_tokens, self._bank_projection()
+        rows = max(1, x.shape[0] * x.shape[1])
+        step = max(16, min(len(bank), self.BLOCK_FLOATS // rows))
         total = x.new_zeros(x.shape[:-1])
-        for i in range(0, len(bank), self.BANK_CHUNK):
-            r, pr = bank[i : i + self.BANK_CHUNK], phi_r[i : i + self.BANK_CHUNK]
-            total = total + self.kernel(phi_x, x, pr, r).sum(-1)
+        for i in range(0, len(bank), step):
+            total = total + self.kernel(phi_x, x, phi_r[i : i + step], bank[i : i + step]).sum(-1)
         return total / len(bank)
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .half() drop the cached projection
+        self._phi_bank.clear()
+        return super()._apply(fn, recurse)
 
     MMD_FLOOR = 1e-12
 
@@ -148,7 +153,8 @@ class MDMF(Detector):
 
     def score(self, features: torch.Tensor) -> Output:
         mmd2, share, grid = self.mmd2(features)
-        logit = (self.log_score(mmd2) - self.score_center) / self.score_scale
+        s = self.log_score(mmd2) if self.params.score_form == "log" else mmd2
+        logit = (s - self.score_center) / self.score_scale
         return Output(logit=logit, patch_map=share.reshape(share.shape[0], *grid))
 
     # -- fitting helpers ---------------------------------------------------------------------------------------------

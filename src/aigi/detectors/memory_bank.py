@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigi.detectors.derived import DerivedCache
+
 ENTROPY_EPS = 1e-9  # inside the log of the attention entropy, as in the paper's code
 
 
@@ -93,35 +95,22 @@ class MemoryBank(nn.Module):
         self.k_proj = nn.Linear(dim, dim, bias=False)
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.out_proj = nn.Linear(dim, dim)
-        self._kv_cache: tuple | None = None
+        self._kv_cache = DerivedCache()
 
     # -- keys and values of the memory ------------------------------------------------------------------
     def _kv_sources(self) -> tuple[torch.Tensor, ...]:
         return (self.memory, self.k_proj.weight, self.v_proj.weight)
 
     def keys_values(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(k^T [heads, head_dim, K], v [heads, K, head_dim])``; computed once while they cannot change.
-
-        The cache is keyed on the source tensors themselves (not their addresses) and their version counters, so
-        replacing a projection, ``load_state_dict``, in-place edits, optimizer steps and ``.to()`` all refresh it."""
-        srcs = self._kv_sources()
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in srcs)
-        if needs_grad:
-            return self._project_kv()
-        versions = tuple((p._version, p.data_ptr()) for p in srcs)
-        cached = self._kv_cache
-        if cached is None or cached[1] != versions or any(a is not b for a, b in zip(cached[0], srcs)):
-            # Made outside inference mode (a cache filled while scoring can serve a training forward) and outside
-            # autocast (it keeps the weights' dtype; forward casts to the tokens' dtype).
-            device = self.memory.device.type
-            with torch.inference_mode(False), torch.no_grad(), torch.autocast(device, enabled=False):
-                self._kv_cache = cached = (srcs, versions, *self._project_kv())
-        return cached[2], cached[3]
+        """``(k^T [heads, head_dim, K], v [heads, K, head_dim])``; computed once while they cannot change (see
+        :mod:`aigi.detectors.derived`: replacing a projection, ``load_state_dict``, in-place edits, optimizer steps
+        and ``.to()`` all refresh them)."""
+        return self._kv_cache.get(self._kv_sources(), self._project_kv)
 
     def clear_cache(self) -> None:
         """Forget the cached keys/values: needed only after editing weights through ``.data`` (which, unlike
         in-place edits, ``load_state_dict`` and optimizer steps, leaves no trace in the version counters)."""
-        self._kv_cache = None
+        self._kv_cache.clear()
 
     def _project_kv(self) -> tuple[torch.Tensor, torch.Tensor]:
         h, dh, k = self.heads, self.head_dim, self.slots
@@ -130,7 +119,7 @@ class MemoryBank(nn.Module):
         return keys, values
 
     def _apply(self, fn, recurse: bool = True):  # .to() / .half() / .cuda() drop the cache
-        self._kv_cache = None
+        self._kv_cache.clear()
         return super()._apply(fn, recurse)
 
     # -- reading the memory ---------------------------------------------------------------------------------

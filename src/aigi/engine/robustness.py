@@ -48,31 +48,61 @@ def sweep_row(model: Model, name: str, image_set: ImageSet, perturbation: Pertur
             "subsets": {r["subset"]: r.get("auroc") for r in report.rows[:-1]}}
 
 
+def data_id(image_set: ImageSet) -> str:
+    """Identifies the labelled images: each file's path, label, size and modification time."""
+    h = hashlib.sha256()
+    for sample in image_set.samples:
+        try:
+            st = os.stat(sample.path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{sample.path}\0{sample.label}\0{stamp}\n".encode())
+    for name, idx in image_set.subsets.items():
+        h.update(f"{name}:{len(idx)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _read_state(path: Path, notes: list[str]) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        state = read_json(path)
+        rows = state["rows"]
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"model", "perturbation", "model_id", "data_id"} <= r.keys() for r in rows):
+            raise ValueError("unexpected rows")
+        return rows
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        notes.append(f"{path}: not a sweep state this version can read ({type(e).__name__}: {e}); it is measured afresh and rewritten")
+        return []
+
+
 def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequence[Perturbation], out_dir: str | os.PathLike,
-              batch_size: int = 8, progress: bool = True, data: str = "", on_row: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every model under every perturbation; resumes from ``out_dir/robustness.json``, reusing the rows of the same
-    data and the same models (by :func:`model_id`)."""
+              batch_size: int = 8, progress: bool = True, data: str = "", on_row: Callable[[dict], None] | None = None,
+              notes: list[str] | None = None) -> list[dict]:
+    """Every model under every perturbation. Resumes from ``out_dir/robustness.json``: a row is reused when it is of the
+    same model (:func:`model_id`) on the same images (:func:`data_id`); rows of other runs are kept in the JSON.
+    Returns (and writes to the CSV and the plot) this call's rows; problems with the saved state go to ``notes``."""
     out = Path(out_dir)
     state_path = out / "robustness.json"
-    done: list[dict] = []
-    if state_path.is_file():
-        state = read_json(state_path)
-        if state.get("data") == data:
-            done = state.get("rows", [])
-    ids = {name: model_id(model) for name, model in models.items()}
-    done = [r for r in done if ids.get(r["model"]) == r.get("model_id")]  # rows of another model by that name are stale
-    have = {(r["model"], r["perturbation"]) for r in done}
+    notes = [] if notes is None else notes
+    saved = _read_state(state_path, notes)
+    ids, did = {name: model_id(model) for name, model in models.items()}, data_id(image_set)
+    index = {(r["model_id"], r["data_id"], r["perturbation"]): r for r in saved}
+    rows = []
     for name, model in models.items():
         for p in perturbations:
-            if (name, p.name) in have:
+            key = (ids[name], did, p.name)
+            if key in index:
+                rows.append({**index[key], "model": name})
                 continue
-            done.append({**sweep_row(model, name, image_set, p, batch_size, progress), "model_id": ids[name]})
-            write_json(state_path, {"data": data, "rows": done})
+            row = {**sweep_row(model, name, image_set, p, batch_size, progress), "model_id": ids[name], "data_id": did, "data": data}
+            index[key] = row
+            rows.append(row)
+            write_json(state_path, {"rows": list(index.values())})
             if on_row is not None:
-                on_row(done[-1])
-    order = {(n, p.name): i for i, (n, p) in enumerate((n, p) for n in models for p in perturbations)}
-    rows = sorted((r for r in done if (r["model"], r["perturbation"]) in order), key=lambda r: order[(r["model"], r["perturbation"])])
-    write_json(state_path, {"data": data, "rows": rows})
+                on_row(row)
+    write_json(state_path, {"rows": list(index.values())})
     write_text(out / "robustness.csv", rows_csv(rows))
     plot(rows, out / "robustness.png")
     return rows

@@ -71,6 +71,9 @@ def _log_score_scale(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
     Not a logistic fit: the training images are the ones the kernel was fitted to, so a fit on them is overconfident
     (a steep slope), and a steep slope pushes unseen generators' logits past what a float64 sigmoid can tell apart
     from 1. The threshold is calibrated on validation data afterwards anyway."""
+    real, fake = real[np.isfinite(real)], fake[np.isfinite(fake)]
+    if not len(real) or not len(fake):
+        raise ValueError("MDMF training produced no finite scores for one class: the kernel diverged (try a lower --lr)")
     med_r, med_f = float(np.median(real)), float(np.median(fake))
     spread = np.mean([np.median(np.abs(v - np.median(v))) * 1.4826 for v in (real, fake)])
     if not np.isfinite(spread) or spread <= 0:
@@ -120,7 +123,8 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
     out = Path(out)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    config = ModelConfig(detector="mdmf", params=params or {}, backbone=backbone or BackboneSpec(options={"feature_level": "stage6"}),
+    # score_form "log": the scale fitted below is on log MMD^2
+    config = ModelConfig(detector="mdmf", params={**(params or {}), "score_form": "log"}, backbone=backbone or BackboneSpec(options={"feature_level": "stage6"}),
                          protocol=protocol or EvalProtocol(format_align=True))
     model = build_model(config)
     det = model.detector
