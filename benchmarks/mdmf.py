@@ -69,7 +69,7 @@ def sweep(data: Path) -> dict:
     for name, level, pool, px in UNITS:
         model, seconds = _train(data, OUT / "work" / f"sweep_{name}", level, pool, calibrate=False)
         results[name] = {"level": level, "pool": pool, "patch_px": px, "val_auroc": model.config.training["val_auroc"],
-                         "patches_per_image": int(model.detector.patches(torch.zeros(1, *_grid(level), model.detector.backbone.dim))[0].shape[1]),
+                         "patches_per_image": _patches_per_image(model.detector),
                          "seconds": round(seconds, 1)}
         print(name, results[name], flush=True)
     best = max(r["val_auroc"] for r in results.values())
@@ -81,8 +81,11 @@ def sweep(data: Path) -> dict:
     return summary
 
 
-def _grid(level: str) -> tuple[int]:
-    return (196,) if level == "stage4" else (49,)
+def _patches_per_image(det) -> int:
+    """Patches of one image at the backbone's input size, after the detector's pooling."""
+    size = det.backbone.preprocess.size
+    with torch.no_grad():
+        return int(det.patches(det.features(torch.zeros(1, 3, size, size)))[0].shape[1])
 
 
 def evaluate(model, folder: Path, out: Path, stem: str):

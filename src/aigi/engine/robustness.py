@@ -38,8 +38,7 @@ def model_id(model: Model) -> str:
 
 def sweep_row(model: Model, name: str, image_set: ImageSet, perturbation: Perturbation, batch_size: int = 8,
               progress: bool = True) -> dict:
-    scores = score_paths(model, [s.path for s in image_set.samples], use_cache=perturbation.kind == "none",
-                         batch_size=batch_size, progress=progress, perturbation=perturbation)
+    scores = score_paths(model, [s.path for s in image_set.samples], batch_size=batch_size, progress=progress, perturbation=perturbation)
     report = build_report(image_set, scores.prob, model.threshold, scores.errors, model=name)
     mean = report.rows[-1]
     return {"model": name, "perturbation": perturbation.name, "kind": perturbation.kind, "level": perturbation.level,
