@@ -86,7 +86,7 @@ def update_readme(key: str, body: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "aigi-mini")
+    ap.add_argument("--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini")))  # relative: models record it
     ap.add_argument("--out", type=Path, default=HERE / "results" / "default_model")
     ap.add_argument("--install", action="store_true", help="copy the trained model into src/aigi/default_model")
     ap.add_argument("--cache-dir", default=None, help="feature cache (default: a fresh temporary one, so times are from scratch)")

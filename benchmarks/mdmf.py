@@ -271,7 +271,7 @@ def report() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["sweep", "final", "speed", "report"])
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "aigi-mini")
+    ap.add_argument("--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini")))  # relative: models record it
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     os.environ.setdefault("AIGI_CACHE_DIR", os.path.join(tempfile.gettempdir(), "aigi-bench-mdmf-cache"))

@@ -220,7 +220,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["sweep", "final", "report", "install"])
     ap.add_argument("--recipe", choices=list(RECIPES), default="short")
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "aigi-mini")
+    ap.add_argument("--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini")))  # relative: models record it
     ap.add_argument("--level", choices=LEVELS)
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()

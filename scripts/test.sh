@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 AIGI_NO_PROGRESS=1
+# One CPU thread per process unless the user chose otherwise (AIGI_TEST_THREADS, or their own OMP_NUM_THREADS etc.):
+# on a shared 2-core machine torch's default of a thread per core made the suite 1.5-4x slower (see tests/conftest.py).
+: "${OMP_NUM_THREADS:=${AIGI_TEST_THREADS:-1}}" "${MKL_NUM_THREADS:=$OMP_NUM_THREADS}" "${OPENBLAS_NUM_THREADS:=$OMP_NUM_THREADS}"
+export OMP_NUM_THREADS MKL_NUM_THREADS OPENBLAS_NUM_THREADS
 python -m pytest -q "$@"

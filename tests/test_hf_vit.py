@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 import transformers
 
 from aigi.backbones import BackboneSpec, build_backbone
-from aigi.backbones.hf_vit import HFViTBackbone
+from aigi.backbones import hf_vit
+from aigi.backbones.hf_vit import BackboneLoadError, HFViTBackbone
+from aigi.errors import ModelLoadError
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
@@ -187,6 +190,91 @@ def test_folder_without_weights_is_a_clear_error(tmp_path) -> None:
     model.config.save_pretrained(tmp_path)  # config only
     with pytest.raises(OSError, match="could not load backbone"):
         HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
+
+
+NOT_CACHED = "nonexistent-org/nonexistent-model-xyz"
+
+
+@pytest.fixture
+def hub_online(monkeypatch):
+    """Offline mode off, whatever the environment says (huggingface_hub reads HF_HUB_OFFLINE once, at import)."""
+    for var in hf_vit.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(hf_vit.hub_constants, "HF_HUB_OFFLINE", False)
+    return monkeypatch
+
+
+def _load_error(source: str) -> tuple[BackboneLoadError, float]:
+    start = time.perf_counter()
+    with pytest.raises(BackboneLoadError) as info:
+        build_backbone(BackboneSpec(family="hf_vit", source=source))
+    return info.value, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("var", hf_vit.OFFLINE_VARS)
+def test_uncached_hub_id_offline_fails_at_once_in_one_line(var: str, hub_online, capfd) -> None:
+    hub_online.setenv(var, "1")
+    hub_online.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # were the Hub asked, it would be refused, not answered
+    err, elapsed = _load_error(NOT_CACHED)
+    msg = str(err)
+    assert elapsed < 5
+    assert msg == (f"could not load backbone '{NOT_CACHED}': not in the local Hugging Face cache and offline mode is on "
+                   f"({var} is set); pass a local model folder, or unset {var} to download it")
+    assert isinstance(err, ModelLoadError) and isinstance(err, ValueError) and isinstance(err, OSError)
+    assert "Retry" not in capfd.readouterr().err
+
+
+def test_uncached_hub_id_with_the_hub_unreachable_fails_at_once_in_one_line(hub_online, capfd, caplog) -> None:
+    hub_online.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9: refused at once
+    err, elapsed = _load_error(NOT_CACHED)
+    msg = str(err)
+    assert elapsed < 5
+    assert msg.startswith(f"could not load backbone '{NOT_CACHED}': cannot reach the Hugging Face Hub at http://127.0.0.1:9 (")
+    assert msg.endswith(") and it is not in the local cache; check the network, or pass a local model folder")
+    assert "\n" not in msg and isinstance(err, ModelLoadError)
+    assert "Retry" not in capfd.readouterr().err and "Retry" not in caplog.text
+
+
+@pytest.fixture
+def cached_id(tmp_path, monkeypatch) -> str:
+    """A tiny DINOv2 as a hub id in a Hugging Face cache of its own (the layout huggingface_hub writes)."""
+    model, _ = tiny_model("dinov2")
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-dino"
+    commit = "0" * 40
+    model.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hf_vit.hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return "tiny-org/tiny-dino"
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_cached_hub_id_loads_without_the_hub(cached_id: str, offline: bool, hub_online) -> None:
+    if offline:
+        hub_online.setenv("HF_HUB_OFFLINE", "1")
+    else:  # not offline, but the Hub cannot be reached: the cached copy is used, at once
+        hub_online.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    backbone = build_backbone(BackboneSpec(family="hf_vit", source=cached_id))
+    assert time.perf_counter() - start < 5
+    assert backbone.dim == 32 and not backbone.training
+    with torch.no_grad():
+        assert backbone(torch.randn(1, 3, 28, 28)).patches.shape == (1, 4, 32)
+
+
+def test_cli_prints_one_error_line_for_an_uncached_hub_id_offline(labelled_images, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from aigi.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    res = CliRunner().invoke(app, ["train", "univfd", "--data", str(labelled_images), "--out", str(tmp_path / "m"),
+                                   "--backbone", "hf_vit", "--backbone-source", NOT_CACHED])
+    assert time.perf_counter() - start < 5
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: could not load backbone '{NOT_CACHED}': not in the local"), res.output
 
 
 def test_mdmf_trains_and_scores_on_a_local_vit_folder(labelled_images, tmp_path) -> None:

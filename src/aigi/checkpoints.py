@@ -25,6 +25,7 @@ from aigi.backbones import BackboneSpec, build_backbone
 from aigi.data.transforms import EvalProtocol
 from aigi.detectors import get_detector
 from aigi.detectors.base import Detector
+from aigi.errors import ModelLoadError, describe_validation
 from aigi.io import atomic_write, write_json, write_text
 from aigi.registry import UnknownNameError
 
@@ -32,8 +33,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class ModelLoadError(ValueError):
-    pass
 
 
 class ModelConfig(BaseModel):
@@ -60,6 +59,19 @@ class Model:
     def threshold(self) -> float:
         return self.config.threshold
 
+    @property
+    def device(self) -> torch.device:
+        """Where the detector's weights are; scoring moves every batch there."""
+        ref = next(self.detector.parameters(), None)
+        if ref is None:
+            ref = next(self.detector.buffers(), None)
+        return ref.device if ref is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "Model":
+        """Move the detector (backbone included) to ``device``, e.g. ``"cuda"``; returns the model."""
+        self.detector.to(device)
+        return self
+
 
 def build_model(config: ModelConfig) -> Model:
     try:
@@ -69,7 +81,7 @@ def build_model(config: ModelConfig) -> Model:
     try:
         params = cls.Params(**config.params)
     except ValidationError as e:
-        raise ModelLoadError(f"invalid {config.detector} hyper-parameters: {e}") from None
+        raise ModelLoadError(f"invalid {config.detector} hyper-parameters: {describe_validation(e)}") from None
     try:
         backbone = build_backbone(config.backbone)
     except UnknownNameError as e:
@@ -118,11 +130,15 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         raise ModelLoadError(f"{folder}: missing {CONFIG_NAME}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return ModelConfig.model_validate(raw)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(raw, dict) and raw.get("kind") == "mirror-memory":
+        raise ModelLoadError(f"{folder}: a MIRROR memory folder (from `aigi train mirror-memory`), not a model folder; "
+                             "pass it as `aigi train mirror --memory`")
+    try:
+        return ModelConfig.model_validate(raw)
     except ValidationError as e:
-        raise ModelLoadError(f"{path}: invalid model config:\n{e}") from None
+        raise ModelLoadError(f"{path}: invalid model config ({describe_validation(e)})") from None
 
 
 def load_model(folder: str | os.PathLike) -> Model:

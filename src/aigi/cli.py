@@ -1,4 +1,8 @@
-"""The ``aigi`` command line: each command is a thin call into the library."""
+"""The ``aigi`` command line: each command is a thin call into the library (:mod:`aigi.api` and the engines).
+
+Errors: library code raises :class:`aigi.errors.AigiError` (or an ``OSError`` from the file system); :class:`AigiGroup`
+turns either into one ``error: ...`` line and the error's exit code, in this one place.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,64 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-import numpy as np
+import click
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typer.core import TyperGroup
 
-app = typer.Typer(
-    help="Tell AI-generated images from real photographs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-train_app = typer.Typer(help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True)
+from aigi import cli_tables as show
+from aigi._version import __version__
+from aigi.errors import AigiError, ConfigError, DataError, NothingScoredError
+
+
+class AigiGroup(TyperGroup):
+    """Runs a command; an :class:`AigiError` or ``OSError`` becomes one ``error:`` line and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AigiError as e:
+            show.error_line(str(e).replace("\n", " "))
+            raise typer.Exit(e.exit_code) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            show.error_line(f"{where}{e.strerror or e}")
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(cls=AigiGroup, help="Tell AI-generated images from real photographs.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+train_app = typer.Typer(cls=AigiGroup, help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-# Wide enough for the metrics table when output is piped to a file or a log.
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
+def _version(value: bool) -> None:
+    if value:
+        show.say(f"aigi {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+    """Tell AI-generated images from real photographs."""
+
+
+# -- shared options --------------------------------------------------------------------------------------------------
 MODEL_HELP = "Model folder (config.json + model.safetensors). Default: the model shipped with aigi."
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
-    raise typer.Exit(code)
+ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help=MODEL_HELP)]
+ThresholdOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Override the model's decision threshold on P(generated).")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Images per batch (small batches are fastest on CPU).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs).")]
+InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object per file) instead of a table.")]
 
 
 def _load(model_dir: Optional[Path]):
-    from aigi.checkpoints import ModelLoadError, load_default_model, load_model
+    from aigi import api
 
-    try:
-        return load_model(model_dir) if model_dir else load_default_model()
-    except (ModelLoadError, OSError, ValueError) as e:
-        _fail(str(e))
+    return api.load(model_dir)
 
 
 def _backbone_spec(backbone: str, source: Optional[str], feature_level: Optional[str]):
@@ -53,11 +79,6 @@ def _backbone_spec(backbone: str, source: Optional[str], feature_level: Optional
     return BackboneSpec(family=backbone, source=source, options=options)
 
 
-def _check_threshold(t: Optional[float]) -> None:
-    if t is not None and not (0.0 <= t <= 1.0):
-        _fail(f"--threshold must be a probability in [0, 1], got {t}")
-
-
 def _perturbation(text: Optional[str]):
     from aigi.data.perturb import PerturbationError, parse_perturbation
 
@@ -66,25 +87,47 @@ def _perturbation(text: Optional[str]):
     try:
         return parse_perturbation(text)
     except PerturbationError as e:
-        _fail(f"--perturb {e}")
+        raise ConfigError(f"--perturb {e}") from None
 
 
-def _report_skipped(skipped) -> None:
-    for p, reason in skipped:
-        err.print(f"skipped {escape(str(p))}: {escape(reason)}", highlight=False)
+def _image_inputs(inputs: list[Path]):
+    """The images named on a command line (folders walked); none at all is an error."""
+    from aigi.data.folders import unlabelled
+
+    image_set = unlabelled([str(p) for p in inputs])
+    if not image_set.samples:
+        show.skipped(image_set.skipped)
+        raise DataError(f"no image files found in {', '.join(map(str, inputs))}")
+    return image_set
 
 
+def _out_folder(out_dir: Optional[Path]) -> None:
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a folder")
+
+
+def _write_heatmaps(results, folder: Path) -> int:
+    from aigi.engine.explain import heatmap_file_name
+    from aigi.io import write_bytes
+
+    for d in results:
+        if d.heatmap_png is not None:
+            d.heatmap_path = str(write_bytes(folder / heatmap_file_name(d.path), d.heatmap_png))
+    return sum(d.heatmap_path is not None for d in results)
+
+
+# -- commands --------------------------------------------------------------------------------------------------------
 @app.command()
 def detect(
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per image) instead of a table."),
-    threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold on P(generated)."),
-    batch_size: int = typer.Option(8, min=1, help="Images per batch (small batches are fastest on CPU)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the feature cache."),
-    explain: bool = typer.Option(False, "--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm; MDMF: each patch's share of the MMD)."),
-    explain_dir: Path = typer.Option(Path("aigi_heatmaps"), "--explain-dir", help="Folder for the --explain heatmaps."),
-    no_provenance: bool = typer.Option(False, "--no-provenance", help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides."),
+    inputs: InputsArg,
+    model: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per image) instead of a table.")] = False,
+    threshold: ThresholdOpt = None,
+    batch_size: BatchOpt = 8,
+    no_cache: NoCacheOpt = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm; MDMF: each patch's share of the MMD).")] = False,
+    explain_dir: Annotated[Path, typer.Option("--explain-dir", help="Folder for the --explain heatmaps.")] = Path("aigi_heatmaps"),
+    no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides.")] = False,
 ) -> None:
     """Say, for each image, whether it was generated or is real, and on what basis.
 
@@ -92,323 +135,186 @@ def detect(
     watermarks; see `aigi inspect`) is read beside the detector's probability: a generated-content declaration
     decides, anything else is mentioned beside the detector's verdict. Files that cannot be read get a reason and
     the run carries on; the exit code is non-zero only when no image at all could be read."""
-    from aigi.data.folders import unlabelled
-    from aigi.engine.inference import score_paths
-    from aigi.provenance import inspect_file
-    from aigi.provenance.fusion import fuse
+    from aigi import api
 
-    _check_threshold(threshold)
+    image_set = _image_inputs(inputs)
     m = _load(model)
-    image_set = unlabelled([str(p) for p in inputs])
-    if not image_set.samples:
-        _report_skipped(image_set.skipped)
-        _fail(f"no image files found in {', '.join(map(str, inputs))}")
+    results = api.detect(m, [s.path for s in image_set.samples], threshold=threshold, provenance=not no_provenance,
+                         explain=explain, use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
+    n_maps = _write_heatmaps(results, explain_dir) if explain else 0
     t = m.threshold if threshold is None else threshold
-    paths = [s.path for s in image_set.samples]
-    heatmaps: dict = {}
-    if explain:
-        from aigi.engine.explain import NoPatchMapError, explain_paths
-
-        try:
-            scores, heatmaps = explain_paths(m, paths, explain_dir, batch_size=batch_size, progress=not as_json)
-        except NoPatchMapError as e:
-            _fail(str(e))
-        except OSError as e:
-            _fail(f"could not write heatmaps to {explain_dir}: {e}")
-    else:
-        scores = score_paths(m, paths, use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
-    results = []
-    for i, s in enumerate(image_set.samples):
-        prob = None if np.isnan(scores.prob[i]) else float(scores.prob[i])
-        r = {"path": str(s.path), "verdict": None, "basis": None, "prob_generated": None if prob is None else round(prob, 4),
-             "detector_verdict": None if prob is None else ("generated" if prob >= t else "real"), "error": scores.errors.get(i)}
-        prov = None if no_provenance else inspect_file(s.path)
-        v = fuse(prob, t, prov)
-        if v.label == "unknown":  # no score and nothing declared: the file's own problem is the answer
-            r["verdict"], r["basis"] = "error", f"could not be scored: {scores.errors.get(i)}"
-        else:
-            r["verdict"], r["basis"] = v.label, v.basis
-        if prov is not None:
-            r["provenance"] = {"findings": [f.to_dict() for f in prov.findings], "problems": prov.problems}
-        if explain:
-            r["heatmap"] = str(heatmaps[i]) if i in heatmaps else None
-        results.append(r)
     if as_json:
-        payload = {"model": m.config.detector, "threshold": t, "results": results,
+        payload = {"model": m.config.detector, "threshold": t, "results": [d.to_dict() for d in results],
                    "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        caption = None if no_provenance else ("declared evidence decides when present (C2PA, watermark, generator metadata); "
-                                              "camera EXIF is weak; no metadata proves nothing — see `aigi inspect`")
-        table = Table(title=f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}", caption=caption)
-        table.add_column("file", overflow="fold")
-        table.add_column("verdict")
-        table.add_column("P(generated)", justify="right")
-        table.add_column("basis", overflow="fold")
-        style = {"generated": "bold red", "real": "bold green", "error": "yellow"}
-        for r in results:
-            prob = "" if r["prob_generated"] is None else f"{r['prob_generated']:.3f}"
-            note = r["basis"] if r["verdict"] != "error" else r["error"]
-            table.add_row(escape(r["path"]), f"[{style[r['verdict']]}]{r['verdict']}[/]", prob, escape(note or ""))
-        out.print(table)
-        _report_skipped(image_set.skipped)
-        n_bad = sum(r["verdict"] == "error" for r in results)
-        if heatmaps:
-            out.print(f"wrote {len(heatmaps)} heatmaps to {escape(str(explain_dir))}", highlight=False)
-        if n_bad:
-            err.print(f"{n_bad} of {len(results)} files could not be read (reasons above)", highlight=False)
-    if all(r["verdict"] == "error" for r in results):
+        show.detections(results, f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}", not no_provenance)
+        show.skipped(image_set.skipped)
+        if n_maps:
+            show.say(f"wrote {n_maps} heatmaps to {explain_dir}")
+        if n_bad := sum(d.verdict == "error" for d in results):
+            show.note(f"{n_bad} of {len(results)} files could not be read (reasons above)", prefix="")
+    if all(d.verdict == "error" for d in results):
         raise typer.Exit(1)
 
 
-def _pooled_real(real: Path, fakes: list[Path]):
-    """``eval --real R --fake A B``: one subset per generator folder (named by it), each with all the real images."""
-    from aigi.data.folders import ImageSet, Sample, collect_files
+def _eval_mode(data, benchmarks_root, benchmarks, real, fake, extra: list[str]) -> str:
+    """Which of eval's three inputs was given: ``data`` (--data), ``pooled`` (--real + --fake) or ``suites``."""
+    if real is not None or fake:
+        if real is None or not fake:
+            raise ConfigError("--real REAL_DIR and --fake GEN_DIR [GEN_DIR ...] go together")
+        if data is not None or benchmarks_root is not None:
+            raise ConfigError("--real/--fake replace --data and --benchmarks-root: give only one of them")
+        if benchmarks:
+            raise ConfigError("--benchmarks needs --benchmarks-root, not --real/--fake")
+        return "pooled"
+    if (data is None) == (benchmarks_root is None):
+        raise ConfigError("give exactly one of --data (labelled images), --benchmarks-root (with --benchmarks NAME ...) or --real with --fake")
+    if data is not None and benchmarks:
+        raise ConfigError("--benchmarks needs --benchmarks-root, not --data")
+    if data is not None and extra:
+        raise ConfigError(f"unexpected argument(s): {' '.join(extra)}")
+    if benchmarks_root is not None and not [*(benchmarks or []), *extra]:
+        raise ConfigError("--benchmarks-root needs --benchmarks NAME ... (e.g. --benchmarks Chameleon GenImage)")
+    return "data" if data is not None else "suites"
 
-    for d in [real, *fakes]:
-        if not d.is_dir():
-            _fail(f"{d}: not a folder" if d.exists() else f"{d}: no such folder")
-    real_files, skipped = collect_files([real])
-    if not real_files:
-        _fail(f"--real {real}: no image files found")
-    samples = [Sample(f, 0) for f in real_files]
-    pooled, real_set = list(range(len(samples))), {f.resolve() for f in real_files}
-    notes, seen, gens = [], set(), []
-    for d in fakes:
-        if d.resolve() in seen:
-            notes.append(f"--fake {d} is named twice: used once")
-            continue
-        seen.add(d.resolve())
-        files, s = collect_files([d])
-        skipped += s
-        inside = [f for f in files if f.resolve() in real_set]
-        if inside:
-            notes.append(f"--fake {d}: {len(inside)} image(s) of the --real folder left out")
-            files = [f for f in files if f.resolve() not in real_set]
-        if not files:
-            notes.append(f"--fake {d}: no image files, skipped")
-            continue
-        gens.append((d.resolve(), list(range(len(samples), len(samples) + len(files)))))
-        samples += [Sample(f, 1) for f in files]
-    if not gens:
-        _fail("none of the --fake folders holds image files")
-    names = [d.name for d, _ in gens]
-    subsets: dict[str, list[int]] = {}
-    for (d, idx), name in zip(gens, names):
-        if names.count(name) > 1 or name == "MEAN":  # a clash: the parent's name too
-            name = f"{d.parent.name}/{name}"
-        base, k = name, 2
-        while name in subsets:
-            name, k = f"{base} #{k}", k + 1
-        subsets[name] = pooled + idx
-    return ImageSet(samples=samples, subsets=subsets, skipped=skipped), notes
+
+def _eval_images(mode: str, data: Optional[Path], real: Optional[Path], fakes: list[Path]):
+    """The labelled images of --data or of --real/--fake, and how to name them in the report."""
+    from aigi.data.folders import discover, pooled_real
+
+    if mode == "data":
+        return discover(data), str(data)
+    image_set, notes = pooled_real(real, fakes)
+    for text in notes:
+        show.note(text)
+    return image_set, f"real {real} vs " + ", ".join(map(str, fakes))
+
+
+def _eval_suites(m, root: Path, names: list[str], out_dir: Path, threshold, batch_size: int, use_cache: bool, model_name: str) -> None:
+    """--benchmarks-root: MIRROR's suites, one CSV and one report folder each."""
+    from aigi.engine.benchmarks import plan_suites, run_suites
+
+    suites = plan_suites(root, names)
+    for r in suites:
+        for text in r.notes:
+            show.note(text)
+    if all(r.skipped for r in suites):
+        raise DataError(f"none of the named suites has labelled images under {root}")
+    run_suites(m, suites, out_dir, threshold, batch_size, use_cache, model_name=model_name)
+    for r in (r for r in suites if r.report is not None):
+        show.report(r.report, f"aigi eval — {r.name} ({r.suite.name}: {r.report.data}, threshold {r.report.threshold:.3f})")
+        if r.report.skipped:
+            show.note(f"{r.name}: {len(r.report.skipped)} file(s) skipped (outside label folders or not images), "
+                      f"listed in {r.files['json']}", prefix="")
+        show.say(f"wrote {r.csv} and {r.files['json'].parent}/")
+    if all(len(r.report.errors) == len(r.image_set.samples) for r in suites if r.report is not None):
+        raise NothingScoredError("no image could be read")
 
 
 @app.command(name="eval", context_settings={"allow_extra_args": True})  # extra args: more names after --benchmarks or --fake
 def evaluate(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest."),
-    benchmarks_root: Optional[Path] = typer.Option(None, "--benchmarks-root", help="Folder holding MIRROR's benchmark suites (instead of --data); name them with --benchmarks."),
-    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmarks", "-b", metavar="NAME...", help="Suite names, ignoring case: --benchmarks Chameleon GenImage, repeated, or comma-separated. See README."),
-    real: Optional[Path] = typer.Option(None, "--real", help="Folder of real images, pooled: scored against each --fake folder (instead of --data)."),
-    fake: Optional[list[Path]] = typer.Option(None, "--fake", metavar="GEN_DIR...", help="With --real: one folder of generated images per generator (--fake A B C, or repeated); one subset each."),
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs). With --benchmarks-root: default results/."),
-    threshold: Optional[float] = typer.Option(None, help="Override the model's decision threshold."),
-    batch_size: int = typer.Option(8, min=1, help="Images per batch."),
-    no_cache: bool = typer.Option(False, "--no-cache"),
-    perturb: Optional[str] = typer.Option(None, "--perturb", metavar="KIND:LEVEL", help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75."),
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest.")] = None,
+    benchmarks_root: Annotated[Optional[Path], typer.Option("--benchmarks-root", help="Folder holding MIRROR's benchmark suites (instead of --data); name them with --benchmarks.")] = None,
+    benchmarks: Annotated[Optional[list[str]], typer.Option("--benchmarks", "-b", metavar="NAME...", help="Suite names, ignoring case: --benchmarks Chameleon GenImage, repeated, or comma-separated. See README.")] = None,
+    real: Annotated[Optional[Path], typer.Option("--real", help="Folder of real images, pooled: scored against each --fake folder (instead of --data).")] = None,
+    fake: Annotated[Optional[list[Path]], typer.Option("--fake", metavar="GEN_DIR...", help="With --real: one folder of generated images per generator (--fake A B C, or repeated); one subset each.")] = None,
+    model: ModelOpt = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs). With --benchmarks-root: default results/.")] = None,
+    threshold: ThresholdOpt = None,
+    batch_size: BatchOpt = 8,
+    no_cache: NoCacheOpt = False,
+    perturb: Annotated[Optional[str], typer.Option("--perturb", metavar="KIND:LEVEL", help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75.")] = None,
 ) -> None:
     """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
 
-    With --benchmarks-root and --benchmarks: MIRROR's suites, one CSV ({name}_{timestamp}.csv) and one report folder each.
-    With --real and --fake: one subset per generator folder, each with all the real images (MDMF's per-generator table)."""
-    from aigi.data.folders import DataError, discover
-    from aigi.engine.evaluate import build_report, format_table, write_report
-    from aigi.engine.inference import score_paths
-    from aigi.engine.metrics import COLUMNS, DISPLAY
+    Three inputs: --data (any labelled layout or a CSV manifest); --real with --fake (one subset per generator folder,
+    each with all the real images); --benchmarks-root with --benchmarks (MIRROR's suites, one CSV each)."""
+    from aigi import api
+    from aigi.engine.evaluate import format_table
 
-    def show(title: str, rows: list[list[str]]) -> None:
-        table = Table(title=title)
-        for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
-            table.add_column(c, justify="left" if c == "Dataset" else "right")
-        for row in rows:
-            table.add_row(*map(escape, row))
-        out.print(table)
-
-    _check_threshold(threshold)
-    perturbation = _perturbation(perturb)
-    if perturbation is not None and benchmarks_root is not None:
-        _fail("--perturb works with --data or --real/--fake, not --benchmarks-root")
-    pooled = real is not None or bool(fake)
-    if pooled:
-        if real is None or not fake:
-            _fail("--real REAL_DIR and --fake GEN_DIR [GEN_DIR ...] go together")
-        if data is not None or benchmarks_root is not None:
-            _fail("--real/--fake replace --data and --benchmarks-root: give only one of them")
-        if benchmarks:
-            _fail("--benchmarks needs --benchmarks-root, not --real/--fake")
-        fake = [*fake, *map(Path, ctx.args)]  # --fake A B C: the names after the first are extra arguments
-    elif (data is None) == (benchmarks_root is None):
-        _fail("give exactly one of --data (labelled images), --benchmarks-root (with --benchmarks NAME ...) or --real with --fake")
-    names = [*(benchmarks or []), *([] if pooled else ctx.args)]
-    if ctx.args and not benchmarks and not pooled:
-        _fail(f"unexpected argument(s): {' '.join(ctx.args)}")
-    if data is not None and benchmarks:
-        _fail("--benchmarks needs --benchmarks-root, not --data")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir} exists and is not a folder")
-    if benchmarks_root is not None:
-        from aigi.engine.benchmarks import plan_suites, run_suites
-        from aigi.registry import UnknownNameError
-
-        if not names:
-            _fail("--benchmarks-root needs --benchmarks NAME ... (e.g. --benchmarks Chameleon GenImage)")
-        try:
-            suites = plan_suites(benchmarks_root, names)
-        except (DataError, UnknownNameError, OSError) as e:
-            _fail(str(e))
-        for r in suites:
-            for note in r.notes:
-                err.print(f"note: {escape(note)}", highlight=False)
-        if all(r.skipped for r in suites):
-            _fail(f"none of the named suites has labelled images under {benchmarks_root}")
-        m = _load(model)
-        try:
-            run_suites(m, suites, out_dir or Path("results"), threshold, batch_size, not no_cache, model_name=str(model or "default"))
-        except OSError as e:
-            _fail(f"could not write the results: {e}")
-        n_images = n_bad = 0
-        for r in suites:
-            if r.report is None:
-                continue
-            rep, rows = r.report, format_table(r.report)
-            show(f"aigi eval — {r.name} ({r.suite.name}: {rep.data}, threshold {rep.threshold:.3f})", rows if len(rows) > 2 else rows[:-1])
-            for e in rep.errors:
-                err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
-            if rep.skipped:
-                err.print(f"{escape(r.name)}: {len(rep.skipped)} file(s) skipped (outside label folders or not images), "
-                          f"listed in {escape(str(r.files['json']))}", highlight=False)
-            out.print(f"wrote {escape(str(r.csv))} and {escape(str(r.files['json'].parent))}/", highlight=False)
-            n_images, n_bad = n_images + len(r.image_set.samples), n_bad + len(rep.errors)
-        if n_bad == n_images:
-            _fail("no image could be read", code=1)
-        return
-    if pooled:
-        image_set, notes = _pooled_real(real, fake)
-        for note in notes:
-            err.print(f"note: {escape(note)}", highlight=False)
-        source = f"real {real} vs " + ", ".join(map(str, fake))
-    m = _load(model)
-    if not pooled:
-        try:
-            image_set = discover(data)
-        except (DataError, OSError, UnicodeDecodeError) as e:
-            _fail(str(e))
-        source = str(data)
-    t = m.threshold if threshold is None else threshold
-    scores = score_paths(m, [s.path for s in image_set.samples], use_cache=not no_cache, batch_size=batch_size, perturbation=perturbation)
-    if perturbation is not None:
-        source += f" ({perturbation.name})"
-    report = build_report(image_set, scores.prob, t, scores.errors, model=str(model or "default"), data=source)
-    show(f"aigi eval — {source} (threshold {t:.3f})", format_table(report))
-    for e in report.errors:
-        err.print(f"could not read {escape(e['path'])}: {escape(e['reason'])}", highlight=False)
-    _report_skipped(image_set.skipped)
+    mode, perturbation = _eval_mode(data, benchmarks_root, benchmarks, real, fake, ctx.args), _perturbation(perturb)
+    _out_folder(out_dir)
+    if mode == "suites":
+        if perturbation is not None:
+            raise ConfigError("--perturb works with --data or --real/--fake, not --benchmarks-root")
+        return _eval_suites(_load(model), benchmarks_root, [*(benchmarks or []), *ctx.args], out_dir or Path("results"),
+                            threshold, batch_size, not no_cache, str(model or "default"))
+    image_set, source = _eval_images(mode, data, real, [*(fake or []), *map(Path, ctx.args)])
+    report = api.evaluate(_load(model), image_set, threshold=threshold, perturbation=perturbation, use_cache=not no_cache,
+                          batch_size=batch_size, model_name=str(model or "default"), data_name=source)
+    show.metrics(f"aigi eval — {report.data} (threshold {report.threshold:.3f})", format_table(report))
+    show.unreadable(report.errors)
+    show.skipped(image_set.skipped)
     if out_dir:
-        files = write_report(report, out_dir, image_set, scores.prob)
-        out.print("wrote " + ", ".join(escape(str(p)) for p in files.values()), highlight=False)
-    if len(scores.errors) == len(image_set.samples):
-        _fail("no image could be read", code=1)
+        show.say("wrote " + ", ".join(str(p) for p in report.write(out_dir).values()))
+    if len(report.errors) == len(image_set.samples):
+        raise NothingScoredError("no image could be read")
 
 
-@app.command()
-def robustness(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled images (any layout eval --data reads)."),
-    model: Optional[list[Path]] = typer.Option(None, "--model", "-m", help="Model folder; repeat to compare models. Default: the shipped model."),
-    perturb: Optional[list[str]] = typer.Option(None, "--perturb", "-p", metavar="KIND:LEVEL", help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25."),
-    out_dir: Path = typer.Option(Path("robustness"), "--out", "-o", help="Folder for robustness.json/.csv/.png (an interrupted run resumes from it)."),
-    batch_size: int = typer.Option(8, min=1, help="Images per batch."),
-) -> None:
-    """AUROC and accuracies under post-processing (JPEG, blur, noise), per model: a table, a CSV and a plot."""
-    from aigi.data.folders import DataError, discover
-    from aigi.data.perturb import DEFAULT_SWEEP
-    from aigi.engine.robustness import run_sweep
-
-    texts = [t for item in (perturb or DEFAULT_SWEEP) for t in item.split(",") if t.strip()]
-    if not texts:
-        _fail("--perturb: no perturbation given (e.g. -p none,jpeg:75,blur:2)")
-    perturbations = list({p.name: p for p in map(_perturbation, texts)}.values())
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir} exists and is not a folder")
-    try:
-        image_set = discover(data)
-    except (DataError, OSError, UnicodeDecodeError) as e:
-        _fail(str(e))
-    _report_skipped(image_set.skipped)
-    models = {}
-    for folder in model or [None]:
+def _models_by_name(folders: Optional[list[Path]]) -> dict:
+    """Load each --model; names are the folder names, numbered when two clash."""
+    models: dict = {}
+    for folder in folders or [None]:
         name = "default" if folder is None else (folder.resolve().name or str(folder))
         base, k = name, 2
         while name in models:
             name, k = f"{base} #{k}", k + 1
         models[name] = _load(folder)
-    notes: list[str] = []
-    try:
-        rows = run_sweep(models, image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes)
-    except OSError as e:
-        _fail(f"could not write the results: {e}")
-    for note in notes:
-        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
-    table = Table(title=f"aigi robustness — {data} (mean AUROC over subsets; accuracies at each model's threshold)")
-    for c in ["perturbation", "model", "AUROC", "AP", "Real_Acc", "Fake_Acc", "unreadable"]:
-        table.add_column(c, justify="left" if c in ("perturbation", "model") else "right")
-
-    def f(v):
-        return "" if v is None else f"{v:.3f}"
-
-    for p in perturbations:
-        for r in (r for r in rows if r["perturbation"] == p.name):
-            table.add_row(p.name, escape(r["model"]), f(r["mean_auroc"]), f(r["mean_ap"]), f(r["real_acc"]), f(r["fake_acc"]), str(r["errors"]))
-    out.print(table)
-    out.print(f"wrote {escape(str(out_dir))}/robustness.json, robustness.csv, robustness.png", highlight=False)
-    if all(r["errors"] == len(image_set.samples) for r in rows):
-        _fail("no image could be read", code=1)
+    return models
 
 
 @app.command()
-def inspect(
-    inputs: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (one object per file) instead of a table."),
+def robustness(
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled images (any layout eval --data reads).")],
+    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Model folder; repeat to compare models. Default: the shipped model.")] = None,
+    perturb: Annotated[Optional[list[str]], typer.Option("--perturb", "-p", metavar="KIND:LEVEL", help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for robustness.json/.csv/.png (an interrupted run resumes from it).")] = Path("robustness"),
+    batch_size: BatchOpt = 8,
 ) -> None:
+    """AUROC and accuracies under post-processing (JPEG, blur, noise), per model: a table, a CSV and a plot."""
+    from aigi.data.folders import discover
+    from aigi.data.perturb import DEFAULT_SWEEP
+    from aigi.engine.robustness import run_sweep
+
+    texts = [t for item in (perturb or DEFAULT_SWEEP) for t in item.split(",") if t.strip()]
+    if not texts:
+        raise ConfigError("--perturb: no perturbation given (e.g. -p none,jpeg:75,blur:2)")
+    perturbations = list({p.name: p for p in map(_perturbation, texts)}.values())
+    _out_folder(out_dir)
+    image_set = discover(data)
+    show.skipped(image_set.skipped)
+    notes: list[str] = []
+    rows = run_sweep(_models_by_name(model), image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes)
+    for text in notes:
+        show.note(text)
+    show.robustness(rows, perturbations, data)
+    show.say(f"wrote {out_dir}/robustness.json, robustness.csv, robustness.png")
+    if all(r["errors"] == len(image_set.samples) for r in rows):
+        raise NothingScoredError("no image could be read")
+
+
+@app.command()
+def inspect(inputs: InputsArg, as_json: JsonOpt = False) -> None:
     """What each file declares about its origin: C2PA Content Credentials, XMP/IPTC digital source type, camera
     EXIF, generator metadata (AUTOMATIC1111, ComfyUI, InvokeAI, NovelAI, Fooocus, Midjourney) and invisible watermarks.
 
     Strength says how hard a finding is to forge: strong (valid C2PA from a trusted signer), moderate (C2PA signed
     by an untrusted key, a decoded watermark), weak (plain metadata anyone can write). No findings proves nothing:
-    most platforms strip metadata."""
-    from aigi.data.folders import unlabelled
+    most platforms strip metadata. Exit code 1 when no file could be read at all, as `aigi detect`."""
     from aigi.provenance import inspect_file
 
-    image_set = unlabelled([str(p) for p in inputs])
-    if not image_set.samples:
-        _report_skipped(image_set.skipped)
-        _fail(f"no image files found in {', '.join(map(str, inputs))}")
+    image_set = _image_inputs(inputs)
     results = [inspect_file(s.path) for s in image_set.samples]
     if as_json:
         payload = {"results": [r.to_dict() for r in results], "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
-        return
-    table = Table(title="aigi inspect — what the files declare (weak = anyone can write it; no findings proves nothing)")
-    for col in ("file", "source", "claim", "strength", "finding"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        rows = [(f.source, f.claim, f.strength, f.summary) for f in r.findings] or ([] if r.problems else [("", "", "", "nothing declared")])
-        rows += [("", "", "", f"[yellow]{escape(p)}[/]") for p in r.problems]
-        for j, (src, claim, strength, text) in enumerate(rows):
-            table.add_row(escape(r.path) if j == 0 else "", src, claim, strength, text if text.startswith("[yellow]") else escape(text))
-    out.print(table)
-    _report_skipped(image_set.skipped)
+    else:
+        show.provenance(results)
+        show.skipped(image_set.skipped)
+    if all(r.unreadable for r in results):
+        raise typer.Exit(1)
 
 
 FEATURE_KINDS = {"patches": "mdmf", "global": "univfd", "tokens": "mirror"}  # feature kind -> the detector that caches it
@@ -416,276 +322,247 @@ FEATURE_KINDS = {"patches": "mdmf", "global": "univfd", "tokens": "mirror"}  # f
 KIND_LEVELS = {"patches": "stage6", "tokens": "stage6"}
 
 
+def _feature_images(data: Path) -> list[Path]:
+    from aigi.data.folders import discover, unlabelled
+
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder")
+    csv = data.is_file() and data.suffix.lower() == ".csv"
+    image_set = discover(data) if csv else unlabelled([data])  # a folder: every image below it, labelled or not
+    paths = list(dict.fromkeys(s.path for s in image_set.samples))
+    show.skipped(image_set.skipped)
+    if not paths:
+        raise DataError(f"no image files found in {data}")
+    return paths
+
+
 @app.command()
 def features(
-    data: Path = typer.Option(..., "--data", "-d", help="Images: a folder (every image below it, whatever its layout), an image file or a CSV manifest."),
-    backbone: str = typer.Option(..., help="Backbone family: efficientnet_lite0 or hf_vit."),
-    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder."),
-    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage6 as MDMF, tokens: stage6 as MIRROR, global: head)."),
-    kind: str = typer.Option("patches", help="What to cache: patches (mdmf), global (univfd) or tokens (mirror with a frozen backbone)."),
-    format_align: bool = typer.Option(True, help="Evaluation protocol: re-encode lossless inputs as JPEG q96. Must match the model that will read the cache."),
-    batch_size: int = typer.Option(8, min=1, help="Images per batch."),
+    data: Annotated[Path, typer.Option("--data", "-d", help="Images: a folder (every image below it, whatever its layout), an image file or a CSV manifest.")],
+    backbone: Annotated[str, typer.Option(help="Backbone family: efficientnet_lite0 or hf_vit.")],
+    backbone_source: Annotated[Optional[str], typer.Option(help="hf_vit: Hugging Face model id or local folder.")] = None,
+    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage6 as MDMF, tokens: stage6 as MIRROR, global: head).")] = None,
+    kind: Annotated[str, typer.Option(help="What to cache: patches (mdmf), global (univfd) or tokens (mirror with a frozen backbone).")] = "patches",
+    format_align: Annotated[bool, typer.Option(help="Evaluation protocol: re-encode lossless inputs as JPEG q96. Must match the model that will read the cache.")] = True,
+    batch_size: BatchOpt = 8,
 ) -> None:
     """Precompute backbone features into the on-disk feature cache, so that later `aigi train` / `aigi eval` runs read them.
 
     The cache is keyed as the detectors key it (backbone, preprocessing, protocol, feature kind, file contents).
     Unreadable files get a reason and the run carries on; the exit code is 1 only when no image could be read."""
-    from aigi.checkpoints import ModelConfig, ModelLoadError, build_model
-    from aigi.data.folders import DataError, discover, unlabelled
+    from aigi.checkpoints import ModelConfig, build_model
     from aigi.data.transforms import EvalProtocol
+    from aigi.detectors import get_detector
     from aigi.engine.inference import extract_features, feature_cache_for
-    from aigi.registry import UnknownNameError
 
-    kind = kind.lower()
-    if kind not in FEATURE_KINDS:
-        _fail(f"--kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
-    if not data.exists():
-        _fail(f"{data}: no such file or folder")
-    if data.is_file() and data.suffix.lower() == ".csv":
-        try:
-            image_set = discover(data)
-        except (DataError, OSError) as e:
-            _fail(str(e))
-    else:  # every image below the folder, labelled or not
-        image_set = unlabelled([data])
-    paths = list(dict.fromkeys(s.path for s in image_set.samples))
-    if not paths:
-        _report_skipped(image_set.skipped)
-        _fail(f"no image files found in {data}")
+    if kind.lower() not in FEATURE_KINDS:
+        raise ConfigError(f"--kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+    kind, paths = kind.lower(), _feature_images(data)
     detector = FEATURE_KINDS[kind]
     level = feature_level or (KIND_LEVELS.get(kind) if backbone == "efficientnet_lite0" else None)
-    try:  # a throwaway model of that detector: its cache namespace is the one training and scoring use
-        m = build_model(ModelConfig(detector=detector, params={"lora_r": 0} if detector == "mirror" else {},
-                                    backbone=_backbone_spec(backbone, backbone_source, level),
-                                    protocol=EvalProtocol(format_align=format_align)))
-    except (ModelLoadError, UnknownNameError, OSError, ValueError) as e:
-        _fail(str(e))
+    m = build_model(ModelConfig(detector=detector, params=dict(get_detector(detector).cache_variant),  # the cache namespace training uses
+                                backbone=_backbone_spec(backbone, backbone_source, level), protocol=EvalProtocol(format_align=format_align)))
     ext = extract_features(m, paths, use_cache=True, batch_size=batch_size, description=f"{kind} features")
-    for i, reason in sorted(ext.errors.items()):
-        err.print(f"could not read {escape(str(paths[i]))}: {escape(reason)}", highlight=False, soft_wrap=True)
-    _report_skipped(image_set.skipped)
-    n_ok = len(ext.ok)
-    what = escape(backbone + (f", {level}" if level else ""))
-    out.print(f"{kind} features ({what}): {n_ok - ext.cache_hits} computed, {ext.cache_hits} already cached, "
-              f"{len(ext.errors)} unreadable", highlight=False)
-    out.print(f"cache: {escape(str(feature_cache_for(m).dir))}", highlight=False, soft_wrap=True)
-    if not n_ok:
-        _fail("no image could be read", code=1)
+    show.unreadable({"path": str(paths[i]), "reason": r} for i, r in sorted(ext.errors.items()))
+    show.say(f"{kind} features ({backbone + (f', {level}' if level else '')}): {len(ext.ok) - ext.cache_hits} computed, "
+             f"{ext.cache_hits} already cached, {len(ext.errors)} unreadable")
+    show.say(f"cache: {feature_cache_for(m).dir}")
+    if not ext.ok:
+        raise NothingScoredError("no image could be read")
 
 
 @app.command()
 def calibrate(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled validation images."),
-    model: Path = typer.Option(..., "--model", "-m", help="Model folder to update in place."),
-    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy."),
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled validation images.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder to update in place.")],
+    target_real_acc: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy.")] = None,
 ) -> None:
     """Choose the decision threshold on validation data and store it in the model folder."""
     from aigi.checkpoints import save_model
     from aigi.engine.calibrate import calibrate as run
 
-    from aigi.data.folders import DataError
-
     m = _load(model)
-    try:
-        rec = run(m, data, target_real_acc)
-    except (DataError, ValueError, OSError) as e:
-        _fail(str(e))
+    rec = run(m, data, target_real_acc)
     save_model(m, model)
 
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    out.print(f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
-              f"generated acc {f(rec['fake_acc'])} on {escape(str(data))}", highlight=False)
+    show.say(f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
+             f"generated acc {f(rec['fake_acc'])} on {data}")
+
+
+FORMAT_ALIGN_HELP = "Evaluation protocol: re-encode lossless inputs as JPEG q96 (MIRROR's protocol; the shipped model's)."
+MIXED_HELP = "Mixed precision on GPU: no, fp16 or bf16. Several GPUs: run under `accelerate launch -m aigi.cli ...`."
+CalibrateOpt = Annotated[Optional[Path], typer.Option("--calibrate-on", help="Labelled images on which to choose the threshold.")]
+TargetOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy.")]
+BackboneOpt = Annotated[str, typer.Option(help="Backbone family: efficientnet_lite0 or hf_vit.")]
+SourceOpt = Annotated[Optional[str], typer.Option(help="hf_vit: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP).")]
+
+
+def _saved(out_dir: Path, m, auroc: Optional[float] = None) -> None:
+    extra = f", val AUROC {auroc:.3f}" if auroc is not None else ""
+    show.say(f"saved {out_dir} (threshold {m.threshold:.4f}{extra})")
 
 
 @train_app.command("univfd")
 def train_univfd(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled training images."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    val: Optional[Path] = typer.Option(None, help="Labelled validation images, used to choose the regularisation."),
-    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Labelled images on which to choose the threshold."),
-    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
-    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder."),
-    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head (default), stage6, stage5, stage4, stage3."),
-    C: Optional[float] = typer.Option(None, "--C", help="Inverse regularisation strength; default: chosen on --val."),
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled training images.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    val: Annotated[Optional[Path], typer.Option(help="Labelled validation images, used to choose the regularisation.")] = None,
+    calibrate_on: CalibrateOpt = None,
+    target_real_acc: TargetOpt = None,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    backbone_source: SourceOpt = None,
+    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: head (default), stage6, stage5, stage4, stage3.")] = None,
+    format_align: Annotated[bool, typer.Option(help=FORMAT_ALIGN_HELP)] = True,
+    C: Annotated[Optional[float], typer.Option("--C", help="Inverse regularisation strength; default: chosen on --val.")] = None,
 ) -> None:
     """UnivFD linear probe: frozen backbone global feature -> logistic regression."""
-    from aigi.data.folders import DataError
+    from aigi.data.transforms import EvalProtocol
     from aigi.engine.train import train_univfd as run
 
-    try:
-        m, info = run(data, out_dir, backbone=_backbone_spec(backbone, backbone_source, feature_level),
-                      params={"C": C} if C is not None else {}, val=val, calibrate_on=calibrate_on, target_real_acc=target_real_acc)
-    except (DataError, ValueError, OSError) as e:
-        _fail(str(e))
-    out.print(f"saved {escape(str(out_dir))} (C={info['C']}, threshold {m.threshold:.4f})", highlight=False)
+    m, info = run(data, out_dir, backbone=_backbone_spec(backbone, backbone_source, feature_level), protocol=EvalProtocol(format_align=format_align),
+                  params={"C": C} if C is not None else {}, val=val, calibrate_on=calibrate_on, target_real_acc=target_real_acc)
+    show.say(f"saved {out_dir} (C={info['C']}, threshold {m.threshold:.4f})")
 
 
 @train_app.command("mdmf")
 def train_mdmf(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled training images (real and generated)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Model folder to write."),
-    reference: Optional[Path] = typer.Option(None, help="Clean real images for the reference bank (default: the real training images)."),
-    val: Optional[Path] = typer.Option(None, help="Labelled validation images (AUROC recorded in the config)."),
-    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Labelled images on which to choose the threshold."),
-    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
-    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder (the paper: DINOv2 ViT-L/14)."),
-    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: stage6 (default: 32-px cells, best on aigi-mini val), stage5, stage4 (16-px cells), stage3."),
-    pool: int = typer.Option(1, min=1, help="Patch unit: average tokens over pool x pool cells (stage6 cells are 32 px, the paper's best; at stage4, 2 x 16 px)."),
-    estimator: str = typer.Option("fast", help="fast (random-feature mean embedding of the bank) or exact (kernel sums against a bank sample)."),
-    bank_patches: int = typer.Option(4096, min=2, max=1_000_000, help="Reference patches stored for the exact estimator (the fast one summarises every patch)."),
-    steps: int = typer.Option(1000, min=1),
-    lr: float = typer.Option(1e-3),
-    criterion: str = typer.Option("image", help="image (separation of per-image scores) or pooled (patch-level test power)."),
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled training images (real and generated).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    reference: Annotated[Optional[Path], typer.Option(help="Clean real images for the reference bank (default: the real training images).")] = None,
+    val: Annotated[Optional[Path], typer.Option(help="Labelled validation images (AUROC recorded in the config).")] = None,
+    calibrate_on: CalibrateOpt = None,
+    target_real_acc: TargetOpt = None,
+    backbone: BackboneOpt = "efficientnet_lite0",
+    backbone_source: SourceOpt = None,
+    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: stage6 (default: 32-px cells, best on aigi-mini val), stage5, stage4 (16-px cells), stage3.")] = None,
+    pool: Annotated[int, typer.Option(min=1, help="Patch unit: average tokens over pool x pool cells (stage6 cells are 32 px, the paper's best; at stage4, 2 x 16 px).")] = 1,
+    estimator: Annotated[str, typer.Option(help="fast (random-feature mean embedding of the bank) or exact (kernel sums against a bank sample).")] = "fast",
+    bank_patches: Annotated[int, typer.Option(min=2, max=1_000_000, help="Reference patches stored for the exact estimator (the fast one summarises every patch).")] = 4096,
+    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    lr: float = 1e-3,
+    criterion: Annotated[str, typer.Option(help="image (separation of per-image scores) or pooled (patch-level test power).")] = "image",
 ) -> None:
     """MDMF: patch-distribution detection by MMD against a bank of real images (deep kernel, test-power training)."""
-    from aigi.data.folders import DataError
     from aigi.engine.train_mdmf import train_mdmf as run
 
     level = feature_level or ("stage6" if backbone == "efficientnet_lite0" else None)
-    try:
-        m = run(data, out_dir, reference=reference, val=val, backbone=_backbone_spec(backbone, backbone_source, level),
-                params={"pool": pool, "estimator": estimator, "bank_patches": bank_patches}, steps=steps, lr=lr, criterion=criterion,
-                calibrate_on=calibrate_on, target_real_acc=target_real_acc)
-    except (DataError, ValueError, OSError) as e:
-        _fail(str(e))
-    auroc = m.config.training.get("val_auroc")
-    out.print(f"saved {escape(str(out_dir))} (threshold {m.threshold:.4f}" + (f", val AUROC {auroc:.3f}" if auroc is not None else "") + ")",
-              highlight=False)
-
-
-MIXED_HELP = "Mixed precision on GPU: no, fp16 or bf16. Several GPUs: run under `accelerate launch -m aigi.cli ...`."
+    m = run(data, out_dir, reference=reference, val=val, backbone=_backbone_spec(backbone, backbone_source, level),
+            params={"pool": pool, "estimator": estimator, "bank_patches": bank_patches}, steps=steps, lr=lr, criterion=criterion,
+            calibrate_on=calibrate_on, target_real_acc=target_real_acc)
+    _saved(out_dir, m, m.config.training.get("val_auroc"))
 
 
 @train_app.command("mirror-memory")
 def train_mirror_memory(
-    data: Path = typer.Option(..., "--data", "-d", help="Real images (e.g. train/0_real, or a labelled tree: its real images are used)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Memory folder to write (rerun with the same folder to resume)."),
-    backbone: str = typer.Option("efficientnet_lite0", help="Backbone family: efficientnet_lite0 or hf_vit."),
-    backbone_source: Optional[str] = typer.Option(None, help="hf_vit: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP)."),
-    feature_level: Optional[str] = typer.Option(None, help="efficientnet_lite0: head, stage6 (default here: best on aigi-mini val for its size), stage5, stage4, stage3."),
-    slots: int = typer.Option(4096, min=1, help="Memory slots K."),
-    heads: int = typer.Option(8, min=1),
-    top_k: int = typer.Option(128, min=1, help="Attention entries kept per head and token."),
-    epochs: int = typer.Option(100, min=1),
-    batch_size: int = typer.Option(128, min=1, help="Images per step."),
-    lr: float = typer.Option(1e-4),
-    weight_decay: float = typer.Option(1e-4),
-    ortho_weight: float = typer.Option(0.01, help="Weight of || norm(M) norm(M)^T - I ||_F."),
-    views: int = typer.Option(1, min=1, help="Crops per image whose tokens are cached: the evaluation crop + views-1 augmented ones."),
-    format_align: bool = typer.Option(True, help="Evaluation protocol: re-encode lossless inputs as JPEG q96 (MIRROR's protocol)."),
-    mixed_precision: str = typer.Option("no", help=MIXED_HELP),
+    data: Annotated[Path, typer.Option("--data", "-d", help="Real images (e.g. train/0_real, or a labelled tree: its real images are used).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Memory folder to write (rerun with the same folder to resume).")],
+    backbone: BackboneOpt = "efficientnet_lite0",
+    backbone_source: SourceOpt = None,
+    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: head, stage6 (default here: best on aigi-mini val for its size), stage5, stage4, stage3.")] = None,
+    slots: Annotated[int, typer.Option(min=1, help="Memory slots K.")] = 4096,
+    heads: Annotated[int, typer.Option(min=1)] = 8,
+    top_k: Annotated[int, typer.Option(min=1, help="Attention entries kept per head and token.")] = 128,
+    epochs: Annotated[int, typer.Option(min=1)] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+    ortho_weight: Annotated[float, typer.Option(help="Weight of || norm(M) norm(M)^T - I ||_F.")] = 0.01,
+    views: Annotated[int, typer.Option(min=1, help="Crops per image whose tokens are cached: the evaluation crop + views-1 augmented ones.")] = 1,
+    format_align: Annotated[bool, typer.Option(help=FORMAT_ALIGN_HELP)] = True,
+    mixed_precision: Annotated[str, typer.Option(help=MIXED_HELP)] = "no",
 ) -> None:
     """MIRROR Phase 1: learn the memory of real images from frozen backbone tokens (cached)."""
-    from aigi.checkpoints import ModelLoadError
-    from aigi.data.folders import DataError
     from aigi.data.transforms import EvalProtocol
     from aigi.engine.train_mirror import MemoryRecipe, train_memory
 
     level = feature_level or ("stage6" if backbone == "efficientnet_lite0" else None)
-    try:
-        recipe = MemoryRecipe(slots=slots, heads=heads, top_k=top_k, epochs=epochs, batch_size=batch_size, lr=lr,
-                              weight_decay=weight_decay, ortho_weight=ortho_weight, views=views)
-        cfg = train_memory(data, out_dir, _backbone_spec(backbone, backbone_source, level), EvalProtocol(format_align=format_align),
-                           recipe, mixed_precision=mixed_precision)
-    except (DataError, ModelLoadError, ValueError, OSError) as e:
-        _fail(str(e))
-    out.print(f"saved memory {escape(str(out_dir))}: {cfg.recipe.slots} slots x {cfg.dim} dims, {cfg.epochs_done} epochs", highlight=False)
+    recipe = MemoryRecipe(slots=slots, heads=heads, top_k=top_k, epochs=epochs, batch_size=batch_size, lr=lr,
+                          weight_decay=weight_decay, ortho_weight=ortho_weight, views=views)
+    cfg = train_memory(data, out_dir, _backbone_spec(backbone, backbone_source, level), EvalProtocol(format_align=format_align),
+                       recipe, mixed_precision=mixed_precision)
+    show.say(f"saved memory {out_dir}: {cfg.recipe.slots} slots x {cfg.dim} dims, {cfg.epochs_done} epochs")
 
 
 @train_app.command("mirror")
 def train_mirror(
-    data: Path = typer.Option(..., "--data", "-d", help="Labelled training images (real and generated)."),
-    memory: Path = typer.Option(..., "--memory", help="Memory folder from `aigi train mirror-memory` (fixes the backbone and protocol)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Model folder to write (rerun with the same folder to resume)."),
-    val: Optional[Path] = typer.Option(None, help="Labelled validation images, scored after every epoch (logged)."),
-    calibrate_on: Optional[Path] = typer.Option(None, "--calibrate-on", help="Labelled images on which to choose the threshold at the end."),
-    target_real_acc: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy."),
-    epochs: int = typer.Option(100, min=1),
-    batch_size: int = typer.Option(64, min=1, help="Images per step and device."),
-    blr: float = typer.Option(5e-4, help="Base learning rate: lr = blr * total batch / 256."),
-    lora_r: int = typer.Option(8, min=0, help="LoRA rank on the backbone (0: backbone frozen)."),
-    lora_alpha: float = typer.Option(16.0),
-    num_workers: int = typer.Option(1, min=0, help="Data-loading worker processes."),
-    mixed_precision: str = typer.Option("no", help=MIXED_HELP),
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled training images (real and generated).")],
+    memory: Annotated[Path, typer.Option("--memory", help="Memory folder from `aigi train mirror-memory` (fixes the backbone and protocol).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write (rerun with the same folder to resume).")],
+    val: Annotated[Optional[Path], typer.Option(help="Labelled validation images, scored after every epoch (logged).")] = None,
+    calibrate_on: CalibrateOpt = None,
+    target_real_acc: TargetOpt = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per step and device.")] = 64,
+    blr: Annotated[float, typer.Option(help="Base learning rate: lr = blr * total batch / 256.")] = 5e-4,
+    lora_r: Annotated[int, typer.Option(min=0, help="LoRA rank on the backbone (0: backbone frozen).")] = 8,
+    lora_alpha: float = 16.0,
+    num_workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 1,
+    mixed_precision: Annotated[str, typer.Option(help=MIXED_HELP)] = "no",
 ) -> None:
     """MIRROR Phase 2: frozen memory, LoRA on the backbone, dual-branch head (perplexity + residual + global token)."""
-    from aigi.checkpoints import ModelLoadError
-    from aigi.data.folders import DataError
     from aigi.engine.train_mirror import DetectorRecipe, train_detector
 
-    try:
-        recipe = DetectorRecipe(epochs=epochs, batch_size=batch_size, blr=blr, num_workers=num_workers)
-        m = train_detector(data, out_dir, memory, params={"lora_r": lora_r, "lora_alpha": lora_alpha}, recipe=recipe, val=val,
-                           calibrate_on=calibrate_on, target_real_acc=target_real_acc, mixed_precision=mixed_precision)
-    except (DataError, ModelLoadError, ValueError, OSError) as e:
-        _fail(str(e))
-    last = m.config.training.get("last_epoch", {})
-    extra = f", val AUROC {last['val_auroc']:.3f}" if "val_auroc" in last else ""
-    out.print(f"saved {escape(str(out_dir))} (threshold {m.threshold:.4f}{extra})", highlight=False)
+    recipe = DetectorRecipe(epochs=epochs, batch_size=batch_size, blr=blr, num_workers=num_workers)
+    m = train_detector(data, out_dir, memory, params={"lora_r": lora_r, "lora_alpha": lora_alpha}, recipe=recipe, val=val,
+                       calibrate_on=calibrate_on, target_real_acc=target_real_acc, mixed_precision=mixed_precision)
+    _saved(out_dir, m, m.config.training.get("last_epoch", {}).get("val_auroc"))
 
 
 @app.command()
-def info(model: Optional[Path] = typer.Option(None, "--model", "-m", help=MODEL_HELP)) -> None:
-    """Print a model folder's config."""
+def info(model: ModelOpt = None) -> None:
+    """Print where a model folder is and its config (detector, backbone, protocol, threshold, training record)."""
     from aigi.checkpoints import default_model_path, read_config
 
-    try:
-        cfg = read_config(model or default_model_path())
-    except ValueError as e:
-        _fail(str(e))
-    sys.stdout.write(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+    folder = (model or default_model_path()).resolve()
+    cfg = read_config(folder)
+    sys.stdout.write(json.dumps({"folder": str(folder), **cfg.model_dump(mode="json")}, indent=2) + "\n")
+
+
+SAMPLE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "motorcycle_left.png",
+                 "hubble_deep_field.jpg", "retina.jpg"]
 
 
 @app.command()
-def samples(out_dir: Path = typer.Argument(..., help="Folder to copy the sample photos into.")) -> None:
+def samples(out_dir: Annotated[Path, typer.Argument(help="Folder to copy the sample photos into.")]) -> None:
     """Copy real sample photos that ship with scikit-image (available offline) into a folder."""
     try:
         import skimage.data
     except ImportError:
-        _fail("sample photos come from scikit-image: pip install scikit-image")
+        raise ConfigError("sample photos come from scikit-image: pip install scikit-image") from None
     src = Path(skimage.data.__file__).parent
-    names = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for name in names:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, out_dir / name)
-            n += 1
-    out.print(f"copied {n} scikit-image photos to {out_dir}")
+    found = [name for name in SAMPLE_PHOTOS if (src / name).is_file()]
+    for name in found:
+        shutil.copyfile(src / name, out_dir / name)
+    show.say(f"copied {len(found)} scikit-image photos to {out_dir}")
 
 
-convert_app = typer.Typer(help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True)
+convert_app = typer.Typer(cls=AigiGroup, help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True)
 app.add_typer(convert_app, name="convert")
 
 
 @convert_app.command("mirror")
 def convert_mirror(
-    checkpoint: Path = typer.Argument(..., help="MIRROR's Phase 1 memory (mirror_phase1*.pth) or Phase 2 detector (checkpoint-*.pth)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write: a memory folder (Phase 1) or a model folder (Phase 2)."),
-    backbone_source: str = typer.Option(..., help="The DINO backbone the checkpoint was trained with: Hugging Face id or local folder (MIRROR's release: facebook/dinov3-vith16plus-pretrain-lvd1689m)."),
-    heads: Optional[int] = typer.Option(None, min=1, help="Memory attention heads. Default: the file's memory_config, else 8."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Attention entries kept per head and token. Default: the file's memory_config, else 128."),
-    lora_alpha: Optional[float] = typer.Option(None, help="LoRA alpha of a Phase 2 file (not stored in it). Default: 16."),
+    checkpoint: Annotated[Path, typer.Argument(help="MIRROR's Phase 1 memory (mirror_phase1*.pth) or Phase 2 detector (checkpoint-*.pth).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write: a memory folder (Phase 1) or a model folder (Phase 2).")],
+    backbone_source: Annotated[str, typer.Option(help="The DINO backbone the checkpoint was trained with: Hugging Face id or local folder (MIRROR's release: facebook/dinov3-vith16plus-pretrain-lvd1689m).")],
+    heads: Annotated[Optional[int], typer.Option(min=1, help="Memory attention heads. Default: the file's memory_config, else 8.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Attention entries kept per head and token. Default: the file's memory_config, else 128.")] = None,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha of a Phase 2 file (not stored in it). Default: 16.")] = None,
 ) -> None:
     """Convert a checkpoint published by MIRROR (handsome-rich/MIRROR). The phase is detected from the file's contents.
 
     The file is read as weights only and is never fully unpickled. For Phase 2, the frozen backbone stored in the file is not copied: it is loaded from --backbone-source."""
-    from aigi.checkpoints import ModelLoadError
     from aigi.convert import convert_mirror as run
 
-    if out_dir.exists() and not out_dir.is_dir():
-        _fail(f"--out {out_dir} exists and is not a folder")
-    try:
-        res = run(checkpoint, out_dir, _backbone_spec("hf_vit", backbone_source, None), heads=heads, top_k=top_k, lora_alpha=lora_alpha)
-    except (ModelLoadError, OSError, ValueError) as e:
-        _fail(str(e))
-    for note in res.notes:
-        err.print(f"note: {escape(note)}", highlight=False)
-    out.print(escape(res.summary()), highlight=False)
+    _out_folder(out_dir)
+    res = run(checkpoint, out_dir, _backbone_spec("hf_vit", backbone_source, None), heads=heads, top_k=top_k, lora_alpha=lora_alpha)
+    for text in res.notes:
+        show.note(text)
+    show.say(res.summary())
 
 
 def main() -> None:  # pragma: no cover

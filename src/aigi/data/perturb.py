@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from aigi.backbones.base import Preprocess
 from aigi.data.transforms import jpeg_roundtrip
+from aigi.errors import ConfigError
 
 Kind = Literal["none", "jpeg", "blur", "noise"]
 
 
-class PerturbationError(ValueError):
+class PerturbationError(ConfigError):
     pass
 
 

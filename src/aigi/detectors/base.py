@@ -38,10 +38,23 @@ class DetectorParams(BaseModel):
 
 
 class Detector(nn.Module):
+    """Base class. Generic code (scoring, the feature cache, ``--explain``, saving) reads only what is declared here.
+
+    - ``name``, ``Params``: the registry name and the hyper-parameter model (``config.json``'s ``params``).
+    - ``feature_kind``: what ``features()`` returns, part of the feature-cache key (``global``, ``patches``, ``tokens``).
+    - ``cacheable``: ``features()`` depends only on the frozen backbone and the image, so it may be cached per file.
+      A class default that an instance may turn off (MIRROR with LoRA adapters on its backbone).
+    - ``cache_variant``: the params under which ``features()`` is cacheable (``aigi features`` builds that variant).
+    - ``patch_map_label``: what ``Output.patch_map`` shows, or None when the detector gives no per-patch map.
+    - ``patch_grid()``: the ``(h, w)`` of the patch map for the backbone's input size (None without a map).
+    """
+
     name: ClassVar[str]
     Params: ClassVar[type[DetectorParams]] = DetectorParams
-    cacheable: ClassVar[bool] = False  # features() depends only on the frozen backbone and the image
-    feature_kind: ClassVar[str] = "logit"  # names the cached quantity (part of the cache key)
+    feature_kind: ClassVar[str] = "logit"
+    cacheable: bool = False
+    cache_variant: ClassVar[dict] = {}
+    patch_map_label: ClassVar[str | None] = None
 
     def __init__(self, params: DetectorParams, backbone: Backbone) -> None:
         super().__init__()
@@ -57,11 +70,35 @@ class Detector(nn.Module):
     def score(self, features: torch.Tensor) -> Output:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def patch_grid(self) -> tuple[int, int] | None:
+        """The patch map's grid; by default the backbone's token grid when the detector has a map."""
+        return self.backbone.token_grid() if self.patch_map_label else None
+
     def weights_metadata(self) -> dict[str, str]:
         """Settings the weights were made with that their shapes do not show (e.g. attention heads, top-k);
         stored in the safetensors header and checked against config.json when a model folder is loaded."""
         return {}
 
+    def frozen_names(self) -> set[str]:
+        """``state_dict`` keys of the frozen backbone: the only tensors a model folder leaves out.
+
+        A backbone tensor is trained, and so saved, when it is a parameter that requires gradients after the
+        detector's constructor (LoRA adapters, a stage a detector unfreezes), or a buffer of a module with such a
+        parameter (a trained batch norm's running statistics). A detector declares what it trains by what it
+        leaves trainable in ``__init__``; recipes do not change ``requires_grad`` later."""
+        frozen = set()
+        for mod_name, module in self.backbone.named_modules():
+            prefix = f"backbone.{mod_name}." if mod_name else "backbone."
+            trained_here = any(p.requires_grad for p in module.parameters(recurse=False))
+            for name, param in module.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    frozen.add(prefix + name)
+            for name, buf in module.named_buffers(recurse=False):
+                if buf is not None and not trained_here and name not in module._non_persistent_buffers_set:
+                    frozen.add(prefix + name)
+        return frozen
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights a model folder stores: everything but the frozen backbone, whose LoRA adapters are kept."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.") or ".lora_" in k}
+        """The weights a model folder stores: everything but the frozen backbone's pretrained tensors."""
+        frozen = self.frozen_names()
+        return {k: v for k, v in self.state_dict().items() if k not in frozen}

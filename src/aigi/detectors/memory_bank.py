@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigi.errors import ConfigError
 from aigi.detectors.derived import DerivedCache
 
 ENTROPY_EPS = 1e-9  # inside the log of the attention entropy, as in the paper's code
@@ -82,9 +83,9 @@ class MemoryBank(nn.Module):
     def __init__(self, dim: int, slots: int = 4096, heads: int = 8, top_k: int = 128, chunk_rows: int = 4096) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"memory bank: dim {dim} is not divisible by heads {heads}")
+            raise ConfigError(f"memory bank: dim {dim} is not divisible by heads {heads}")
         if not 1 <= top_k <= slots:
-            raise ValueError(f"memory bank: top_k must be in [1, slots={slots}], got {top_k}")
+            raise ConfigError(f"memory bank: top_k must be in [1, slots={slots}], got {top_k}")
         self.dim, self.slots, self.heads, self.top_k = dim, slots, heads, top_k
         self.head_dim = dim // heads
         self.scale = self.head_dim**-0.5

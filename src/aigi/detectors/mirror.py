@@ -21,6 +21,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from aigi.errors import ConfigError
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
 from aigi.detectors.base import Detector, DetectorParams, Output
@@ -56,7 +57,7 @@ def add_lora(backbone: Backbone, r: int, alpha: float, targets: list[str] | str 
     inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets), backbone)
     names = sorted({k.split(".lora_A")[0] for k, _ in backbone.named_parameters() if ".lora_A." in k})
     if not names:
-        raise ValueError(f"LoRA targets {targets!r} match no module of the {type(backbone).__name__} backbone")
+        raise ConfigError(f"LoRA targets {targets!r} match no module of the {type(backbone).__name__} backbone")
     return names
 
 
@@ -66,6 +67,7 @@ class Mirror(Detector):
     Params = MirrorParams
     feature_kind = "tokens"
     patch_map_label = "residual norm per patch"
+    cache_variant = {"lora_r": 0}  # without LoRA the tokens are the frozen backbone's, so they can be cached
 
     def __init__(self, params: MirrorParams, backbone: Backbone) -> None:
         super().__init__(params, backbone)
@@ -93,13 +95,12 @@ class Mirror(Detector):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[B, 1 + N, D]``: the global token, then the patch tokens."""
         t = self.backbone(pixels)
-        self._grid = t.grid
         return torch.cat([t.cls.unsqueeze(1), t.patches], 1)
 
     def score(self, features: torch.Tensor) -> Output:
         logits, recall, tokens = self.classify(features)
         residual = (tokens - recall.recon.to(tokens.dtype)).norm(dim=-1)  # [B, N]
-        return Output(logit=(logits[:, 1] - logits[:, 0]).float(), patch_map=_as_grid(residual, getattr(self, "_grid", None)))
+        return Output(logit=(logits[:, 1] - logits[:, 0]).float(), patch_map=_as_grid(residual, self.backbone.token_grid()))
 
     def classify(self, features: torch.Tensor):
         """Two-class logits [B, 2], the memory read-out and the patch tokens (for the training loss)."""
@@ -117,9 +118,10 @@ class Mirror(Detector):
         return [p for p in self.parameters() if p.requires_grad]
 
 
-def _as_grid(values: torch.Tensor, grid: tuple[int, int] | None) -> torch.Tensor | None:
+def _as_grid(values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
+    """``[B, N] -> [B, h, w]`` on the backbone's grid; a square grid for token sets of another size; else None."""
     n = values.shape[1]
-    if grid is None or grid[0] * grid[1] != n:
+    if grid[0] * grid[1] != n:
         side = math.isqrt(n)
         if side * side != n:
             return None

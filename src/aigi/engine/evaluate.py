@@ -26,6 +26,12 @@ class Report:
     errors: list[dict] = field(default_factory=list)  # {"path", "reason"}: files that could not be read
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}: files not taken as labelled images
     extra: dict = field(default_factory=dict)
+    image_set: ImageSet | None = field(default=None, repr=False)  # what was scored, for write()
+    prob: np.ndarray | None = field(default=None, repr=False)  # P(generated) per sample, NaN where unreadable
+
+    def write(self, out_dir: str | os.PathLike, stem: str = "report") -> dict[str, Path]:
+        """The report's files (see :func:`write_report`)."""
+        return write_report(self, out_dir, self.image_set, self.prob, stem)
 
     def row(self, subset: str) -> dict:
         return next(r for r in self.rows if r["subset"] == subset)
@@ -44,7 +50,7 @@ def build_report(image_set: ImageSet, prob: np.ndarray, threshold: float, errors
     rows.append({"subset": "MEAN", **mean_row(rows)})
     errs = [{"path": str(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
     skipped = [{"path": str(p), "reason": r} for p, r in image_set.skipped]
-    return Report(rows=rows, threshold=threshold, model=model, data=data, errors=errs, skipped=skipped)
+    return Report(rows=rows, threshold=threshold, model=model, data=data, errors=errs, skipped=skipped, image_set=image_set, prob=prob)
 
 
 def _fmt(v) -> str:

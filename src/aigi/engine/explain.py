@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,48 +16,50 @@ import numpy as np
 import torch
 
 from aigi.checkpoints import Model
-from aigi.data.decode import load_image
+from aigi.data.decode import ImageInput, load_image
+from aigi.errors import ConfigError
 from aigi.engine.features import Extracted, extract
 from aigi.engine.inference import Scores, to_scores
-from aigi.io import write_bytes
 
 
-class NoPatchMapError(ValueError):
+class NoPatchMapError(ConfigError):
     pass
 
 
-def explain_paths(model: Model, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, batch_size: int = 8,
-                  progress: bool = True) -> tuple[Scores, dict[int, Path]]:
-    """Score every image and write one heatmap PNG per readable image; returns the scores and the PNG paths."""
+def explain_inputs(model: Model, inputs: Sequence[ImageInput], batch_size: int = 8,
+                   progress: bool = True) -> tuple[Scores, dict[int, bytes]]:
+    """Score every image and draw one heatmap PNG per readable image; returns the scores and the PNG bytes by index
+    (writing them is the caller's business)."""
     det = model.detector
-    with torch.inference_mode():
-        probe = det(torch.zeros(1, 3, det.backbone.preprocess.size, det.backbone.preprocess.size))
-    if probe.patch_map is None:
+    if det.patch_map_label is None:
         raise NoPatchMapError(f"the {model.config.detector} model gives no per-patch map, so --explain has nothing to draw")
-    grid = tuple(probe.patch_map.shape[1:])
+    grid = det.patch_grid()
+    device = model.device
 
     def run(px: torch.Tensor) -> torch.Tensor:
-        o = det(px)
+        o = det(px.to(device))
         return torch.cat([o.logit[:, None].float(), o.patch_map.flatten(1).float()], 1)
 
-    ext = extract(paths, run, det.backbone.preprocess, model.config.protocol, cache=None, batch_size=batch_size,
+    ext = extract(inputs, run, det.backbone.preprocess, model.config.protocol, cache=None, batch_size=batch_size,
                   description="scoring + heatmaps", progress=progress)
     logits = Extracted(features=[None if f is None else f[:1] for f in ext.features], errors=ext.errors)
     scores = to_scores(logits, lambda t: torch.sigmoid(t[:, 0].double()))
-    written: dict[int, Path] = {}
-    out_dir = Path(out_dir)
-    label = getattr(det, "patch_map_label", "per-patch evidence")
+    pngs: dict[int, bytes] = {}
     for i in map(int, np.flatnonzero(scores.ok)):
         try:
-            dec = load_image(paths[i])
+            dec = load_image(ext.inputs[i])
             crop = model.config.protocol.apply_pil(dec.image, dec.format, det.backbone.preprocess)
         except Exception as e:  # noqa: BLE001 - the score stands even if the picture cannot be drawn
             scores.errors[i] = f"scored, but the heatmap could not be drawn ({e})"
             continue
-        name = f"{Path(paths[i]).stem}_{hashlib.sha256(str(paths[i]).encode()).hexdigest()[:8]}.png"
-        patch_map = ext.features[i][1:].reshape(grid)
-        written[i] = write_bytes(out_dir / name, render(crop, patch_map, scores.prob[i], Path(paths[i]).name, label))
-    return scores, written
+        title = Path(str(ext.inputs[i])).name
+        pngs[i] = render(crop, ext.features[i][1:].reshape(grid), scores.prob[i], title, det.patch_map_label)
+    return scores, pngs
+
+
+def heatmap_file_name(path: str) -> str:
+    """A file name for an image's heatmap, unique per input path: ``<stem>_<8 hex digits>.png``."""
+    return f"{Path(path).stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}.png"
 
 
 def render(crop, patch_map: np.ndarray, prob: float, title: str, label: str = "per-patch evidence") -> bytes:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from aigi.backbones.base import Preprocess
-from aigi.data.decode import ImageDecodeError, decode_bytes, read_bytes
+from aigi.data.decode import ImageDecodeError, as_input, decode_bytes, read_bytes
 from aigi.data.transforms import EvalProtocol
 from aigi.io import atomic_write
 from aigi.progress import progress_iter
@@ -77,6 +77,7 @@ class Extracted:
     errors: dict[int, str] = field(default_factory=dict)
     sha256: list[str | None] = field(default_factory=list)
     cache_hits: int = 0
+    inputs: list = field(default_factory=list)  # what was read: a Path or an InMemoryImage per sample
 
     def stacked(self, indices: Sequence[int]) -> np.ndarray:
         return np.stack([self.features[i] for i in indices])
@@ -102,7 +103,7 @@ class _ImageFiles(Dataset):
                 hit = self.cache.get(sha)
                 if hit is not None:
                     return {"i": i, "sha": sha, "cached": hit}
-            dec = decode_bytes(data, path, sha256=sha)
+            dec = decode_bytes(data, str(path), sha256=sha)
             return {"i": i, "sha": sha, "pixels": self.protocol.apply(dec.image, dec.format, self.pre)}
         except ImageDecodeError as e:
             return {"i": i, "error": e.reason}
@@ -126,8 +127,8 @@ def extract(
     progress: bool = True,
 ) -> Extracted:
     """Run ``fn`` (pixels [B,3,S,S] -> [B, ...]) over every image; errors are collected per file."""
-    paths = [Path(p) for p in paths]
-    out = Extracted(features=[None] * len(paths), sha256=[None] * len(paths))
+    paths = [as_input(p) for p in paths]
+    out = Extracted(features=[None] * len(paths), sha256=[None] * len(paths), inputs=paths)
     if not paths:
         return out
     if num_workers is None:
@@ -139,7 +140,8 @@ def extract(
         collate_fn=_collate,
     )
     with torch.inference_mode():
-        for batch in progress_iter(loader, total=len(loader), description=description, enabled=progress):
+        # the bar counts images, not batches: each batch advances it by its size
+        for batch in progress_iter(loader, total=len(paths), description=description, enabled=progress, weight=len):
             todo = []
             for item in batch:
                 i = item["i"]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from aigi.checkpoints import Model
+from aigi.data.decode import ImageInput, InMemoryImage, as_input
 from aigi.data.perturb import Perturbation, Perturbed
 from aigi.engine.features import Extracted, FeatureCache, extract
 
@@ -67,23 +68,26 @@ def extract_features(
     progress: bool = True,
     description: str = "extracting features",
 ) -> Extracted:
-    det = model.detector
+    det, device = model.detector, model.device
     cache = feature_cache_for(model, cache_dir) if (use_cache and det.cacheable) else None
-    return extract(paths, det.features, det.backbone.preprocess, model.config.protocol, cache=cache,
-                   batch_size=batch_size, description=description, progress=progress)
+    return extract(paths, lambda px: det.features(px.to(device)), det.backbone.preprocess, model.config.protocol,
+                   cache=cache, batch_size=batch_size, description=description, progress=progress)
 
 
-def score_paths(model: Model, paths: Sequence[str | os.PathLike], use_cache: bool = True,
+def score_paths(model: Model, paths: Sequence[ImageInput], use_cache: bool = True,
                 cache_dir: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True,
                 perturbation: Perturbation | None = None) -> Scores:
-    """P(generated) per file. ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded image before the
-    model's protocol; perturbed features are never cached."""
-    det = model.detector
+    """P(generated) per file (or in-memory image). ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded
+    image before the model's protocol; perturbed features, and features of in-memory images, are never cached."""
+    det, device = model.detector, model.device
     protocol = model.config.protocol
     if perturbation is not None and perturbation.kind != "none":
         protocol, use_cache = Perturbed(protocol, perturbation), False
+    paths = [as_input(p) for p in paths]
+    if any(isinstance(p, InMemoryImage) for p in paths):
+        use_cache = False  # nothing about an upload is kept
     if not det.cacheable or not use_cache:  # nothing to cache: score each batch as it comes and keep only the logits
-        ext = extract(paths, lambda px: det(px).logit, det.backbone.preprocess, protocol, cache=None,
+        ext = extract(paths, lambda px: det(px.to(device)).logit, det.backbone.preprocess, protocol, cache=None,
                       batch_size=batch_size, description="scoring images", progress=progress)
         return to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
     ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
@@ -95,7 +99,8 @@ SCORE_CHUNK = 256  # cached feature rows scored at once (a MIRROR row is a whole
 
 def scores_from_features(model: Model, ext: Extracted) -> Scores:
     def head(feats: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.detector.score(feats[i : i + SCORE_CHUNK]).prob.double() for i in range(0, len(feats), SCORE_CHUNK)])
+        chunks = (feats[i : i + SCORE_CHUNK].to(model.device) for i in range(0, len(feats), SCORE_CHUNK))
+        return torch.cat([model.detector.score(c).prob.double().cpu() for c in chunks])
 
     return to_scores(ext, head)
 

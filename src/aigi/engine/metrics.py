@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from aigi.errors import DataError
+
 COLUMNS = ["n", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "bal_acc", "auroc", "ap", "fpr_at_95tpr", "eer"]
 # The names the field prints (MIRROR's CSVs): used as CSV headers.
 DISPLAY = {
@@ -90,14 +92,14 @@ def threshold_for(labels: Sequence[int], scores: Sequence[float], target_real_ac
     if target_real_acc is not None:
         reals = np.sort(p[y == 0])
         if not len(reals):
-            raise ValueError("calibration data has no real images")
+            raise DataError("calibration data has no real images")
         k = int(np.ceil(target_real_acc * len(reals)))  # this many reals must fall strictly below the threshold
         if k <= 0:
             return float(reals[0]), f"real accuracy >= {target_real_acc:g} on calibration reals"
         t = float(np.nextafter(reals[k - 1], np.inf)) if k <= len(reals) else float(np.nextafter(reals[-1], np.inf))
         return t, f"real accuracy >= {target_real_acc:g} on calibration reals"
     if not (y == 0).any() or not (y == 1).any():
-        raise ValueError("calibration data needs both real and generated images")
+        raise DataError("calibration data needs both real and generated images")
     cands = np.unique(np.concatenate([p, [0.5]]))
     best_t, best = 0.5, -1.0
     for t in cands:

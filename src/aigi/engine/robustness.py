@@ -22,6 +22,7 @@ from aigi.data.perturb import Perturbation
 from aigi.engine.evaluate import save_figure, build_report
 from aigi.engine.inference import score_paths
 from aigi.io import read_json, write_json, write_text
+from aigi.progress import progress_bar
 
 FIELDS = ["model", "perturbation", "kind", "level", "mean_auroc", "mean_ap", "real_acc", "fake_acc", "bal_acc", "errors"]
 
@@ -88,19 +89,29 @@ def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequ
     saved = _read_state(state_path, notes)
     ids, did = {name: model_id(model) for name, model in models.items()}, data_id(image_set)
     index = {(r["model_id"], r["data_id"], r["perturbation"]): r for r in saved}
-    rows = []
-    for name, model in models.items():
-        for p in perturbations:
+    cells = [(name, model, p) for name, model in models.items() for p in perturbations]
+    todo = len({(ids[name], did, p.name) for name, _, p in cells} - index.keys())
+    rows, measured = [], 0
+    # One overall bar over the cells (model x perturbation), naming the one being scored; each cell's per-image bar
+    # is drawn as a row under it and moves it, so its ETA advances image by image. Reused cells count as done.
+    with progress_bar(total=len(cells), completed=len(cells) - todo, description="robustness",
+                      enabled=progress and todo > 0) as bar:
+        bar.share = 1.0
+        for name, model, p in cells:
             key = (ids[name], did, p.name)
             if key in index:
                 rows.append({**index[key], "model": name})
                 continue
+            bar.update(description=f"robustness · {name} · {p.name}")
             row = {**sweep_row(model, name, image_set, p, batch_size, progress), "model_id": ids[name], "data_id": did, "data": data}
+            measured += 1
+            bar.update(completed=len(cells) - todo + measured)
             index[key] = row
             rows.append(row)
             write_json(state_path, {"rows": list(index.values())})
             if on_row is not None:
                 on_row(row)
+        bar.update(description="robustness")
     write_json(state_path, {"rows": list(index.values())})
     write_text(out / "robustness.csv", rows_csv(rows))
     plot(rows, out / "robustness.png")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aigi.errors import DataError
 from aigi.backbones import BackboneSpec
 from aigi.checkpoints import Model, ModelConfig, build_model, save_model
 from aigi.data.folders import discover
@@ -24,7 +25,7 @@ def _features(model: Model, data: str | os.PathLike, what: str, progress: bool) 
     ext = extract_features(model, [s.path for s in image_set.samples], progress=progress, description=f"features: {what}")
     ok = ext.ok
     if not ok:
-        raise ValueError(f"{data}: none of the {len(image_set.samples)} images could be read")
+        raise DataError(f"{data}: none of the {len(image_set.samples)} images could be read")
     bad = [f"{image_set.samples[i].path}: {r}" for i, r in sorted(ext.errors.items())]
     y = np.array([image_set.samples[i].label for i in ok])
     return ext.stacked(ok), y, bad
@@ -45,7 +46,7 @@ def train_univfd(
     model = build_model(config)
     x, y, bad = _features(model, data, "train", progress)
     if len(set(y.tolist())) < 2:
-        raise ValueError(f"{data}: training needs both real and generated images (found labels {sorted(set(y.tolist()))})")
+        raise DataError(f"{data}: training needs both real and generated images (found labels {sorted(set(y.tolist()))})")
     xv = yv = None
     if val is not None:
         xv, yv, bad_val = _features(model, val, "val", progress)

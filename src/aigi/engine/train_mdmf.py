@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from aigi.errors import ConfigError
 from aigi.backbones import BackboneSpec
 from aigi.checkpoints import Model, ModelConfig, build_model, save_model
 from aigi.data.folders import DataError, discover
@@ -73,7 +74,7 @@ def _log_score_scale(real: np.ndarray, fake: np.ndarray) -> tuple[float, float]:
     from 1. The threshold is calibrated on validation data afterwards anyway."""
     real, fake = real[np.isfinite(real)], fake[np.isfinite(fake)]
     if not len(real) or not len(fake):
-        raise ValueError("MDMF training produced no finite scores for one class: the kernel diverged (try a lower --lr)")
+        raise ConfigError("MDMF training produced no finite scores for one class: the kernel diverged (try a lower --lr)")
     med_r, med_f = float(np.median(real)), float(np.median(fake))
     spread = np.mean([np.median(np.abs(v - np.median(v))) * 1.4826 for v in (real, fake)])
     if not np.isfinite(spread) or spread <= 0:
@@ -119,7 +120,7 @@ def train_mdmf(data, out, reference=None, val=None, backbone: BackboneSpec | Non
                patches_per_side: int = 512, lam: float = 1e-8, seed: int = 0, calibrate_on=None,
                target_real_acc: float | None = None, criterion: str = "image", progress: bool = True) -> Model:
     if criterion not in ("image", "pooled"):
-        raise ValueError(f"criterion must be 'image' or 'pooled', got {criterion!r}")
+        raise ConfigError(f"criterion must be 'image' or 'pooled', got {criterion!r}")
     out = Path(out)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)

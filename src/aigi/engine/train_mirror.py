@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from aigi.errors import ConfigError
 from aigi._version import __version__
 from aigi.backbones import BackboneSpec, build_backbone
 from aigi.checkpoints import (
@@ -52,8 +53,9 @@ from aigi.detectors.memory_bank import MemoryBank
 from aigi.engine.features import extract
 from aigi.engine.inference import cache_for
 from aigi.engine.train_state import JsonLog, load_train_state, save_train_state, warmup_cosine
+from aigi.errors import describe_validation
 from aigi.io import atomic_write, read_json, write_json
-from aigi.progress import progress_iter
+from aigi.progress import notice, progress_bar, progress_iter
 
 MEMORY_WEIGHTS = "memory.safetensors"
 LOG_NAME = "train_log.jsonl"
@@ -179,7 +181,12 @@ def _read_memory(folder) -> tuple[MemoryBank, MemoryConfig, dict[str, str]]:
         config = MemoryConfig.model_validate(read_json(folder / CONFIG_NAME))
     except FileNotFoundError:
         raise ModelLoadError(f"{folder}: not a MIRROR memory folder (missing {CONFIG_NAME})") from None
-    except (ValueError, ValidationError) as e:
+    except ValidationError as e:
+        if "detector" in read_json(folder / CONFIG_NAME):
+            raise ModelLoadError(f"{folder}: a model folder, not a MIRROR memory folder (make one with "
+                                 "`aigi train mirror-memory`)") from None
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config ({describe_validation(e)})") from None
+    except ValueError as e:
         raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config: {e}") from None
     try:
         bank = MemoryBank(**config.bank())
@@ -197,7 +204,7 @@ def _fresh_out(out: Path, what: str) -> bool:
     if (out / STATE_DIR).is_dir():
         return True
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and holds no {what} run to resume; choose a new --out folder (or delete it)")
+        raise ConfigError(f"{out} already exists and holds no {what} run to resume; choose a new --out folder (or delete it)")
     return False
 
 
@@ -211,7 +218,7 @@ def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: Eval
     if resume:  # check before the (long) token extraction
         _, prev_cfg, _ = _read_memory(out)
         if (prev_cfg.recipe, prev_cfg.backbone, prev_cfg.protocol) != (recipe.model_copy(update={"epochs": prev_cfg.recipe.epochs}), backbone, protocol):
-            raise ValueError(f"{out} holds a Phase 1 run with other settings ({prev_cfg.recipe}); use a new --out folder")
+            raise ConfigError(f"{out} holds a Phase 1 run with other settings ({prev_cfg.recipe}); use a new --out folder")
     _seed(recipe.seed)
     samples = real_samples(data)
     acc = _accelerator(mixed_precision)
@@ -228,42 +235,51 @@ def train_memory(data, out, backbone: BackboneSpec | None = None, protocol: Eval
         prev, _, metadata = _read_memory(out)
         bank.load_state_dict(prev.state_dict())
         start = config.epochs_done = load_train_state(out / STATE_DIR, opt, metadata.get("epoch"))
+        if acc.is_main_process:
+            notice(f"resuming from epoch {start} of {recipe.epochs} in {out}")
     order = EpochShuffle(len(tokens), recipe.seed)
     loader = DataLoader(TensorDataset(tokens), batch_size=recipe.batch_size, sampler=order, drop_last=False)
     bank, opt, loader = acc.prepare(bank, opt, loader)
     core = acc.unwrap_model(bank)
     log = JsonLog(out / LOG_NAME)
-    for epoch in range(start, recipe.epochs):
-        lr = warmup_cosine(epoch, recipe.epochs, 0, recipe.lr, 0.0)  # CosineAnnealingLR, stepped per epoch
-        for g in opt.param_groups:
-            g["lr"] = lr
-        order.use_epoch(epoch)
-        t0, tot, tot_mse, n = time.perf_counter(), 0.0, 0.0, 0
-        bank.train()
-        for (x,) in progress_iter(loader, total=len(loader), description=f"phase 1 epoch {epoch + 1}/{recipe.epochs}", enabled=progress):
-            with acc.autocast():
-                mse = F.mse_loss(bank(x).recon.float(), x.float())
-                loss = mse + recipe.ortho_weight * core.orthogonality()
-            _check_finite(loss, epoch)
-            opt.zero_grad(set_to_none=True)
-            acc.backward(loss)
-            opt.step()
-            tot, tot_mse, n = tot + loss.item() * len(x), tot_mse + mse.item() * len(x), n + len(x)
-        config.epochs_done = epoch + 1
-        if acc.is_main_process:
-            with torch.no_grad():
-                ortho = float(core.orthogonality())
-            save_memory(core, config, out)
-            save_train_state(out / STATE_DIR, opt, epoch + 1)
-            log.write(phase=1, epoch=epoch + 1, lr=lr, loss=tot / max(1, n), mse=tot_mse / max(1, n), ortho=ortho,
-                      seconds=round(time.perf_counter() - t0, 2))
-        acc.wait_for_everyone()
+    # One bar over every step of every epoch (a resumed run starts part-way), with the epoch's running loss.
+    steps = len(loader)
+    with progress_bar(total=recipe.epochs * steps, completed=start * steps, description=f"phase 1 epoch {start + 1}/{recipe.epochs}",
+                      enabled=progress and acc.is_main_process and start < recipe.epochs) as bar:
+        for epoch in range(start, recipe.epochs):
+            lr = warmup_cosine(epoch, recipe.epochs, 0, recipe.lr, 0.0)  # CosineAnnealingLR, stepped per epoch
+            for g in opt.param_groups:
+                g["lr"] = lr
+            order.use_epoch(epoch)
+            t0, tot, tot_mse, n = time.perf_counter(), 0.0, 0.0, 0
+            bank.train()
+            bar.update(description=f"phase 1 epoch {epoch + 1}/{recipe.epochs}")
+            for (x,) in loader:
+                with acc.autocast():
+                    mse = F.mse_loss(bank(x).recon.float(), x.float())
+                    loss = mse + recipe.ortho_weight * core.orthogonality()
+                _check_finite(loss, epoch)
+                opt.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                opt.step()
+                tot, tot_mse, n = tot + loss.item() * len(x), tot_mse + mse.item() * len(x), n + len(x)
+                bar.advance()
+                bar.update(status=f"loss {tot / n:.4g}")
+            config.epochs_done = epoch + 1
+            if acc.is_main_process:
+                with torch.no_grad():
+                    ortho = float(core.orthogonality())
+                save_memory(core, config, out)
+                save_train_state(out / STATE_DIR, opt, epoch + 1)
+                log.write(phase=1, epoch=epoch + 1, lr=lr, loss=tot / max(1, n), mse=tot_mse / max(1, n), ortho=ortho,
+                          seconds=round(time.perf_counter() - t0, 2))
+            acc.wait_for_everyone()
     return config
 
 
 def _check_finite(loss: torch.Tensor, epoch: int) -> None:
     if not torch.isfinite(loss):
-        raise ValueError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower the learning rate. "
+        raise ConfigError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower the learning rate. "
                          "The folder keeps the last finished epoch; rerunning resumes from it.")
 
 
@@ -388,7 +404,7 @@ def train_detector(data, out, memory: str | os.PathLike, params: dict | None = N
         same = (prev.params, prev.backbone, prev.training.get("memory_sha256"), prev.training.get("recipe")) == (
             model.config.params, model.config.backbone, memory_digest, {**model.config.training["recipe"], "epochs": prev.training.get("recipe", {}).get("epochs")})
         if not same:
-            raise ValueError(f"{out} holds a Phase 2 run with other settings or another memory; use a new --out folder")
+            raise ConfigError(f"{out} holds a Phase 2 run with other settings or another memory; use a new --out folder")
         state, metadata = read_safetensors(out / WEIGHTS_NAME)
         load_checked(det, state, str(out / WEIGHTS_NAME))
         start = load_train_state(out / STATE_DIR, opt, metadata.get("epoch"))

@@ -41,6 +41,7 @@ class Provenance:
     path: str
     findings: list[Finding] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unreadable: bool = False  # the file itself could not be read (missing, empty, a folder, too large)
 
     def best(self, *claims: str) -> Finding | None:
         """The strongest finding making one of ``claims`` (None when there is none)."""

@@ -66,6 +66,7 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
         data = read_bytes(path) if data is None else data
     except ImageDecodeError as e:
         result.problems.append(e.reason)
+        result.unreadable = True
         return result
     im = None
     try:

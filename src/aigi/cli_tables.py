@@ -1,0 +1,106 @@
+"""What the CLI prints: rich tables and one-line notes, kept apart from the commands so each command stays a call
+into the library plus one printer."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+# Wide enough for the metrics table when output is piped to a file or a log.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+VERDICT_STYLE = {"generated": "bold red", "real": "bold green", "error": "yellow"}
+PROVENANCE_CAPTION = ("declared evidence decides when present (C2PA, watermark, generator metadata); "
+                      "camera EXIF is weak; no metadata proves nothing — see `aigi inspect`")
+
+
+def say(text: str) -> None:
+    out.print(escape(text), highlight=False, soft_wrap=True)
+
+
+def note(text: str, prefix: str = "note: ") -> None:
+    err.print(escape(prefix + text), highlight=False, soft_wrap=True)
+
+
+def error_line(text: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def skipped(entries: Iterable[tuple[Path, str]]) -> None:
+    for p, reason in entries:
+        note(f"{p}: {reason}", prefix="skipped ")
+
+
+def unreadable(errors: Iterable[dict]) -> None:
+    for e in errors:
+        note(f"{e['path']}: {e['reason']}", prefix="could not read ")
+
+
+def detections(results, title: str, provenance: bool) -> None:
+    """The verdict table of `aigi detect`."""
+    table = Table(title=title, caption=PROVENANCE_CAPTION if provenance else None)
+    table.add_column("file", overflow="fold")
+    table.add_column("verdict")
+    table.add_column("P(generated)", justify="right")
+    table.add_column("basis", overflow="fold")
+    for d in results:
+        prob = "" if d.prob_generated is None else f"{d.prob_generated:.3f}"
+        basis = d.basis if d.verdict != "error" else d.error
+        table.add_row(escape(d.path), f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]", prob, escape(basis or ""))
+    out.print(table)
+
+
+def metrics(title: str, rows: list[list[str]]) -> None:
+    """A report's metrics: one row per subset and MEAN."""
+    from aigi.engine.metrics import COLUMNS, DISPLAY
+
+    table = Table(title=title)
+    for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
+        table.add_column(c, justify="left" if c == "Dataset" else "right")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    out.print(table)
+
+
+def report(report, title: str) -> None:
+    """A report's table, its unreadable files and the count of skipped ones."""
+    from aigi.engine.evaluate import format_table
+
+    rows = format_table(report)
+    metrics(title, rows if len(rows) > 2 else rows[:-1])  # one subset: its MEAN row repeats it
+    unreadable(report.errors)
+
+
+def _f(v) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def robustness(rows: list[dict], perturbations, data) -> None:
+    table = Table(title=f"aigi robustness — {data} (mean AUROC over subsets; accuracies at each model's threshold)")
+    for c in ["perturbation", "model", "AUROC", "AP", "Real_Acc", "Fake_Acc", "unreadable"]:
+        table.add_column(c, justify="left" if c in ("perturbation", "model") else "right")
+    for p in perturbations:
+        for r in (r for r in rows if r["perturbation"] == p.name):
+            table.add_row(p.name, escape(r["model"]), _f(r["mean_auroc"]), _f(r["mean_ap"]), _f(r["real_acc"]),
+                          _f(r["fake_acc"]), str(r["errors"]))
+    out.print(table)
+
+
+def provenance(results) -> None:
+    """The table of `aigi inspect`: one row per finding or problem."""
+    table = Table(title="aigi inspect — what the files declare (weak = anyone can write it; no findings proves nothing)")
+    for col in ("file", "source", "claim", "strength", "finding"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        rows = [(f.source, f.claim, f.strength, escape(f.summary)) for f in r.findings]
+        rows = rows or ([] if r.problems else [("", "", "", "nothing declared")])
+        rows += [("", "", "", f"[yellow]{escape(p)}[/]") for p in r.problems]
+        for j, (src, claim, strength, text) in enumerate(rows):
+            table.add_row(escape(r.path) if j == 0 else "", src, claim, strength, text)
+    out.print(table)
