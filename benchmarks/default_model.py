@@ -26,13 +26,10 @@ from pathlib import Path
 
 import torch
 
-from aigi.backbones import BackboneSpec
+from aigi import api
 from aigi.checkpoints import load_model
-from aigi.data.folders import discover
-from aigi.data.transforms import EvalProtocol
-from aigi.engine.evaluate import build_report, write_report
 from aigi.engine.inference import score_paths
-from aigi.engine.train import train_univfd
+from aigi.engine.trainer import train
 from aigi.io import write_json, write_text
 
 HERE = Path(__file__).resolve().parent
@@ -44,10 +41,10 @@ def fmt(v) -> str:
 
 
 def evaluate(model, folder: Path, out: Path, stem: str, cache_dir: str):
-    image_set = discover(folder)
-    scores = score_paths(model, [s.path for s in image_set.samples], cache_dir=cache_dir)
-    report = build_report(image_set, scores.prob, model.threshold, scores.errors, model="default (univfd, efficientnet_lite0)", data=str(folder))
-    write_report(report, out, image_set, scores.prob, stem=stem)
+    report = api.evaluate(
+        model, folder, cache_dir=cache_dir, model_name="default (univfd, efficientnet_lite0)", data_name=str(folder)
+    )
+    report.write(out, stem=stem)
     return report
 
 
@@ -68,8 +65,12 @@ def throughput(model_dir: Path, folder: Path, n: int = 256) -> dict:
         wall = time.perf_counter() - t0
     n_ok = sum(r["verdict"] != "error" for r in json.loads(res.stdout)["results"])
     assert n_ok == int(scores.ok.sum()) == len(files)
-    return {"images": n_ok, "in_process_images_per_s": round(in_process, 1), "cli_seconds_including_startup": round(wall, 2),
-            "cli_images_per_s": round(n_ok / wall, 1)}
+    return {
+        "images": n_ok,
+        "in_process_images_per_s": round(in_process, 1),
+        "cli_seconds_including_startup": round(wall, 2),
+        "cli_images_per_s": round(n_ok / wall, 1),
+    }
 
 
 def update_readme(key: str, body: str) -> None:
@@ -86,10 +87,14 @@ def update_readme(key: str, body: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini")))  # relative: models record it
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini"))
+    )  # relative: models record it
     ap.add_argument("--out", type=Path, default=HERE / "results" / "default_model")
     ap.add_argument("--install", action="store_true", help="copy the trained model into src/aigi/default_model")
-    ap.add_argument("--cache-dir", default=None, help="feature cache (default: a fresh temporary one, so times are from scratch)")
+    ap.add_argument(
+        "--cache-dir", default=None, help="feature cache (default: a fresh temporary one, so times are from scratch)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     args.cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="aigi-bench-cache-")
@@ -101,15 +106,19 @@ def main() -> None:
         shutil.rmtree(model_dir)
 
     t0 = time.perf_counter()
-    model, info = train_univfd(
-        data / "train",
-        model_dir,
-        backbone=BackboneSpec(family="efficientnet_lite0"),
-        protocol=EvalProtocol(format_align=True),
-        val=data / "val",
-        calibrate_on=data / "val",
+    model = train(
+        "univfd",
+        dict(
+            data=data / "train",
+            out=model_dir,
+            val=data / "val",
+            calibrate_on=data / "val",
+            backbone="efficientnet_lite0",
+            format_align=True,
+        ),
         progress=False,
     )
+    info = model.config.training
     train_s = time.perf_counter() - t0
     model = load_model(model_dir)  # measure what was saved, not what is in memory
 

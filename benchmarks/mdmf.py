@@ -29,14 +29,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from aigi.backbones import BackboneSpec
 from aigi.checkpoints import load_model
 from aigi.data.folders import discover
 from aigi.data.transforms import AugmentedView, phase1_augment
 from aigi.engine.evaluate import build_report
 from aigi.engine.features import extract
 from aigi.engine.inference import extract_features
-from aigi.engine.train_mdmf import train_mdmf
+from aigi.engine.trainer import train
 from aigi.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent
@@ -44,8 +43,12 @@ REPO = HERE.parent
 OUT = HERE / "results" / "mdmf"
 RECIPE = dict(steps=1000, lr=1e-3, images_per_side=16, patches_per_side=512, criterion="image")
 # (name, feature level, pool, patch side in pixels at the 224-px crop)
-UNITS = [("stage4_pool1", "stage4", 1, 16), ("stage4_pool2", "stage4", 2, 32), ("stage4_pool3", "stage4", 3, 48),
-         ("stage6_native", "stage6", 1, 32)]
+UNITS = [
+    ("stage4_pool1", "stage4", 1, 16),
+    ("stage4_pool2", "stage4", 2, 32),
+    ("stage4_pool3", "stage4", 3, 48),
+    ("stage6_native", "stage6", 1, 32),
+]
 TIE = 0.005  # val AUROC differences below this are noise on ~500 images
 BANK_IMAGES = 3000
 
@@ -58,9 +61,21 @@ def _train(data: Path, out: Path, level: str, pool: int, calibrate: bool):
     if out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    model = train_mdmf(data / "train", out, reference=data / "train" / "0_real", val=data / "val",
-                       backbone=BackboneSpec(options={"feature_level": level}), params={"pool": pool}, seed=0,
-                       calibrate_on=data / "val" if calibrate else None, progress=False, **RECIPE)
+    model = train(
+        "mdmf",
+        dict(
+            data=data / "train",
+            out=out,
+            reference=data / "train" / "0_real",
+            val=data / "val",
+            feature_level=level,
+            params={"pool": pool},
+            seed=0,
+            calibrate_on=data / "val" if calibrate else None,
+            **RECIPE,
+        ),
+        progress=False,
+    )
     return model, time.perf_counter() - t0
 
 
@@ -68,15 +83,24 @@ def sweep(data: Path) -> dict:
     results = {}
     for name, level, pool, px in UNITS:
         model, seconds = _train(data, OUT / "work" / f"sweep_{name}", level, pool, calibrate=False)
-        results[name] = {"level": level, "pool": pool, "patch_px": px, "val_auroc": model.config.training["val_auroc"],
-                         "patches_per_image": _patches_per_image(model.detector),
-                         "seconds": round(seconds, 1)}
+        results[name] = {
+            "level": level,
+            "pool": pool,
+            "patch_px": px,
+            "val_auroc": model.config.training["val_auroc"],
+            "patches_per_image": _patches_per_image(model.detector),
+            "seconds": round(seconds, 1),
+        }
         print(name, results[name], flush=True)
     best = max(r["val_auroc"] for r in results.values())
     tied = [k for k, r in results.items() if r["val_auroc"] >= best - TIE]
     chosen = min(tied, key=lambda k: results[k]["patches_per_image"])
-    summary = {"recipe": RECIPE, "units": results, "chosen": chosen,
-               "rule": f"highest val AUROC; units within {TIE} of it count as tied and the one with fewest patches per image wins (faster)"}
+    summary = {
+        "recipe": RECIPE,
+        "units": results,
+        "chosen": chosen,
+        "rule": f"highest val AUROC; units within {TIE} of it count as tied and the one with fewest patches per image wins (faster)",
+    }
     write_json(OUT / "patch_sweep.json", summary)
     return summary
 
@@ -89,7 +113,9 @@ def _patches_per_image(det) -> int:
 
 
 def evaluate(model, folder: Path, out: Path, stem: str):
-    from mirror import evaluate as evaluate_folder  # one evaluation path for every benchmarked detector
+    from mirror import (
+        evaluate as evaluate_folder,  # one evaluation path for every benchmarked detector
+    )
 
     return evaluate_folder(model, folder, out, stem)
 
@@ -105,10 +131,19 @@ def final(data: Path) -> None:
     from mirror import throughput
 
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
-    summary = {"unit": sweep_["chosen"], **unit, "recipe": RECIPE, "threshold": model.threshold,
-               "train_seconds": round(seconds, 1), "model_folder_bytes": size, "speed": throughput(model, data / "val"),
-               "training": model.config.training, "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "rows": {k: r.rows for k, r in reports.items()}}
+    summary = {
+        "unit": sweep_["chosen"],
+        **unit,
+        "recipe": RECIPE,
+        "threshold": model.threshold,
+        "train_seconds": round(seconds, 1),
+        "model_folder_bytes": size,
+        "speed": throughput(model, data / "val"),
+        "training": model.config.training,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": {k: r.rows for k, r in reports.items()},
+    }
     write_json(run / "summary.json", summary)
     report()
 
@@ -174,17 +209,28 @@ def speed(data: Path) -> None:
         aurocs = _test_auroc(test, scores, 0.5)
         if estimator == "fast":
             val_big_bank = val_auroc()
-        results[estimator] = {"score_seconds": round(seconds, 2), "images_per_s": round(len(tokens) / seconds, 1),
-                              "bank_setup_seconds": round(bank_s, 1), "auroc": aurocs, "mean_auroc": aurocs.get("MEAN")}
+        results[estimator] = {
+            "score_seconds": round(seconds, 2),
+            "images_per_s": round(len(tokens) / seconds, 1),
+            "bank_setup_seconds": round(bank_s, 1),
+            "auroc": aurocs,
+            "mean_auroc": aurocs.get("MEAN"),
+        }
         print(estimator, results[estimator], flush=True)
-    summary = {"bank_images": BANK_IMAGES, "bank_patches": BANK_IMAGES * n_patches, "patches_per_image": n_patches,
-               "bank": f"{len(clean.ok)} train/0_real evaluation crops + {extra} augmented views of them",
-               "test_images": len(tokens), "rff_features": det.params.rff_features,
-               "backbone_images_per_s": round(len(tokens) / backbone_s, 1),
-               "speedup": round(results["exact"]["score_seconds"] / results["fast"]["score_seconds"], 1),
-               "mean_auroc_gap": round(abs(results["fast"]["mean_auroc"] - results["exact"]["mean_auroc"]), 4),
-               "cpu_threads": torch.get_num_threads(), "estimators": results,
-               "val_auroc_fast": {"model_bank": round(val_model_bank, 4), "bank_3000": round(val_big_bank, 4)}}
+    summary = {
+        "bank_images": BANK_IMAGES,
+        "bank_patches": BANK_IMAGES * n_patches,
+        "patches_per_image": n_patches,
+        "bank": f"{len(clean.ok)} train/0_real evaluation crops + {extra} augmented views of them",
+        "test_images": len(tokens),
+        "rff_features": det.params.rff_features,
+        "backbone_images_per_s": round(len(tokens) / backbone_s, 1),
+        "speedup": round(results["exact"]["score_seconds"] / results["fast"]["score_seconds"], 1),
+        "mean_auroc_gap": round(abs(results["fast"]["mean_auroc"] - results["exact"]["mean_auroc"]), 4),
+        "cpu_threads": torch.get_num_threads(),
+        "estimators": results,
+        "val_auroc_fast": {"model_bank": round(val_model_bank, 4), "bank_3000": round(val_big_bank, 4)},
+    }
     write_json(OUT / "speed.json", summary)
     report()
 
@@ -200,8 +246,14 @@ def comparison_table() -> list[str]:
     runs["MIRROR"] = max(mirror_runs, key=lambda r: r["rows"]["val"][0]["auroc"])["rows"]
     runs["MDMF"] = read_json(OUT / "run" / "summary.json")["rows"]
     names = list(runs)
-    lines = ["| set | subset | " + " | ".join(f"{n} AUROC" for n in names) + " | " + " | ".join(f"{n} Real_Acc" for n in names) + " |",
-             "|---|---|" + "---|" * (2 * len(names))]
+    lines = [
+        "| set | subset | "
+        + " | ".join(f"{n} AUROC" for n in names)
+        + " | "
+        + " | ".join(f"{n} Real_Acc" for n in names)
+        + " |",
+        "|---|---|" + "---|" * (2 * len(names)),
+    ]
     for split in ("val", "test", "forensynths_thumbs"):
         for r in runs["MDMF"][split]:
             sub = r["subset"]
@@ -216,9 +268,14 @@ def comparison_table() -> list[str]:
 
 def report() -> None:
     sweep_ = read_json(OUT / "patch_sweep.json")
-    units = ["| patch unit | level | pool | patch px | patches/image | val AUROC | train s |", "|---|---|---|---|---|---|---|"]
+    units = [
+        "| patch unit | level | pool | patch px | patches/image | val AUROC | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, u in sweep_["units"].items():
-        units.append(f"| {name} | {u['level']} | {u['pool']} | {u['patch_px']} | {u['patches_per_image']} | {fmt(u['val_auroc'])} | {u['seconds']} |")
+        units.append(
+            f"| {name} | {u['level']} | {u['pool']} | {u['patch_px']} | {u['patches_per_image']} | {fmt(u['val_auroc'])} | {u['seconds']} |"
+        )
     md = ["# MDMF on aigi-mini (reproduce: `python benchmarks/mdmf.py sweep`, then `final`, then `speed`)", ""]
     body = []
     if (OUT / "run" / "summary.json").is_file():
@@ -227,18 +284,26 @@ def report() -> None:
         probe = read_json(HERE / "results" / "default_model" / "summary.json")["rows"]
         mdmf_mean, probe_mean = s["rows"]["test"][-1]["auroc"], probe["test"][-1]["auroc"]
         mdmf_real, probe_real = s["rows"]["test"][0]["real_acc"], probe["test"][0]["real_acc"]
-        body += rows + ["",
-                        f"MDMF: patch unit **{s['unit']}** ({s['patch_px']}-px patches), chosen on val only ({sweep_['rule']}):", "",
-                        *units, "",
-                        f"Recipe: {s['recipe']} (criterion: {s['training']['criterion']}); reference bank: train/0_real"
-                        f" ({s['training']['reference_images']} images), fast estimator ({s['training'].get('rff_features', 2048)} random"
-                        f" Fourier features per kernel component). Threshold {s['threshold']:.3f}, calibrated on val (max balanced"
-                        f" accuracy). Training {s['train_seconds']:.0f} s on the CPU; model folder {s['model_folder_bytes'] / 1024:.0f} KiB;"
-                        f" `detect` {s['speed']['detect_images_per_s']} images/s (bare backbone {s['speed']['bare_backbone_images_per_s']}).",
-                        f"Test generators' mean AUROC: MDMF {mdmf_mean:.3f} vs probe {probe_mean:.3f}; real-photo accuracy on"
-                        f" `test/0_real`: MDMF {mdmf_real:.3f} vs probe {probe_real:.3f}. "
-                        + ("MDMF beats the probe on both." if mdmf_mean > probe_mean and mdmf_real > probe_real
-                           else "MDMF does not beat the probe on both, so the probe stays the shipped default."), ""]
+        body += rows + [
+            "",
+            f"MDMF: patch unit **{s['unit']}** ({s['patch_px']}-px patches), chosen on val only ({sweep_['rule']}):",
+            "",
+            *units,
+            "",
+            f"Recipe: {s['recipe']} (criterion: {s['training']['criterion']}); reference bank: train/0_real"
+            f" ({s['training']['reference_images']} images), fast estimator ({s['training'].get('rff_features', 2048)} random"
+            f" Fourier features per kernel component). Threshold {s['threshold']:.3f}, calibrated on val (max balanced"
+            f" accuracy). Training {s['train_seconds']:.0f} s on the CPU; model folder {s['model_folder_bytes'] / 1024:.0f} KiB;"
+            f" `detect` {s['speed']['detect_images_per_s']} images/s (bare backbone {s['speed']['bare_backbone_images_per_s']}).",
+            f"Test generators' mean AUROC: MDMF {mdmf_mean:.3f} vs probe {probe_mean:.3f}; real-photo accuracy on"
+            f" `test/0_real`: MDMF {mdmf_real:.3f} vs probe {probe_real:.3f}. "
+            + (
+                "MDMF beats the probe on both."
+                if mdmf_mean > probe_mean and mdmf_real > probe_real
+                else "MDMF does not beat the probe on both, so the probe stays the shipped default."
+            ),
+            "",
+        ]
     md += body
     speed_lines = []
     if (OUT / "speed.json").is_file():
@@ -246,8 +311,10 @@ def report() -> None:
         f, e = sp["estimators"]["fast"], sp["estimators"]["exact"]
         speed_lines = [
             f"Reference bank of {sp['bank_images']:,} images ({sp['bank']}; {sp['bank_patches']:,} patches),"
-            f" {sp['test_images']} `test/` images scored from their tokens, {sp['cpu_threads']} CPU threads:", "",
-            "| estimator | images/s | seconds | bank setup s | test mean AUROC |", "|---|---|---|---|---|",
+            f" {sp['test_images']} `test/` images scored from their tokens, {sp['cpu_threads']} CPU threads:",
+            "",
+            "| estimator | images/s | seconds | bank setup s | test mean AUROC |",
+            "|---|---|---|---|---|",
             f"| fast (RFF mean embedding, {sp['rff_features']} features/component) | {f['images_per_s']} | {f['score_seconds']} | {f['bank_setup_seconds']} | {fmt(f['mean_auroc'])} |",
             f"| exact (kernel sums over every bank patch) | {e['images_per_s']} | {e['score_seconds']} | {e['bank_setup_seconds']} | {fmt(e['mean_auroc'])} |",
             "",
@@ -256,7 +323,9 @@ def report() -> None:
             f"The augmented views only make the bank big enough to time: on val they lower the AUROC (fast estimator:"
             f" {sp['val_auroc_fast']['bank_3000']:.3f} with this bank vs {sp['val_auroc_fast']['model_bank']:.3f} with the model's own"
             f" {read_json(OUT / 'run' / 'summary.json')['training']['reference_images']} evaluation crops), so the shipped recipe keeps"
-            " the clean bank.", ""]
+            " the clean bank.",
+            "",
+        ]
         md += ["## Fast vs exact scoring", "", *speed_lines]
     write_text(HERE / "results" / "mdmf.md", "\n".join(md))
     from default_model import update_readme
@@ -271,7 +340,9 @@ def report() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["sweep", "final", "speed", "report"])
-    ap.add_argument("--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini")))  # relative: models record it
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini"))
+    )  # relative: models record it
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     os.environ.setdefault("AIGI_CACHE_DIR", os.path.join(tempfile.gettempdir(), "aigi-bench-mdmf-cache"))

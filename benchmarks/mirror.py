@@ -27,14 +27,12 @@ from pathlib import Path
 
 import torch
 
-from aigi.backbones import BackboneSpec, build_backbone
+from aigi import api
+from aigi.backbones import build_backbone
 from aigi.checkpoints import load_model
-from aigi.data.folders import discover
-from aigi.data.transforms import EvalProtocol
-from aigi.engine.evaluate import build_report, write_report
 from aigi.engine.features import extract
 from aigi.engine.inference import score_paths
-from aigi.engine.train_mirror import DetectorRecipe, MemoryRecipe, train_detector, train_memory
+from aigi.engine.trainer import train
 from aigi.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent
@@ -70,8 +68,12 @@ def phase1(data: Path, level: str, cache: str, memory: dict = MEMORY) -> Path:
     suffix = "" if memory == MEMORY else "_" + "_".join(f"{k}{v}" for k, v in memory.items() if MEMORY.get(k) != v)
     mem = OUT / "work" / f"memory_{level}{suffix}"
     if not (mem / "config.json").is_file() or read_json(mem / "config.json")["epochs_done"] < memory["epochs"]:
-        train_memory(data / "train" / "0_real", mem, BackboneSpec(options={"feature_level": level}), EvalProtocol(format_align=True),
-                     MemoryRecipe(**memory), cache_dir=cache, progress=False)
+        os.environ["AIGI_CACHE_DIR"] = cache
+        train(
+            "mirror-memory",
+            dict(data=data / "train" / "0_real", out=mem, feature_level=level, format_align=True, **memory),
+            progress=False,
+        )
     return mem
 
 
@@ -80,24 +82,47 @@ def sweep(data: Path, cache: str) -> dict:
     for level in LEVELS:
         t0 = time.perf_counter()
         mem = phase1(data, level, cache)
-        model = train_detector(data / "train", OUT / "work" / f"sweep_{level}", mem, params={"lora_r": 0},
-                               recipe=DetectorRecipe(**SWEEP_P2), val=data / "val", progress=False)
+        model = train(
+            "mirror",
+            dict(
+                data=data / "train",
+                out=OUT / "work" / f"sweep_{level}",
+                memory=mem,
+                params={"lora_r": 0},
+                val=data / "val",
+                **SWEEP_P2,
+            ),
+            progress=False,
+        )
         last = model.config.training["last_epoch"]
-        results[level] = {"val_auroc": last.get("val_auroc"), "val_bal_acc_at_0.5": last.get("val_bal_acc"),
-                          "seconds": round(time.perf_counter() - t0, 1), "dim": model.detector.backbone.dim}
+        results[level] = {
+            "val_auroc": last.get("val_auroc"),
+            "val_bal_acc_at_0.5": last.get("val_bal_acc"),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "dim": model.detector.backbone.dim,
+        }
         print(level, results[level], flush=True)
-    summary = {"memory_recipe": MEMORY, "phase2_recipe": {**SWEEP_P2, "lora_r": 0}, "levels": results,
-               "rule": f"highest val AUROC; levels within {TIE} of it count as tied and the narrowest tokens win (smaller, faster model)",
-               "chosen": choose(results)}
+    summary = {
+        "memory_recipe": MEMORY,
+        "phase2_recipe": {**SWEEP_P2, "lora_r": 0},
+        "levels": results,
+        "rule": f"highest val AUROC; levels within {TIE} of it count as tied and the narrowest tokens win (smaller, faster model)",
+        "chosen": choose(results),
+    }
     write_json(OUT / "level_sweep.json", summary)
     return summary
 
 
 def evaluate(model, folder: Path, out: Path, stem: str):
-    image_set = discover(folder)
-    scores = score_paths(model, [s.path for s in image_set.samples], use_cache=False, progress=False)
-    report = build_report(image_set, scores.prob, model.threshold, scores.errors, model=f"{model.config.detector} ({model.config.backbone.family})", data=str(folder))
-    write_report(report, out, image_set, scores.prob, stem=stem)
+    report = api.evaluate(
+        model,
+        folder,
+        use_cache=False,
+        progress=False,
+        data_name=str(folder),
+        model_name=f"{model.config.detector} ({model.config.backbone.family})",
+    )
+    report.write(out, stem=stem)
     return report
 
 
@@ -112,7 +137,11 @@ def throughput(model, folder: Path, n: int = 128) -> dict:
     t0 = time.perf_counter()
     extract(files, lambda px: bare(px).patches, bare.preprocess, model.config.protocol, progress=False)
     backbone = len(files) / (time.perf_counter() - t0)
-    return {"images": len(files), "detect_images_per_s": round(full, 1), "bare_backbone_images_per_s": round(backbone, 1)}
+    return {
+        "images": len(files),
+        "detect_images_per_s": round(full, 1),
+        "bare_backbone_images_per_s": round(backbone, 1),
+    }
 
 
 def final(data: Path, cache: str, level: str | None, recipe: str) -> None:
@@ -124,17 +153,30 @@ def final(data: Path, cache: str, level: str | None, recipe: str) -> None:
     model_dir = run / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    train_detector(data / "train", model_dir, mem, recipe=DetectorRecipe(**p2), val=data / "val", calibrate_on=data / "val", progress=False)
+    train(
+        "mirror",
+        dict(data=data / "train", out=model_dir, memory=mem, val=data / "val", calibrate_on=data / "val", **p2),
+        progress=False,
+    )
     train_s = time.perf_counter() - t0
     shutil.rmtree(model_dir / "train_state", ignore_errors=True)  # a shipped folder needs only config + weights
     model = load_model(model_dir)
     reports = {k: evaluate(model, data / k, run, k) for k in ("val", "test", "forensynths_thumbs")}
     speed = throughput(model, data / "val")
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
-    summary = {"recipe": recipe, "level": level, "memory_recipe": memory, "phase2_recipe": p2, "threshold": model.threshold,
-               "model_folder_bytes": size, "train_seconds": round(train_s, 1), "speed": speed,
-               "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-               "rows": {k: r.rows for k, r in reports.items()}}
+    summary = {
+        "recipe": recipe,
+        "level": level,
+        "memory_recipe": memory,
+        "phase2_recipe": p2,
+        "threshold": model.threshold,
+        "model_folder_bytes": size,
+        "train_seconds": round(train_s, 1),
+        "speed": speed,
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "rows": {k: r.rows for k, r in reports.items()},
+    }
     write_json(run / "summary.json", summary)
     report()
 
@@ -161,16 +203,20 @@ def report() -> bool:
     sweep_results = read_json(OUT / "level_sweep.json")
     probe = read_json(HERE / "results" / "default_model" / "summary.json")["rows"]
     rows = summary["rows"]
-    lines = ["| set | subset | probe AUROC | MIRROR AUROC | probe Real_Acc | MIRROR Real_Acc | MIRROR AP | MIRROR Bal_Acc | MIRROR FPR@95TPR |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| set | subset | probe AUROC | MIRROR AUROC | probe Real_Acc | MIRROR Real_Acc | MIRROR AP | MIRROR Bal_Acc | MIRROR FPR@95TPR |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, rep in rows.items():
         prows = {r["subset"]: r for r in probe[name]}
         for r in rep:
             if r["subset"] == "MEAN" and len(rep) == 2:
                 continue
             p = prows.get(r["subset"], {})
-            lines.append(f"| {name} | {r['subset']} | {fmt(p.get('auroc'))} | {fmt(r['auroc'])} | {fmt(p.get('real_acc'))} | {fmt(r['real_acc'])} "
-                         f"| {fmt(r['ap'])} | {fmt(r['bal_acc'])} | {fmt(r['fpr_at_95tpr'])} |")
+            lines.append(
+                f"| {name} | {r['subset']} | {fmt(p.get('auroc'))} | {fmt(r['auroc'])} | {fmt(p.get('real_acc'))} | {fmt(r['real_acc'])} "
+                f"| {fmt(r['ap'])} | {fmt(r['bal_acc'])} | {fmt(r['fpr_at_95tpr'])} |"
+            )
     mean_m, mean_p = rows["test"][-1]["auroc"], probe["test"][-1]["auroc"]
     real_m, real_p = rows["test"][0]["real_acc"], probe["test"][0]["real_acc"]
     better = mean_m > mean_p and real_m > real_p
@@ -178,11 +224,16 @@ def report() -> bool:
     for lvl, r in sweep_results["levels"].items():
         sweep.append(f"| {lvl} | {r['dim']} | {fmt(r['val_auroc'])} | {fmt(r['val_bal_acc_at_0.5'])} |")
     speed, size = summary["speed"], summary["model_folder_bytes"]
-    runs_table = ["| run | Phase 1 | Phase 2 | val AUROC | test mean AUROC | test real acc | forensynths mean AUROC |", "|---|---|---|---|---|---|---|"]
+    runs_table = [
+        "| run | Phase 1 | Phase 2 | val AUROC | test mean AUROC | test real acc | forensynths mean AUROC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in runs:
-        runs_table.append(f"| {r['recipe']} | {r['memory_recipe']} | {r['phase2_recipe']} | {fmt(r['rows']['val'][0]['auroc'])} "
-                          f"| {fmt(r['rows']['test'][-1]['auroc'])} | {fmt(r['rows']['test'][0]['real_acc'])} "
-                          f"| {fmt(r['rows']['forensynths_thumbs'][-1]['auroc'])} |")
+        runs_table.append(
+            f"| {r['recipe']} | {r['memory_recipe']} | {r['phase2_recipe']} | {fmt(r['rows']['val'][0]['auroc'])} "
+            f"| {fmt(r['rows']['test'][-1]['auroc'])} | {fmt(r['rows']['test'][0]['real_acc'])} "
+            f"| {fmt(r['rows']['forensynths_thumbs'][-1]['auroc'])} |"
+        )
     notes = [
         f"Feature level **{summary['level']}**, chosen on val only: {sweep_results['rule']} (short runs: Phase 1 as below, Phase 2"
         f" {sweep_results['phase2_recipe']}):",
@@ -199,15 +250,26 @@ def report() -> bool:
         f" (max balanced accuracy on val).",
         f"Test generators' mean AUROC: MIRROR {mean_m:.3f} vs probe {mean_p:.3f}; real-photo accuracy on `test/0_real`: MIRROR"
         f" {real_m:.3f} vs probe {real_p:.3f}. "
-        + ("MIRROR beats the probe on both, so it is the shipped default." if better
-           else "MIRROR does not beat the probe on both, so the probe stays the shipped default."),
+        + (
+            "MIRROR beats the probe on both, so it is the shipped default."
+            if better
+            else "MIRROR does not beat the probe on both, so the probe stays the shipped default."
+        ),
         f"Model folder: {size / 1024:.0f} KiB. Training (Phase 1 + Phase 2, CPU, {summary['cpu_threads']} threads):"
         f" {summary['train_seconds'] / 60:.1f} min.",
         f"Speed, {speed['images']} val images, cache off, in process: `detect` {speed['detect_images_per_s']} images/s against"
         f" {speed['bare_backbone_images_per_s']} images/s for the bare backbone (decode + protocol + backbone only).",
     ]
-    md = "\n".join(["# MIRROR on aigi-mini (reproduce: `python benchmarks/mirror.py sweep`, then `final --recipe short` and `final --recipe long`)", "",
-                    *lines, "", *notes, ""])
+    md = "\n".join(
+        [
+            "# MIRROR on aigi-mini (reproduce: `python benchmarks/mirror.py sweep`, then `final --recipe short` and `final --recipe long`)",
+            "",
+            *lines,
+            "",
+            *notes,
+            "",
+        ]
+    )
     write_text(HERE / "results" / "mirror.md", md)
     from default_model import update_readme
 
@@ -220,7 +282,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["sweep", "final", "report", "install"])
     ap.add_argument("--recipe", choices=list(RECIPES), default="short")
-    ap.add_argument("--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini")))  # relative: models record it
+    ap.add_argument(
+        "--data", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data" / "aigi-mini"))
+    )  # relative: models record it
     ap.add_argument("--level", choices=LEVELS)
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args()

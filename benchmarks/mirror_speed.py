@@ -99,7 +99,9 @@ def measure(size: dict, repeats: int, seed: int = 0) -> dict:
     ref_s, ref_times, (recon_r, ppl_r) = timed(lambda: reference(bank, tokens), repeats)
     recon_diff = float((recon_f - recon_r).abs().max())
     ppl_diff = float((ppl_f - ppl_r).abs().max())
-    assert recon_diff <= TOLERANCE and ppl_diff <= TOLERANCE, f"fast path differs from the reference: recon {recon_diff:.3g}, perplexity {ppl_diff:.3g}"
+    assert recon_diff <= TOLERANCE and ppl_diff <= TOLERANCE, (
+        f"fast path differs from the reference: recon {recon_diff:.3g}, perplexity {ppl_diff:.3g}"
+    )
 
     breakdown = None
     if hasattr(bank, "_read"):
@@ -155,14 +157,21 @@ def report(r: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", action="store_true", help=f"a small size {SMALL} to check the script; the README is left alone")
+    ap.add_argument(
+        "--small", action="store_true", help=f"a small size {SMALL} to check the script; the README is left alone"
+    )
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for mirror_speed.json and mirror_speed.md")
+    ap.add_argument(
+        "--out", type=Path, default=HERE / "results", help="folder for mirror_speed.json and mirror_speed.md"
+    )
     args = ap.parse_args()
     result = measure(SMALL if args.small else PAPER, args.repeats)
     body = report(result)
     write_json(args.out / "mirror_speed.json", result)
-    write_text(args.out / "mirror_speed.md", "\n".join(["# Speed of MIRROR's memory read (reproduce: `python benchmarks/mirror_speed.py`)", "", body, ""]))
+    write_text(
+        args.out / "mirror_speed.md",
+        "\n".join(["# Speed of MIRROR's memory read (reproduce: `python benchmarks/mirror_speed.py`)", "", body, ""]),
+    )
     if not args.small:
         from default_model import update_readme
 

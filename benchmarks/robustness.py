@@ -34,10 +34,16 @@ def fmt(v) -> str:
 def models() -> dict:
     mirror_runs = sorted((HERE / "results" / "mirror" / "runs").glob("*/summary.json"))
     best = max(mirror_runs, key=lambda p: read_json(p)["rows"]["val"][0]["auroc"])
-    folders = {"probe": REPO / "src" / "aigi" / "default_model", "MIRROR": best.parent / "model", "MDMF": HERE / "results" / "mdmf" / "run" / "model"}
+    folders = {
+        "probe": REPO / "src" / "aigi" / "default_model",
+        "MIRROR": best.parent / "model",
+        "MDMF": HERE / "results" / "mdmf" / "run" / "model",
+    }
     for name, folder in folders.items():
         if not (folder / "config.json").is_file():
-            raise SystemExit(f"{name}: no model at {folder}; run its benchmark first (benchmarks/mirror.py final / benchmarks/mdmf.py final)")
+            raise SystemExit(
+                f"{name}: no model at {folder}; run its benchmark first (benchmarks/mirror.py final / benchmarks/mdmf.py final)"
+            )
     return {name: load_model(folder) for name, folder in folders.items()}
 
 
@@ -45,21 +51,37 @@ def report(rows: list[dict]) -> None:
     names = list(dict.fromkeys(r["model"] for r in rows))
     perts = list(dict.fromkeys(r["perturbation"] for r in rows))
     by = {(r["model"], r["perturbation"]): r for r in rows}
-    lines = ["| perturbation | " + " | ".join(f"{n} AUROC" for n in names) + " | " + " | ".join(f"{n} Real_Acc" for n in names)
-             + " | " + " | ".join(f"{n} Fake_Acc" for n in names) + " |", "|---|" + "---|" * (3 * len(names))]
+    lines = [
+        "| perturbation | "
+        + " | ".join(f"{n} AUROC" for n in names)
+        + " | "
+        + " | ".join(f"{n} Real_Acc" for n in names)
+        + " | "
+        + " | ".join(f"{n} Fake_Acc" for n in names)
+        + " |",
+        "|---|" + "---|" * (3 * len(names)),
+    ]
     for p in perts:
         cells = [fmt(by[(n, p)]["mean_auroc"]) for n in names] + [fmt(by[(n, p)]["real_acc"]) for n in names]
         cells += [fmt(by[(n, p)]["fake_acc"]) for n in names]
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     means = {n: sum(by[(n, p)]["mean_auroc"] for p in perts if p != "none") / max(1, len(perts) - 1) for n in names}
     best = max(means, key=means.get)
-    notes = ["", "Mean AUROC over the 7 `test/` generators (each against the pooled real photos); accuracies at each model's"
-             " threshold calibrated on clean val images. Plot: `benchmarks/results/robustness/robustness.png`.",
-             "Average AUROC over the perturbed levels: " + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
-             + f"; the most robust here is **{best}**."]
+    notes = [
+        "",
+        "Mean AUROC over the 7 `test/` generators (each against the pooled real photos); accuracies at each model's"
+        " threshold calibrated on clean val images. Plot: `benchmarks/results/robustness/robustness.png`.",
+        "Average AUROC over the perturbed levels: "
+        + ", ".join(f"{n} {v:.3f}" for n, v in means.items())
+        + f"; the most robust here is **{best}**.",
+    ]
     body = "\n".join(lines + notes)
-    write_text(HERE / "results" / "robustness.md", "# Robustness on aigi-mini test/ (reproduce: `python benchmarks/robustness.py`)\n\n"
-               + body + "\n\n![robustness](robustness/robustness.png)\n")
+    write_text(
+        HERE / "results" / "robustness.md",
+        "# Robustness on aigi-mini test/ (reproduce: `python benchmarks/robustness.py`)\n\n"
+        + body
+        + "\n\n![robustness](robustness/robustness.png)\n",
+    )
     from default_model import update_readme
 
     update_readme("robustness", body)
@@ -72,9 +94,16 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     folder = args.data / "test"
-    rows = run_sweep(models(), discover(folder), [parse_perturbation(t) for t in DEFAULT_SWEEP], OUT, batch_size=16,
-                     progress=False, data="aigi-mini/test",
-                     on_row=lambda r: print(f"{r['model']:7s} {r['perturbation']:10s} AUROC {fmt(r['mean_auroc'])}", flush=True))
+    rows = run_sweep(
+        models(),
+        discover(folder),
+        [parse_perturbation(t) for t in DEFAULT_SWEEP],
+        OUT,
+        batch_size=16,
+        progress=False,
+        data="aigi-mini/test",
+        on_row=lambda r: print(f"{r['model']:7s} {r['perturbation']:10s} AUROC {fmt(r['mean_auroc'])}", flush=True),
+    )
     report(rows)
 
 

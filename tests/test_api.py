@@ -34,7 +34,9 @@ def test_uploads_score_as_the_same_file_does(model, tmp_path):
     (tmp_path / "a.jpg").write_bytes(data)
     from_file, from_bytes = api.detect(model, [tmp_path / "a.jpg", ("upload.jpg", data)])
     assert from_bytes.path == "upload.jpg" and from_bytes.verdict in {"real", "generated"}
-    assert from_bytes.prob_generated == pytest.approx(from_file.prob_generated, abs=1e-6)  # cached-feature path vs one pass: float32 rounding
+    assert from_bytes.prob_generated == pytest.approx(
+        from_file.prob_generated, abs=1e-6
+    )  # cached-feature path vs one pass: float32 rounding
     assert from_bytes.provenance is not None and from_bytes.threshold == model.threshold
 
 
@@ -102,7 +104,16 @@ def test_a_memory_folder_given_as_model_is_one_line(tmp_path):
 def test_a_model_folder_given_as_memory_is_one_line(labelled_images, tmp_path):
     from aigi.checkpoints import default_model_path
 
-    args = ["train", "mirror", "--data", str(labelled_images), "--memory", str(default_model_path()), "--out", str(tmp_path / "o")]
+    args = [
+        "train",
+        "mirror",
+        "--data",
+        str(labelled_images),
+        "--memory",
+        str(default_model_path()),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert "a model folder, not a MIRROR memory folder" in _one_error_line(runner.invoke(app, args))
 
 

@@ -61,7 +61,9 @@ def _one(folder, pattern):
 
 def test_csv_per_suite_matches_json_and_notes_skipped_subsets(root, tmp_path):
     out = tmp_path / "out"
-    res = runner.invoke(app, ["eval", "--benchmarks-root", str(root), "--benchmarks", "Chameleon", "GenImage", "--out", str(out)])
+    res = runner.invoke(
+        app, ["eval", "--benchmarks-root", str(root), "--benchmarks", "Chameleon", "GenImage", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     cham, gen = _one(out, "Chameleon_*.csv"), _one(out, "GenImage_*.csv")
     stamp = re.fullmatch(r"Chameleon_(\d{8}_\d{6})\.csv", cham.name).group(1)
@@ -93,7 +95,9 @@ def test_csv_per_suite_matches_json_and_notes_skipped_subsets(root, tmp_path):
 
 def test_aliases_repeated_and_comma_separated_names(root, tmp_path):
     out = tmp_path / "out"
-    res = runner.invoke(app, ["eval", "--benchmarks-root", str(root), "-b", "aigcdetect,GENIMAGE", "-b", "myown", "--out", str(out)])
+    res = runner.invoke(
+        app, ["eval", "--benchmarks-root", str(root), "-b", "aigcdetect,GENIMAGE", "-b", "myown", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     aigc = _one(out, "aigcdetect_*.csv")
     assert [r[0] for r in _csv(aigc)[1:]] == ["progan", "biggan", "MEAN"]
@@ -106,14 +110,29 @@ def test_aliases_repeated_and_comma_separated_names(root, tmp_path):
 
 
 def test_unknown_suite_is_a_usage_error(root, tmp_path):
-    res = runner.invoke(app, ["eval", "--benchmarks-root", str(root), "--benchmarks", "Chameleon", "Chamelon", "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app,
+        ["eval", "--benchmarks-root", str(root), "--benchmarks", "Chameleon", "Chamelon", "--out", str(tmp_path / "o")],
+    )
     assert res.exit_code == 2
     assert "unknown benchmark suite 'Chamelon'; did you mean 'Chameleon'?" in _flat(res.output)
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_suite_is_skipped_and_nothing_found_fails(root, tmp_path):
-    res = runner.invoke(app, ["eval", "--benchmarks-root", str(root), "--benchmarks", "Chameleon", "Synthbuster", "--out", str(tmp_path / "o")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--benchmarks-root",
+            str(root),
+            "--benchmarks",
+            "Chameleon",
+            "Synthbuster",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "Synthbuster: no folder" in res.output
     assert [p.suffix for p in (tmp_path / "o").glob("*.csv")] == [".csv"]
@@ -122,9 +141,14 @@ def test_missing_suite_is_skipped_and_nothing_found_fails(root, tmp_path):
 
 
 def test_data_and_benchmarks_root_are_exclusive(root, tmp_path):
-    for args in ([], ["--data", str(root / "MyOwn"), "--benchmarks-root", str(root), "-b", "MyOwn"],
-                 ["--benchmarks-root", str(root)], ["--data", str(root / "MyOwn"), "-b", "MyOwn"],
-                 ["--data", str(root / "MyOwn"), "extra"], ["--benchmarks-root", str(root / "nope"), "-b", "MyOwn"]):
+    for args in (
+        [],
+        ["--data", str(root / "MyOwn"), "--benchmarks-root", str(root), "-b", "MyOwn"],
+        ["--benchmarks-root", str(root)],
+        ["--data", str(root / "MyOwn"), "-b", "MyOwn"],
+        ["--data", str(root / "MyOwn"), "extra"],
+        ["--benchmarks-root", str(root / "nope"), "-b", "MyOwn"],
+    ):
         res = runner.invoke(app, ["eval", *args])
         assert res.exit_code == 2, (args, res.output)
         assert "error" in res.output
@@ -143,7 +167,9 @@ def test_every_image_is_scored_once(root, tmp_path, monkeypatch):
         return real(model, paths, **kw)
 
     monkeypatch.setattr(bm, "score_paths", counting)
-    bm.evaluate_suites(load_default_model(), root, ["GenImage", "Genimage"], tmp_path / "o", threshold=0.5, timestamp="20250101_000000")
+    bm.evaluate_suites(
+        load_default_model(), root, ["GenImage", "Genimage"], tmp_path / "o", threshold=0.5, timestamp="20250101_000000"
+    )
     assert len(calls) == 1 and len(calls[0]) == len(set(calls[0])) == 8
     a, b = (_csv(tmp_path / "o" / f"{n}_20250101_000000.csv") for n in ("GenImage", "Genimage"))
     assert a == b
@@ -159,5 +185,7 @@ def test_lookup_and_csv_format(root):
     (root / "genimage_lower").mkdir()
     assert bm.locate(root, "GENIMAGE_LOWER") == root / "genimage_lower"
     assert bm.locate(root, "Chameleon/TEST") == root / "Chameleon" / "test"
-    rep = bm.Report(rows=[{"subset": "ALL", **dict.fromkeys(KEYS, None), "acc": 1 / 3}, {"subset": "MEAN"}], threshold=0.5)
+    rep = bm.Report(
+        rows=[{"subset": "ALL", **dict.fromkeys(KEYS, None), "acc": 1 / 3}, {"subset": "MEAN"}], threshold=0.5
+    )
     assert bm.suite_csv(rep).splitlines() == [",".join(HEADER), f"ALL,{1 / 3!r},,,,,"]

@@ -8,7 +8,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aigi.backbones import BackboneSpec
-from aigi.checkpoints import ModelConfig, ModelLoadError, build_model, load_default_model, load_model, save_model
+from aigi.checkpoints import (
+    ModelConfig,
+    ModelLoadError,
+    build_model,
+    load_default_model,
+    load_model,
+    save_model,
+)
 
 SPEC = BackboneSpec(family="efficientnet_lite0", options={"pretrained": False})
 
@@ -99,7 +106,16 @@ def test_hf_backbone_folder_round_trip(tmp_path):
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    hf = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=56, patch_size=14))
+    hf = Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=56,
+            patch_size=14,
+        )
+    )
     hf.save_pretrained(tmp_path / "tiny-dinov2")
     spec = BackboneSpec(family="hf_vit", source=str(tmp_path / "tiny-dinov2"))
     model = build_model(ModelConfig(detector="univfd", backbone=spec))

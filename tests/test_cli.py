@@ -116,7 +116,9 @@ def test_bad_model_folder_is_a_clear_error(tmp_path):
     assert "not a model folder" in res.output
 
 
-@pytest.mark.parametrize("cmd", [[], ["detect"], ["eval"], ["train"], ["train", "univfd"], ["calibrate"], ["info"], ["samples"]])
+@pytest.mark.parametrize(
+    "cmd", [[], ["detect"], ["eval"], ["train"], ["train", "univfd"], ["calibrate"], ["info"], ["samples"]]
+)
 def test_every_command_has_help(cmd):
     res = runner.invoke(app, cmd + ["--help"])
     assert res.exit_code == 0

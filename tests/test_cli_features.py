@@ -72,32 +72,65 @@ def test_features_fills_the_cache_that_eval_reads(images, tmp_path):
 
 
 def test_features_patches_are_the_mdmf_namespace(images, tmp_path):
-    res = runner.invoke(app, ["features", "--backbone", "efficientnet_lite0", "--data", str(images)])  # default kind: patches
+    res = runner.invoke(
+        app, ["features", "--backbone", "efficientnet_lite0", "--data", str(images)]
+    )  # default kind: patches
     assert res.exit_code == 0, res.output
     assert _counts(res.output) == (5, 0, 1)
     assert "patches features (efficientnet_lite0, stage6)" in _flat(res.output)  # train_mdmf's default level
     spec = {"family": "efficientnet_lite0", "options": {"feature_level": "stage6"}}
     for pool in (1, 2):  # the patch unit is not part of the key: every pool size hits
-        m = build_model(ModelConfig(detector="mdmf", params={"pool": pool}, backbone=spec, protocol=EvalProtocol(format_align=True)))
+        m = build_model(
+            ModelConfig(detector="mdmf", params={"pool": pool}, backbone=spec, protocol=EvalProtocol(format_align=True))
+        )
         ext = extract_features(m, [images / "0_real" / "r0.png", images / "loose" / "u0.png"], progress=False)
         assert ext.cache_hits == 2 and not ext.errors
     # another protocol is another namespace
     m = build_model(ModelConfig(detector="mdmf", backbone=spec, protocol=EvalProtocol(format_align=False)))
     assert extract_features(m, [images / "0_real" / "r0.png"], progress=False).cache_hits == 0
-    res = runner.invoke(app, ["features", "--backbone", "efficientnet_lite0", "--feature-level", "stage6", "--no-format-align",
-                              "--data", str(images)])
+    res = runner.invoke(
+        app,
+        [
+            "features",
+            "--backbone",
+            "efficientnet_lite0",
+            "--feature-level",
+            "stage6",
+            "--no-format-align",
+            "--data",
+            str(images),
+        ],
+    )
     assert res.exit_code == 0 and _counts(res.output) == (4, 1, 1)
 
 
 def test_features_tokens_and_csv_manifest(images, tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text("path,label\nimgs/0_real/r0.png,real\nimgs/1_fake/sd/f0.jpg,fake\nimgs/0_real/r0.png,real\n")
-    res = runner.invoke(app, ["features", "--backbone", "efficientnet_lite0", "--kind", "tokens",  # stage6: MIRROR's default
-                              "--data", str(manifest), "--batch-size", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "features",
+            "--backbone",
+            "efficientnet_lite0",
+            "--kind",
+            "tokens",  # stage6: MIRROR's default
+            "--data",
+            str(manifest),
+            "--batch-size",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert _counts(res.output) == (2, 0, 0)  # a path listed twice is read once
-    m = build_model(ModelConfig(detector="mirror", params={"lora_r": 0}, backbone={"family": "efficientnet_lite0", "options": {"feature_level": "stage6"}},
-                                protocol=EvalProtocol(format_align=True)))
+    m = build_model(
+        ModelConfig(
+            detector="mirror",
+            params={"lora_r": 0},
+            backbone={"family": "efficientnet_lite0", "options": {"feature_level": "stage6"}},
+            protocol=EvalProtocol(format_align=True),
+        )
+    )
     assert extract_features(m, [images / "1_fake" / "sd" / "f0.jpg"], progress=False).cache_hits == 1
 
 
@@ -112,9 +145,12 @@ def test_features_failures(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args, msg in ((["--data", str(empty)], "no image files"), (["--data", str(tmp_path / "nope")], "no such"),
-                      (["--data", str(bad), "--kind", "pixels"], "--kind must be one of"),
-                      (["--data", str(bad), "--backbone", "resnet9000"], "resnet9000")):
+    for args, msg in (
+        (["--data", str(empty)], "no image files"),
+        (["--data", str(tmp_path / "nope")], "no such"),
+        (["--data", str(bad), "--kind", "pixels"], "--kind must be one of"),
+        (["--data", str(bad), "--backbone", "resnet9000"], "resnet9000"),
+    ):
         base = [] if "--backbone" in args else ["--backbone", "efficientnet_lite0"]
         res = runner.invoke(app, ["features", *base, *args])
         assert res.exit_code == 2, (args, res.output)
@@ -154,7 +190,9 @@ def test_eval_real_fake_reports_every_generator(pooled):
     for name, n_fake in (("a/sdxl", 2), ("b/sdxl", 3), ("midj", 2)):
         assert (rows[name]["n_real"], rows[name]["n_fake"]) == (4, n_fake)  # every subset holds all the reals
         assert rows[name]["auroc"] is not None
-    assert rows["MEAN"]["auroc"] == pytest.approx(np.mean([rows[g]["auroc"] for g in ("a/sdxl", "b/sdxl", "midj")]), abs=1e-3)
+    assert rows["MEAN"]["auroc"] == pytest.approx(
+        np.mean([rows[g]["auroc"] for g in ("a/sdxl", "b/sdxl", "midj")]), abs=1e-3
+    )
     flat = _flat(res.output)
     assert "MEAN" in flat and "midj" in flat and "b/sdxl" in flat
     assert "no image files, skipped" in flat and "readme.txt" in flat
@@ -170,7 +208,11 @@ def test_eval_real_fake_repeated_and_mixed_forms(pooled):
     root, real, fakes = pooled
     a, b, m, _ = map(str, fakes)
     results = []
-    for form in (["--fake", a, "--fake", b, "--fake", m], ["--fake", a, b, "--fake", m], ["--fake", a, "--real", str(real), b, m]):
+    for form in (
+        ["--fake", a, "--fake", b, "--fake", m],
+        ["--fake", a, b, "--fake", m],
+        ["--fake", a, "--real", str(real), b, m],
+    ):
         args = ["eval", *(["--real", str(real)] if "--real" not in form else []), *form, "--out", str(root / "o")]
         res = runner.invoke(app, args)
         assert res.exit_code == 0, (form, res.output)

@@ -17,12 +17,45 @@ def data(labelled_images):
 
 def test_train_both_phases_then_detect(data, tmp_path):
     mem, model = tmp_path / "mem", tmp_path / "model"
-    res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "0_real"), "--out", str(mem),
-                              "--slots", "32", "--top-k", "4", "--epochs", "1", "--batch-size", "4"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "mirror-memory",
+            "--data",
+            str(data / "0_real"),
+            "--out",
+            str(mem),
+            "--slots",
+            "32",
+            "--top-k",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "32 slots x 320 dims, 1 epochs" in res.output  # stage6 tokens of EfficientNet-Lite0 by default
-    args = ["train", "mirror", "--data", str(data), "--memory", str(mem), "--out", str(model), "--val", str(data),
-            "--epochs", "1", "--batch-size", "4", "--num-workers", "0"]
+    args = [
+        "train",
+        "mirror",
+        "--data",
+        str(data),
+        "--memory",
+        str(mem),
+        "--out",
+        str(model),
+        "--val",
+        str(data),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--num-workers",
+        "0",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "val AUROC" in res.output
@@ -40,21 +73,44 @@ def test_train_both_phases_then_detect(data, tmp_path):
 def test_clear_errors_for_bad_training_input(data, tmp_path):
     res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "1_fake"), "--out", str(tmp_path / "m")])
     assert res.exit_code == 2 and "no real images" in res.output
-    res = runner.invoke(app, ["train", "mirror", "--data", str(data), "--memory", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
+    res = runner.invoke(
+        app,
+        ["train", "mirror", "--data", str(data), "--memory", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+    )
     assert res.exit_code == 2 and "not a MIRROR memory folder" in res.output
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("x")
-    res = runner.invoke(app, ["train", "mirror-memory", "--data", str(data / "0_real"), "--out", str(tmp_path / "used"), "--slots", "32", "--top-k", "4"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "mirror-memory",
+            "--data",
+            str(data / "0_real"),
+            "--out",
+            str(tmp_path / "used"),
+            "--slots",
+            "32",
+            "--top-k",
+            "4",
+        ],
+    )
     assert res.exit_code == 2 and "already exists" in res.output
 
 
 def test_train_mdmf_then_explain(data, tmp_path):
     model = tmp_path / "mdmf"
-    res = runner.invoke(app, ["train", "mdmf", "--data", str(data), "--val", str(data), "--out", str(model), "--steps", "3"])
+    res = runner.invoke(
+        app, ["train", "mdmf", "--data", str(data), "--val", str(data), "--out", str(model), "--steps", "3"]
+    )
     assert res.exit_code == 0, res.output
     assert "val AUROC" in res.output
-    res = runner.invoke(app, ["detect", "--model", str(model), "--json", "--explain", "--explain-dir", str(tmp_path / "h"), str(data)])
+    res = runner.invoke(
+        app, ["detect", "--model", str(model), "--json", "--explain", "--explain-dir", str(tmp_path / "h"), str(data)]
+    )
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "h").glob("*.png"))) == 12
-    res = runner.invoke(app, ["train", "mdmf", "--data", str(data / "0_real"), "--out", str(tmp_path / "x"), "--steps", "1"])
-    assert res.exit_code == 2 and "needs real and generated images" in res.output
+    res = runner.invoke(
+        app, ["train", "mdmf", "--data", str(data / "0_real"), "--out", str(tmp_path / "x"), "--steps", "1"]
+    )
+    assert res.exit_code == 2 and "needs both real and generated images" in res.output

@@ -19,18 +19,34 @@ from typer.testing import CliRunner
 from aigi.backbones import BackboneSpec
 from aigi.checkpoints import ModelLoadError, load_model
 from aigi.cli import app
-from aigi.convert import PHASE1, PHASE2, convert_detector, convert_memory, convert_mirror, inspect_checkpoint
+from aigi.detectors.mirror_convert import (
+    PHASE1,
+    PHASE2,
+    convert_detector,
+    convert_memory,
+    convert_mirror,
+    inspect_checkpoint,
+)
+from aigi.detectors.mirror_recipe import load_memory
 from aigi.engine.inference import score_paths
-from aigi.engine.train_mirror import load_memory
 
 D, K, HEADS, TOP_K, R = 32, 16, 4, 4, 4
-TINY_DINOV3 = dict(hidden_size=D, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, patch_size=16,
-                   image_size=64, num_register_tokens=4)
+TINY_DINOV3 = dict(
+    hidden_size=D,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    patch_size=16,
+    image_size=64,
+    num_register_tokens=4,
+)
 # Smaller than the paper's 64 / 512 / 256 / 512, so the converter has to read them off the tensors.
 PER, RES_HIDDEN, RES, HIDDEN = 8, 16, 8, 16
 
-REGISTER_NOTE = ("the reference counted the backbone's register tokens among the patch tokens; aigi leaves them out, "
-                 "so scores can differ slightly from the reference code's")
+REGISTER_NOTE = (
+    "the reference counted the backbone's register tokens among the patch tokens; aigi leaves them out, "
+    "so scores can differ slightly from the reference code's"
+)
 
 
 def _hf_dinov3(seed: int) -> transformers.DINOv3ViTModel:
@@ -65,9 +81,13 @@ def _memory_state(seed: int = 1) -> dict[str, torch.Tensor]:
 def _phase1(state=None, **config) -> dict:
     """What the reference's Phase 1 training saves every epoch."""
     memory_config = {"feature_dim": D, "mem_slots": K, "num_heads": HEADS, "top_k": TOP_K, **config}
-    return {"epoch": 7, "model_state_dict": state if state is not None else _memory_state(),
-            "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1, 2, 3, 4, 5]}]},
-            "memory_config": memory_config, "backbone_path": "./weight/dinov3-huge"}
+    return {
+        "epoch": 7,
+        "model_state_dict": state if state is not None else _memory_state(),
+        "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1, 2, 3, 4, 5]}]},
+        "memory_config": memory_config,
+        "backbone_path": "./weight/dinov3-huge",
+    }
 
 
 def _reference_backbone(seed: int = 0, layer_prefix: str = "") -> dict[str, torch.Tensor]:
@@ -79,14 +99,16 @@ def _reference_backbone(seed: int = 0, layer_prefix: str = "") -> dict[str, torc
 
     model = _hf_dinov3(seed)
     for i in range(len(model.model.layer)):
-        model.model.layer[i] = get_peft_model(model.model.layer[i], LoraConfig(r=R, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"]))
+        model.model.layer[i] = get_peft_model(
+            model.model.layer[i], LoraConfig(r=R, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"])
+        )
     g = torch.Generator().manual_seed(100 + seed)
     out = {}
     for k, v in model.state_dict().items():
         if ".lora_" in k:  # peft starts lora_B at zero: give every adapter distinct values
             v = torch.randn(v.shape, generator=g)
         if k.startswith("model.layer."):
-            k = layer_prefix + k[len("model."):]
+            k = layer_prefix + k[len("model.") :]
         out["backbone.dino." + k] = v.clone()
     return out
 
@@ -94,22 +116,43 @@ def _reference_backbone(seed: int = 0, layer_prefix: str = "") -> dict[str, torc
 def _phase2(layer_prefix: str = "", backbone_seed: int = 0, module: bool = False) -> dict:
     """What the reference's Phase 2 training saves (utils.save_model), args included."""
     g = torch.Generator().manual_seed(5)
-    model = {"norm.mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
-             "norm.std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)}
+    model = {
+        "norm.mean": torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        "norm.std": torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    }
     model.update(_reference_backbone(backbone_seed, layer_prefix))
     model.update({"memory_bank." + k: v for k, v in _memory_state().items()})
-    for name, shape in {"perplexity_mlp.0.weight": (PER, 2), "perplexity_mlp.0.bias": (PER,),
-                        "residual_mlp.0.weight": (RES_HIDDEN, D), "residual_mlp.0.bias": (RES_HIDDEN,),
-                        "residual_mlp.3.weight": (RES, RES_HIDDEN), "residual_mlp.3.bias": (RES,),
-                        "head.0.weight": (HIDDEN, PER + RES + D), "head.0.bias": (HIDDEN,),
-                        "head.3.weight": (2, HIDDEN), "head.3.bias": (2,)}.items():
+    for name, shape in {
+        "perplexity_mlp.0.weight": (PER, 2),
+        "perplexity_mlp.0.bias": (PER,),
+        "residual_mlp.0.weight": (RES_HIDDEN, D),
+        "residual_mlp.0.bias": (RES_HIDDEN,),
+        "residual_mlp.3.weight": (RES, RES_HIDDEN),
+        "residual_mlp.3.bias": (RES,),
+        "head.0.weight": (HIDDEN, PER + RES + D),
+        "head.0.bias": (HIDDEN,),
+        "head.3.weight": (2, HIDDEN),
+        "head.3.bias": (2,),
+    }.items():
         model["detector." + name] = torch.randn(shape, generator=g)
     if module:
         model = {"module." + k: v for k, v in model.items()}
-    args = argparse.Namespace(backbone_path="./weight/dinov3-huge", memory_path="./weight/phase1/mirror_phase1.pth",
-                              batch_size=32, blr=1e-4, opt_betas=None, use_amp=False, smoothing=0.1)
-    return {"model": model, "optimizer": {"state": {}, "param_groups": []}, "epoch": 1999,
-            "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0}, "args": args}
+    args = argparse.Namespace(
+        backbone_path="./weight/dinov3-huge",
+        memory_path="./weight/phase1/mirror_phase1.pth",
+        batch_size=32,
+        blr=1e-4,
+        opt_betas=None,
+        use_amp=False,
+        smoothing=0.1,
+    )
+    return {
+        "model": model,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": 1999,
+        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 0},
+        "args": args,
+    }
 
 
 def _save(obj, path):
@@ -167,10 +210,18 @@ PHASE1_BAD = {
     "top_k": (lambda: _phase1(), dict(top_k=8), "memory_config has top_k=4, but 8 was given"),
     "slots": (lambda: _phase1(mem_slots=32), {}, "mem_slots=32, but the memory tensor has 16 slots"),
     "feature_dim": (lambda: _phase1(feature_dim=64), {}, "feature_dim=64, but the memory tensor is 16 x 32"),
-    "tensor_dim": (lambda: _phase1({**_memory_state(), "q_proj.weight": torch.zeros(D, 16)}), {}, "q_proj.weight: file (32, 16)"),
+    "tensor_dim": (
+        lambda: _phase1({**_memory_state(), "q_proj.weight": torch.zeros(D, 16)}),
+        {},
+        "q_proj.weight: file (32, 16)",
+    ),
     "missing": (lambda: _phase1(_drop(_memory_state(), "out_proj.bias")), {}, "missing tensors: out_proj.bias"),
     "no_memory": (lambda: _phase1(_drop(_memory_state(), "memory")), {}, "missing tensor 'memory'"),
-    "unexpected": (lambda: _phase1({**_memory_state(), "extra.weight": torch.zeros(3)}), {}, "unexpected tensors: extra.weight"),
+    "unexpected": (
+        lambda: _phase1({**_memory_state(), "extra.weight": torch.zeros(3)}),
+        {},
+        "unexpected tensors: extra.weight",
+    ),
     "heads_not_dividing": (lambda: _phase1(num_heads=5), {}, "not divisible by heads 5"),
     "top_k_above_slots": (lambda: _phase1(top_k=99), {}, "top_k must be in [1, slots=16]"),
 }
@@ -188,7 +239,9 @@ def test_phase1_mismatch_is_a_clear_error(tmp_path, spec, case):
 
 def test_phase1_memory_wider_than_the_backbone_is_refused(tmp_path, spec):
     g = torch.Generator().manual_seed(0)
-    state = {k: torch.randn(tuple(48 if s == D else s for s in v.shape), generator=g) for k, v in _memory_state().items()}
+    state = {
+        k: torch.randn(tuple(48 if s == D else s for s in v.shape), generator=g) for k, v in _memory_state().items()
+    }
     pth = _save(_phase1(state, feature_dim=48), tmp_path / "m.pth")
     with pytest.raises(ModelLoadError, match="memory is 48-dimensional but backbone .* gives 32-dimensional tokens"):
         convert_memory(pth, tmp_path / "memory", spec)
@@ -202,7 +255,7 @@ def _check_detector_weights(model, obj: dict) -> None:
         if k.startswith("memory_bank."):
             assert torch.equal(ours[k], v), k
         elif k.startswith("detector."):
-            assert torch.equal(ours[k[len("detector."):]], v), k
+            assert torch.equal(ours[k[len("detector.") :]], v), k
     n_lora = 0
     for k, v in src.items():
         if ".lora_" in k:
@@ -230,7 +283,12 @@ def test_phase2_converts_to_a_model_folder_with_the_same_weights(tmp_path, spec)
     cfg = model.config
     assert cfg.detector == "mirror" and cfg.threshold == 0.5 and cfg.protocol.format_align
     assert cfg.params["lora_r"] == R and cfg.params["slots"] == K
-    assert (cfg.params["perplexity_dim"], cfg.params["residual_hidden"], cfg.params["residual_dim"], cfg.params["hidden"]) == (PER, RES_HIDDEN, RES, HIDDEN)
+    assert (
+        cfg.params["perplexity_dim"],
+        cfg.params["residual_hidden"],
+        cfg.params["residual_dim"],
+        cfg.params["hidden"],
+    ) == (PER, RES_HIDDEN, RES, HIDDEN)
     assert cfg.training["converted_from"] == str(pth) and cfg.training["epoch"] == 1999
     assert cfg.training["reference_backbone_path"] == "./weight/dinov3-huge"
     _check_detector_weights(model, obj)
@@ -268,11 +326,20 @@ def _mutate(change):
 PHASE2_BAD = {
     "missing": (lambda m: m.pop("detector.head.3.bias"), "missing tensors: head.3.bias"),
     "unexpected": (lambda m: m.update({"detector.extra.weight": torch.zeros(2)}), "unexpected tensors: extra.weight"),
-    "lora_missing": (lambda m: m.pop("backbone.dino.layer.1.base_model.model.attention.v_proj.lora_B.default.weight"),
-                     "missing tensors: backbone.model.model.layer.1.attention.v_proj.lora_B.default.weight"),
-    "lora_extra_layer": (lambda m: m.update({"backbone.dino.layer.5.base_model.model.attention.q_proj.lora_A.default.weight": torch.zeros(R, D)}),
-                         "unexpected tensors: backbone.dino.layer.5.base_model.model.attention.q_proj.lora_A.default.weight"),
-    "shape": (lambda m: m.update({"memory_bank.out_proj.bias": torch.zeros(D + 1)}), "memory_bank.out_proj.bias: file (33,) vs model (32,)"),
+    "lora_missing": (
+        lambda m: m.pop("backbone.dino.layer.1.base_model.model.attention.v_proj.lora_B.default.weight"),
+        "missing tensors: backbone.model.model.layer.1.attention.v_proj.lora_B.default.weight",
+    ),
+    "lora_extra_layer": (
+        lambda m: m.update(
+            {"backbone.dino.layer.5.base_model.model.attention.q_proj.lora_A.default.weight": torch.zeros(R, D)}
+        ),
+        "unexpected tensors: backbone.dino.layer.5.base_model.model.attention.q_proj.lora_A.default.weight",
+    ),
+    "shape": (
+        lambda m: m.update({"memory_bank.out_proj.bias": torch.zeros(D + 1)}),
+        "memory_bank.out_proj.bias: file (33,) vs model (32,)",
+    ),
 }
 
 
@@ -343,19 +410,53 @@ def test_unreadable_and_unrelated_files(tmp_path, spec):
 def test_cli_converts_both_phases(tmp_path, backbone_dir):
     runner = CliRunner()
     p1 = _save(_phase1(), tmp_path / "mirror_phase1.pth")
-    res = runner.invoke(app, ["convert", "mirror", str(p1), "--out", str(tmp_path / "memory"), "--backbone-source", str(backbone_dir)])
+    res = runner.invoke(
+        app, ["convert", "mirror", str(p1), "--out", str(tmp_path / "memory"), "--backbone-source", str(backbone_dir)]
+    )
     assert res.exit_code == 0, res.output
     assert "wrote MIRROR memory folder" in res.output
     assert load_memory(tmp_path / "memory")[1].recipe.heads == HEADS
 
     p2 = _save(_phase2(), tmp_path / "checkpoint-1999.pth")
-    res = runner.invoke(app, ["convert", "mirror", str(p2), "--out", str(tmp_path / "model"), "--backbone-source", str(backbone_dir),
-                              "--heads", str(HEADS), "--top-k", str(TOP_K), "--lora-alpha", "16"])
+    res = runner.invoke(
+        app,
+        [
+            "convert",
+            "mirror",
+            str(p2),
+            "--out",
+            str(tmp_path / "model"),
+            "--backbone-source",
+            str(backbone_dir),
+            "--heads",
+            str(HEADS),
+            "--top-k",
+            str(TOP_K),
+            "--lora-alpha",
+            "16",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    assert "wrote model folder" in res.output and "backbone tensors ignored (loaded from the backbone source)" in res.output
+    assert (
+        "wrote model folder" in res.output
+        and "backbone tensors ignored (loaded from the backbone source)" in res.output
+    )
     _check_detector_weights(load_model(tmp_path / "model"), _phase2())
 
-    res = runner.invoke(app, ["convert", "mirror", str(p1), "--out", str(tmp_path / "m2"), "--backbone-source", str(backbone_dir), "--heads", "8"])
+    res = runner.invoke(
+        app,
+        [
+            "convert",
+            "mirror",
+            str(p1),
+            "--out",
+            str(tmp_path / "m2"),
+            "--backbone-source",
+            str(backbone_dir),
+            "--heads",
+            "8",
+        ],
+    )
     assert res.exit_code == 2
     assert "num_heads=4, but 8 was given" in res.output
 

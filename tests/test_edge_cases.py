@@ -75,8 +75,9 @@ def test_written_files_get_normal_permissions(tmp_path):
 
 
 def test_calibrate_errors_are_messages_not_tracebacks(tmp_path):
-    from aigi.checkpoints import default_model_path
     import shutil
+
+    from aigi.checkpoints import default_model_path
 
     model = tmp_path / "m"
     shutil.copytree(default_model_path(), model)
@@ -85,7 +86,9 @@ def test_calibrate_errors_are_messages_not_tracebacks(tmp_path):
     _img(tmp_path / "only" / "0_real" / "a.jpg")
     res = runner.invoke(app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "only")])
     assert res.exit_code == 2 and "needs both real and generated" in res.output
-    res = runner.invoke(app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "only"), "--target-real-acc", "0.9"])
+    res = runner.invoke(
+        app, ["calibrate", "--model", str(model), "--data", str(tmp_path / "only"), "--target-real-acc", "0.9"]
+    )
     assert res.exit_code == 0, res.output
     assert "generated acc n/a" in res.output
     cfg = json.loads((model / "config.json").read_text())
@@ -115,7 +118,9 @@ def test_cache_key_follows_local_backbone_folder(tmp_path, monkeypatch):
     from aigi.checkpoints import ModelConfig, build_model
     from aigi.engine.inference import feature_cache_for
 
-    cfg = Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14)
+    cfg = Dinov2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=28, patch_size=14
+    )
     keys = []
     for name in ("A", "B"):
         torch.manual_seed(len(keys))

@@ -5,7 +5,11 @@ import torch
 from PIL import Image
 
 from aigi.backbones import BackboneSpec, build_backbone
-from aigi.backbones.efficientnet import EfficientNetLite0, EfficientNetLite0Backbone, load_packaged_weights
+from aigi.backbones.efficientnet import (
+    EfficientNetLite0,
+    EfficientNetLite0Backbone,
+    load_packaged_weights,
+)
 from aigi.data.transforms import EvalProtocol
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -48,7 +52,9 @@ def test_weights_are_checked_against_the_network(tmp_path):
 
 @pytest.mark.parametrize("level,dim,grid", [("head", 1280, 7), ("stage6", 320, 7), ("stage4", 112, 14)])
 def test_tokens_contract(level, dim, grid):
-    bb = build_backbone(BackboneSpec(family="efficientnet_lite0", options={"feature_level": level, "pretrained": False}))
+    bb = build_backbone(
+        BackboneSpec(family="efficientnet_lite0", options={"feature_level": level, "pretrained": False})
+    )
     tok = bb(torch.randn(2, 3, 224, 224))
     assert tok.patches.shape == (2, grid * grid, dim)
     assert tok.cls.shape == (2, dim)
@@ -60,6 +66,8 @@ def test_tokens_contract(level, dim, grid):
 
 def test_unknown_option_and_family():
     with pytest.raises(ValueError, match="feature_level"):
-        build_backbone(BackboneSpec(family="efficientnet_lite0", options={"feature_level": "stage9", "pretrained": False}))
+        build_backbone(
+            BackboneSpec(family="efficientnet_lite0", options={"feature_level": "stage9", "pretrained": False})
+        )
     with pytest.raises(KeyError, match="did you mean 'efficientnet_lite0'"):
         build_backbone(BackboneSpec(family="efficientnet_lite"))

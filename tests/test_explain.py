@@ -17,8 +17,11 @@ runner = CliRunner()
 @pytest.fixture()
 def mirror_dir(tmp_path):
     torch.manual_seed(0)
-    cfg = ModelConfig(detector="mirror", params={"slots": 32, "top_k": 4, "heads": 4, "lora_r": 2},
-                      backbone={"family": "efficientnet_lite0", "options": {"feature_level": "stage4", "pretrained": False}})
+    cfg = ModelConfig(
+        detector="mirror",
+        params={"slots": 32, "top_k": 4, "heads": 4, "lora_r": 2},
+        backbone={"family": "efficientnet_lite0", "options": {"feature_level": "stage4", "pretrained": False}},
+    )
     model = build_model(cfg)
     with torch.no_grad():
         for name, p in model.detector.named_parameters():
@@ -41,7 +44,9 @@ def images(tmp_path):
 def test_explain_writes_one_heatmap_per_readable_image(mirror_dir, images, tmp_path):
     heat = tmp_path / "heat"
     torch.manual_seed(1)  # the test backbone is randomly initialised (pretrained=False): same seed, same network
-    res = runner.invoke(app, ["detect", "--model", str(mirror_dir), "--json", "--explain", "--explain-dir", str(heat), str(images)])
+    res = runner.invoke(
+        app, ["detect", "--model", str(mirror_dir), "--json", "--explain", "--explain-dir", str(heat), str(images)]
+    )
     assert res.exit_code == 0, res.output
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
     assert rows["broken.jpg"]["verdict"] == "error" and rows["broken.jpg"]["heatmap"] is None
@@ -60,7 +65,9 @@ def test_explain_writes_one_heatmap_per_readable_image(mirror_dir, images, tmp_p
 
 
 def test_explain_needs_a_model_with_a_patch_map(images, tmp_path):
-    res = runner.invoke(app, ["detect", "--explain", "--explain-dir", str(tmp_path / "h"), str(images)])  # default: univfd
+    res = runner.invoke(
+        app, ["detect", "--explain", "--explain-dir", str(tmp_path / "h"), str(images)]
+    )  # default: univfd
     assert res.exit_code == 2
     assert "no per-patch map" in res.output
     assert not (tmp_path / "h").exists()

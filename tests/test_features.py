@@ -56,8 +56,15 @@ def test_errors_are_per_file_and_order_is_kept(tmp_path):
     files = [_img(tmp_path / f"{i}.png", i * 20) for i in range(5)]
     (tmp_path / "bad.jpg").write_bytes(b"xx")
     paths = files[:2] + [tmp_path / "bad.jpg"] + files[2:]
-    out = extract(paths, lambda x: x.mean((1, 2, 3))[:, None], Preprocess(size=16, mean=(0, 0, 0), std=(1, 1, 1)),
-                  EvalProtocol(crop=16), batch_size=2, num_workers=0, progress=False)
+    out = extract(
+        paths,
+        lambda x: x.mean((1, 2, 3))[:, None],
+        Preprocess(size=16, mean=(0, 0, 0), std=(1, 1, 1)),
+        EvalProtocol(crop=16),
+        batch_size=2,
+        num_workers=0,
+        progress=False,
+    )
     assert list(out.errors) == [2] and "not an image" in out.errors[2]
     vals = [float(f[0]) for f in out.features if f is not None]
     assert vals == sorted(vals)  # grey levels 0, 20, 40, ... in order

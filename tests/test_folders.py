@@ -38,7 +38,14 @@ def subset_labels(s, name) -> list[int]:
 
 @pytest.mark.parametrize(
     "real,fake",
-    [("0_real", "1_fake"), ("real", "fake"), ("nature", "ai"), ("0_REAL", "1_Fake"), ("Real", "FAKE"), ("NATURE", "Ai")],
+    [
+        ("0_real", "1_fake"),
+        ("real", "fake"),
+        ("nature", "ai"),
+        ("0_REAL", "1_Fake"),
+        ("Real", "FAKE"),
+        ("NATURE", "Ai"),
+    ],
 )
 def test_label_folder_names_any_case(tmp_path, real, fake):
     root = tree(tmp_path / "data", [f"{real}/r1.png", f"{real}/r2.jpg", f"{fake}/f1.png"])
@@ -69,7 +76,14 @@ def test_deepest_label_folder_wins(tmp_path):
 def test_benchmark_root_with_subsets(tmp_path):
     root = tree(
         tmp_path / "bench",
-        ["a/0_real/r1.png", "a/0_real/r2.png", "a/1_fake/f1.png", "b/0_real/r3.png", "b/1_fake/f2.png", "b/1_fake/f3.png"],
+        [
+            "a/0_real/r1.png",
+            "a/0_real/r2.png",
+            "a/1_fake/f1.png",
+            "b/0_real/r3.png",
+            "b/1_fake/f2.png",
+            "b/1_fake/f3.png",
+        ],
     )
     s = discover(root)
     assert sorted(s.subsets) == ["a", "b"]
@@ -99,7 +113,13 @@ def test_pooled_reals_against_generators(tmp_path):
 def test_genimage_like_layout(tmp_path):
     root = tree(
         tmp_path / "genimage",
-        ["ADM/val/nature/n1.JPEG", "ADM/val/nature/n2.JPEG", "ADM/val/ai/a1.PNG", "BigGAN/val/nature/n3.JPEG", "BigGAN/val/ai/a2.png"],
+        [
+            "ADM/val/nature/n1.JPEG",
+            "ADM/val/nature/n2.JPEG",
+            "ADM/val/ai/a1.PNG",
+            "BigGAN/val/nature/n3.JPEG",
+            "BigGAN/val/ai/a2.png",
+        ],
     )
     s = discover(root)
     assert sorted(s.subsets) == ["ADM/val", "BigGAN/val"]

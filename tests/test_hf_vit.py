@@ -9,8 +9,7 @@ import pytest
 import torch
 import transformers
 
-from aigi.backbones import BackboneSpec, build_backbone
-from aigi.backbones import hf_vit
+from aigi.backbones import BackboneSpec, build_backbone, hf_vit
 from aigi.backbones.hf_vit import BackboneLoadError, HFViTBackbone
 from aigi.errors import ModelLoadError
 
@@ -41,7 +40,14 @@ def tiny_model(kind: str) -> tuple[torch.nn.Module, int]:
     raise AssertionError(kind)
 
 
-FAMILIES = ["dinov2", "dinov2_with_registers", "dinov3_vit", "clip_vision_model", "siglip_vision_model", "siglip_no_head"]
+FAMILIES = [
+    "dinov2",
+    "dinov2_with_registers",
+    "dinov3_vit",
+    "clip_vision_model",
+    "siglip_vision_model",
+    "siglip_no_head",
+]
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
@@ -129,7 +135,9 @@ def test_from_spec_matches_in_memory_model(kind: str, tmp_path) -> None:
 def test_preprocessor_config_in_folder_wins(tmp_path) -> None:
     model, _ = tiny_model("dinov2")
     model.save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}))
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
+    )
     backbone = HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
     assert backbone.preprocess.mean == (0.1, 0.2, 0.3) and backbone.preprocess.std == (0.4, 0.5, 0.6)
     assert backbone.preprocess.size == 224
@@ -138,7 +146,9 @@ def test_preprocessor_config_in_folder_wins(tmp_path) -> None:
 def test_dtype_option(tmp_path) -> None:
     model, p = tiny_model("dinov2")
     model.save_pretrained(tmp_path)
-    backbone = HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path), options={"dtype": "bfloat16"}))
+    backbone = HFViTBackbone.from_spec(
+        BackboneSpec(family="hf_vit", source=str(tmp_path), options={"dtype": "bfloat16"})
+    )
     assert next(backbone.parameters()).dtype == torch.bfloat16
     with torch.no_grad():
         tokens = backbone(torch.randn(1, 3, 2 * p, 2 * p))
@@ -153,7 +163,9 @@ def test_dtype_option(tmp_path) -> None:
 def test_full_checkpoint_loads_its_vision_tower(name: str, tmp_path) -> None:
     torch.manual_seed(0)
     text = dict(**TINY, vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    cfg = getattr(transformers, f"{name}Config")(text_config=text, vision_config=dict(**TINY, image_size=32, patch_size=8))
+    cfg = getattr(transformers, f"{name}Config")(
+        text_config=text, vision_config=dict(**TINY, image_size=32, patch_size=8)
+    )
     full = getattr(transformers, f"{name}Model")(cfg).eval()
     full.save_pretrained(tmp_path)
     backbone = HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))
@@ -218,8 +230,10 @@ def test_uncached_hub_id_offline_fails_at_once_in_one_line(var: str, hub_online,
     err, elapsed = _load_error(NOT_CACHED)
     msg = str(err)
     assert elapsed < 5
-    assert msg == (f"could not load backbone '{NOT_CACHED}': not in the local Hugging Face cache and offline mode is on "
-                   f"({var} is set); pass a local model folder, or unset {var} to download it")
+    assert msg == (
+        f"could not load backbone '{NOT_CACHED}': not in the local Hugging Face cache and offline mode is on "
+        f"({var} is set); pass a local model folder, or unset {var} to download it"
+    )
     assert isinstance(err, ModelLoadError) and isinstance(err, ValueError) and isinstance(err, OSError)
     assert "Retry" not in capfd.readouterr().err
 
@@ -229,7 +243,9 @@ def test_uncached_hub_id_with_the_hub_unreachable_fails_at_once_in_one_line(hub_
     err, elapsed = _load_error(NOT_CACHED)
     msg = str(err)
     assert elapsed < 5
-    assert msg.startswith(f"could not load backbone '{NOT_CACHED}': cannot reach the Hugging Face Hub at http://127.0.0.1:9 (")
+    assert msg.startswith(
+        f"could not load backbone '{NOT_CACHED}': cannot reach the Hugging Face Hub at http://127.0.0.1:9 ("
+    )
     assert msg.endswith(") and it is not in the local cache; check the network, or pass a local model folder")
     assert "\n" not in msg and isinstance(err, ModelLoadError)
     assert "Retry" not in capfd.readouterr().err and "Retry" not in caplog.text
@@ -269,12 +285,27 @@ def test_cli_prints_one_error_line_for_an_uncached_hub_id_offline(labelled_image
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
-    res = CliRunner().invoke(app, ["train", "univfd", "--data", str(labelled_images), "--out", str(tmp_path / "m"),
-                                   "--backbone", "hf_vit", "--backbone-source", NOT_CACHED])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "univfd",
+            "--data",
+            str(labelled_images),
+            "--out",
+            str(tmp_path / "m"),
+            "--backbone",
+            "hf_vit",
+            "--backbone-source",
+            NOT_CACHED,
+        ],
+    )
     assert time.perf_counter() - start < 5
     assert res.exit_code == 2, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"error: could not load backbone '{NOT_CACHED}': not in the local"), res.output
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: could not load backbone '{NOT_CACHED}': not in the local"
+    ), res.output
 
 
 def test_mdmf_trains_and_scores_on_a_local_vit_folder(labelled_images, tmp_path) -> None:
@@ -289,8 +320,27 @@ def test_mdmf_trains_and_scores_on_a_local_vit_folder(labelled_images, tmp_path)
     model.save_pretrained(tmp_path / "vit")
     runner = CliRunner()
     out = tmp_path / "mdmf_vit"
-    res = runner.invoke(app, ["train", "mdmf", "--data", str(labelled_images), "--val", str(labelled_images), "--out", str(out),
-                              "--backbone", "hf_vit", "--backbone-source", str(tmp_path / "vit"), "--pool", "1", "--steps", "3"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "mdmf",
+            "--data",
+            str(labelled_images),
+            "--val",
+            str(labelled_images),
+            "--out",
+            str(out),
+            "--backbone",
+            "hf_vit",
+            "--backbone-source",
+            str(tmp_path / "vit"),
+            "--pool",
+            "1",
+            "--steps",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["backbone"]["family"] == "hf_vit" and cfg["params"]["pool"] == 1 and cfg["params"]["score_form"] == "log"

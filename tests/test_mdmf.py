@@ -10,7 +10,9 @@ SPEC = {"family": "efficientnet_lite0", "options": {"feature_level": "stage4", "
 
 def _model(**params):
     torch.manual_seed(0)
-    return build_model(ModelConfig(detector="mdmf", params={"proj_hidden": 32, "proj_dim": 8, "sigma_q": 4.0, **params}, backbone=SPEC))
+    return build_model(
+        ModelConfig(detector="mdmf", params={"proj_hidden": 32, "proj_dim": 8, "sigma_q": 4.0, **params}, backbone=SPEC)
+    )
 
 
 def _tokens(n_images, shift=0.0, seed=0, grid=14, dim=112):
@@ -69,14 +71,29 @@ def test_training_recipe_runs_and_stores_a_usable_bank(labelled_images, tmp_path
     import json
 
     from aigi.backbones import BackboneSpec
-    from aigi.engine.train_mdmf import train_mdmf
+    from aigi.engine.trainer import train
 
-    torch.manual_seed(0)
-    model = train_mdmf(labelled_images, tmp_path / "m", val=labelled_images, backbone=BackboneSpec(**SPEC),
-                       params={"pool": 2, "proj_hidden": 16, "proj_dim": 4, "rff_features": 64, "bank_patches": 64},
-                       steps=5, images_per_side=2, patches_per_side=32, progress=False)
+    params = {"pool": 2, "proj_hidden": 16, "proj_dim": 4, "rff_features": 64, "bank_patches": 64}
+    model = train(
+        "mdmf",
+        dict(
+            data=labelled_images,
+            out=tmp_path / "m",
+            val=labelled_images,
+            spec=BackboneSpec(**SPEC).model_dump(),
+            params=params,
+            steps=5,
+            images_per_side=2,
+            patches_per_side=32,
+        ),
+        progress=False,
+    )
     info = json.loads((tmp_path / "m" / "config.json").read_text())["training"]
-    assert info["criterion"].startswith("(mean s_fake - mean s_real)") and info["steps"] == 5 and "val_auroc" in info
+    assert (
+        info["criterion"].startswith("(mean s_fake - mean s_real)")
+        and info["config"]["steps"] == 5
+        and "val_auroc" in info
+    )
     assert json.loads((tmp_path / "m" / "config.json").read_text())["params"]["score_form"] == "log"
     assert [json.loads(x)["step"] for x in (tmp_path / "m" / "train_log.jsonl").read_text().splitlines()] == [5]
     det = model.detector
@@ -86,7 +103,7 @@ def test_training_recipe_runs_and_stores_a_usable_bank(labelled_images, tmp_path
 
 def test_image_level_criterion_rewards_separated_images():
     """The criterion grows when generated images sit farther from the bank than real ones."""
-    from aigi.engine.train_mdmf import _image_level_power
+    from aigi.detectors.mdmf_recipe import _image_level_power
 
     det = _model().detector
     ref = det.patches(_tokens(8, seed=1))[0].reshape(-1, 112)
@@ -116,7 +133,7 @@ def test_exact_estimator_is_blocked_over_the_bank_and_tracks_projection_changes(
 
 def test_probabilities_follow_log_mmd_and_do_not_saturate():
     """A distance orders of magnitude beyond the reals' must still rank above a smaller one (no ties at P = 1)."""
-    from aigi.engine.train_mdmf import _log_score_scale
+    from aigi.detectors.mdmf_recipe import _log_score_scale
 
     rng = np.random.default_rng(0)
     real, fake = rng.normal(-6, 0.5, 200), rng.normal(-3, 1.0, 200)  # log MMD^2 of training images

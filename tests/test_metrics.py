@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aigi.engine.metrics import COLUMNS, binary_metrics, equal_error_rate, fpr_at_tpr, mean_row, threshold_for
+from aigi.engine.metrics import (
+    COLUMNS,
+    binary_metrics,
+    equal_error_rate,
+    fpr_at_tpr,
+    mean_row,
+    threshold_for,
+)
 
 approx = pytest.approx
 

@@ -21,20 +21,19 @@ from safetensors.torch import load_file, save_file
 from aigi.backbones import BackboneSpec, Preprocess
 from aigi.backbones.efficientnet import EfficientNetLite0Backbone
 from aigi.backbones.hf_vit import HFViTBackbone
-from aigi.checkpoints import ModelConfig, ModelLoadError, build_model, load_model, save_model
+from aigi.checkpoints import (
+    ModelConfig,
+    ModelLoadError,
+    build_model,
+    load_model,
+    save_model,
+)
 from aigi.data.transforms import EvalProtocol, TrainAugment
 from aigi.detectors.memory_bank import MemoryBank, dense_perplexity, topk_select
 from aigi.detectors.mirror import Mirror, MirrorParams
+from aigi.detectors.mirror_recipe import load_memory, param_groups
 from aigi.engine.inference import score_paths
-from aigi.engine.train_mirror import (
-    LOG_NAME,
-    DetectorRecipe,
-    MemoryRecipe,
-    load_memory,
-    param_groups,
-    train_detector,
-    train_memory,
-)
+from aigi.engine.trainer import LOG_NAME, train
 
 ATOL = 1e-5  # fast path vs reference formulation, fp32
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
@@ -315,15 +314,17 @@ def test_clear_cache_after_an_edit_through_dot_data() -> None:
     check_equals_plain(bank, x)
 
 
-@pytest.mark.xfail(strict=True, reason="known limit, documented in MemoryBank.clear_cache: an edit through `param.data` "
-                   "leaves the version counter and the storage unchanged, so the stale k/v are reused until clear_cache()")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit, documented in MemoryBank.clear_cache: an edit through `param.data` "
+    "leaves the version counter and the storage unchanged, so the stale k/v are reused until clear_cache()",
+)
 def test_cache_is_invalidated_by_an_edit_through_dot_data() -> None:
     bank = random_bank(32, 64, 4, 8, 4096).requires_grad_(False)
     x = torch.randn(2, 6, 32)
     check_equals_plain(bank, x)
     bank.memory.data.mul_(2.0)  # e.g. an EMA or a hand-written weight update
     check_equals_plain(bank, x)
-
 
 
 def test_cache_is_invalidated_when_a_projection_is_replaced() -> None:
@@ -334,7 +335,6 @@ def test_cache_is_invalidated_when_a_projection_is_replaced() -> None:
         bank.k_proj = torch.nn.Linear(32, 32, bias=False).requires_grad_(False)
         bank.k_proj = torch.nn.Linear(32, 32, bias=False).requires_grad_(False)
         check_equals_plain(bank, x)
-
 
 
 def test_cache_made_in_inference_mode_is_usable_for_training() -> None:
@@ -369,7 +369,11 @@ def test_gradients_reach_lora_and_head_only(kind: str) -> None:
     assert all(".lora_B." in k or torch.count_nonzero(p) > 0 for k, p in lora.items())
     assert all(torch.count_nonzero(p) == 0 for k, p in lora.items() if ".lora_B." in k)  # peft's zero init
 
-    frozen_before = {k: v.clone() for k, v in det.state_dict().items() if ".lora_" not in k and not k.split(".")[0] in ("perplexity_mlp", "residual_mlp", "head")}
+    frozen_before = {
+        k: v.clone()
+        for k, v in det.state_dict().items()
+        if ".lora_" not in k and k.split(".")[0] not in ("perplexity_mlp", "residual_mlp", "head")
+    }
     torch.manual_seed(1)
     x, y = torch.randn(4, 3, side, side), torch.tensor([0, 1, 0, 1])
     opt = torch.optim.AdamW(param_groups(det, 0.01), lr=1e-2)
@@ -417,7 +421,9 @@ def test_memory_bank_half_precision_is_finite(dtype) -> None:
     with torch.no_grad():  # cached, frozen read; and the reference path in the same dtype
         r2 = bank(x.detach())
         recon, attn = bank.plain_forward(x.detach())
-    assert torch.isfinite(r2.recon).all() and torch.isfinite(recon).all() and torch.isfinite(dense_perplexity(attn)).all()
+    assert (
+        torch.isfinite(r2.recon).all() and torch.isfinite(recon).all() and torch.isfinite(dense_perplexity(attn)).all()
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -487,7 +493,9 @@ def test_model_folder_round_trip_is_bit_exact(make, tmp_path) -> None:
 def saved(tmp_path):
     spec = BackboneSpec(options=dict(EFFNET_STAGE4))
     torch.manual_seed(0)
-    model = build_model(ModelConfig(detector="mirror", params={"slots": 32, "heads": 8, "top_k": 4, "lora_r": 4}, backbone=spec))
+    model = build_model(
+        ModelConfig(detector="mirror", params={"slots": 32, "heads": 8, "top_k": 4, "lora_r": 4}, backbone=spec)
+    )
     randomize_trainable(model.detector)
     return save_model(model, tmp_path / "m")
 
@@ -545,8 +553,13 @@ def test_feature_level_edit_is_refused(saved, old_file) -> None:
         assert "memory_bank.dim: config.json says 192, the weights were made with 112" in msg
 
 
-@pytest.mark.parametrize("edit,names", [({"heads": 4}, "memory_bank.heads: config.json says 4, the weights were made with 8"),
-                                        ({"top_k": 8}, "memory_bank.top_k: config.json says 8, the weights were made with 4")])
+@pytest.mark.parametrize(
+    "edit,names",
+    [
+        ({"heads": 4}, "memory_bank.heads: config.json says 4, the weights were made with 8"),
+        ({"top_k": 8}, "memory_bank.top_k: config.json says 8, the weights were made with 4"),
+    ],
+)
 def test_shapeless_param_edit_is_refused(saved, edit, names) -> None:
     """heads and top_k change no tensor shape: the settings recorded in the weights' header catch the edit."""
     edit_config(saved, lambda c: c["params"].update(edit))
@@ -603,9 +616,17 @@ def env(tmp_path):
     return tmp_path  # conftest gives each test its own cache
 
 
-def phase1(data, out, epochs, batch_size=4, lr=1e-2):
-    recipe = MemoryRecipe(slots=64, heads=8, top_k=8, epochs=epochs, batch_size=batch_size, lr=lr, seed=3)
-    return train_memory(data, out, SPEC, PROTOCOL, recipe, progress=False)
+BACKBONE = dict(spec=SPEC.model_dump(mode="json"), eval_protocol=PROTOCOL.model_dump(mode="json"))
+
+
+def phase1(data, out, epochs, batch_size=4, lr=1e-2, slots=64):
+    settings = dict(slots=slots, heads=8, top_k=8, epochs=epochs, batch_size=batch_size, lr=lr, seed=3)
+    return train("mirror-memory", dict(data=data, out=out, **BACKBONE, **settings), progress=False)
+
+
+def phase2(data, out, memory, epochs):
+    settings = dict(epochs=epochs, batch_size=4, blr=0.05, num_workers=0, augment=AUGMENT.model_dump(mode="json"))
+    return train("mirror", dict(data=data, out=out, memory=memory, params={"lora_r": 4}, **settings), progress=False)
 
 
 def test_phase1_writes_a_loadable_memory_and_a_log(env) -> None:
@@ -614,7 +635,9 @@ def test_phase1_writes_a_loadable_memory_and_a_log(env) -> None:
     bank, loaded_cfg = load_memory(env / "mem")
     assert (bank.slots, bank.heads, bank.top_k, bank.dim) == (64, 8, 8, 112)
     assert loaded_cfg.epochs_done == cfg.epochs_done == 2
-    assert loaded_cfg.training["images"] == 8 and loaded_cfg.training["token_sets"] == 7  # reals only, minus the broken one
+    assert (
+        loaded_cfg.training["images"] == 8 and loaded_cfg.training["token_sets"] == 7
+    )  # reals only, minus the broken one
     assert loaded_cfg.training["tokens_per_image"] == 16
     assert len(loaded_cfg.training["skipped_files"]) == 1 and "broken0.jpg" in loaded_cfg.training["skipped_files"][0]
     log = log_lines(env / "mem")
@@ -650,10 +673,9 @@ def test_phase1_resume_trains_only_the_missing_epochs_and_matches_an_uninterrupt
 def test_phase2_trains_saves_a_loadable_model_and_reports_bad_files(env) -> None:
     data = make_folder(env / "data", real=7, fake=8, corrupt_real=1)  # 16 files: 4 full batches of 4
     phase1(data, env / "mem", epochs=1)
-    recipe = DetectorRecipe(epochs=1, batch_size=4, blr=0.05, num_workers=0, augment=AUGMENT)
     out = env / "model"
-    train_detector(data, out, env / "mem", params={"lora_r": 4}, recipe=recipe, progress=False)
-    model = train_detector(data, out, env / "mem", params={"lora_r": 4}, recipe=recipe.model_copy(update={"epochs": 2}), progress=False)
+    phase2(data, out, env / "mem", epochs=1)
+    model = phase2(data, out, env / "mem", epochs=2)
     log = log_lines(out)
     assert [r["epoch"] for r in log] == [1, 2] and all(r["phase"] == 2 and math.isfinite(r["loss"]) for r in log)
     training = json.loads((out / "config.json").read_text())["training"]
@@ -661,7 +683,11 @@ def test_phase2_trains_saves_a_loadable_model_and_reports_bad_files(env) -> None
     assert len(training["skipped_files"]) == 1 and "broken0.jpg" in training["skipped_files"][0]
 
     loaded = load_model(out)
-    assert loaded.config.detector == "mirror" and loaded.config.params["slots"] == 64 and loaded.config.params["top_k"] == 8
+    assert (
+        loaded.config.detector == "mirror"
+        and loaded.config.params["slots"] == 64
+        and loaded.config.params["top_k"] == 8
+    )
     assert loaded.detector.lora_modules
     for k, v in model.detector.trainable_state_dict().items():
         assert torch.equal(v, loaded.detector.trainable_state_dict()[k]), k
@@ -698,7 +724,7 @@ def test_training_never_writes_over_a_folder_it_cannot_resume(env) -> None:
     assert (env / "taken" / "notes.txt").read_text() == "mine"
     phase1(data, env / "mem", epochs=1)
     with pytest.raises(ValueError, match="other settings"):
-        train_memory(data, env / "mem", SPEC, PROTOCOL, MemoryRecipe(slots=32, heads=8, top_k=8, epochs=2, batch_size=4), progress=False)
+        phase1(data, env / "mem", epochs=2, slots=32)
 
 
 def test_cache_filled_under_autocast_serves_full_precision() -> None:

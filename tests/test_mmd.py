@@ -23,7 +23,9 @@ def _kernels(x, y, sigma=1.0):
 
 def test_unbiased_mmd_is_zero_in_expectation_for_identical_distributions():
     g = torch.Generator().manual_seed(0)
-    vals = torch.stack([mmd2_unbiased(*_kernels(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g))) for _ in range(200)])
+    vals = torch.stack(
+        [mmd2_unbiased(*_kernels(torch.randn(64, 8, generator=g), torch.randn(64, 8, generator=g))) for _ in range(200)]
+    )
     assert abs(vals.mean().item()) < 3 * vals.std().item() / math.sqrt(len(vals))  # zero within 3 standard errors
     assert (vals < 0).any()  # unbiased: it does go below zero
 
@@ -51,8 +53,8 @@ def test_biased_minus_unbiased_is_the_diagonal_term():
 def test_deep_kernel_is_the_stated_mixture_and_learns():
     k = DeepKernel(sigma_phi=0.7, sigma_q=2.0, eps=0.2)
     phi_a, phi_b, a, b = torch.randn(5, 4), torch.randn(6, 4), torch.randn(5, 3), torch.randn(6, 3)
-    kappa = torch.exp(-torch.cdist(phi_a, phi_b) ** 2 / (2 * 0.7**2))
-    q = torch.exp(-torch.cdist(a, b) ** 2 / (2 * 2.0**2))
+    kappa = torch.exp(-(torch.cdist(phi_a, phi_b) ** 2) / (2 * 0.7**2))
+    q = torch.exp(-(torch.cdist(a, b) ** 2) / (2 * 2.0**2))
     assert torch.allclose(k(phi_a, a, phi_b, b), ((1 - 0.2) * kappa + 0.2) * q, atol=1e-5)
     k(phi_a, a, phi_b, b).sum().backward()
     assert all(p.grad is not None and p.grad.abs() > 0 for p in k.parameters())

@@ -31,7 +31,9 @@ def screen(monkeypatch):
 
 def _images(folder, n):
     folder.mkdir(parents=True, exist_ok=True)
-    return [Image.new("RGB", (40, 30), (i * 20, i, 0)).save(folder / f"{i}.png") or folder / f"{i}.png" for i in range(n)]
+    return [
+        Image.new("RGB", (40, 30), (i * 20, i, 0)).save(folder / f"{i}.png") or folder / f"{i}.png" for i in range(n)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,8 +77,15 @@ def test_no_progress_env_and_enabled_false_draw_nothing(screen, monkeypatch):
 
 def test_extract_counts_images_not_batches(screen, tmp_path):
     paths = _images(tmp_path / "imgs", 10)
-    out = extract(paths, lambda x: x.mean((2, 3)), Preprocess(size=16), EvalProtocol(crop=16), batch_size=4,
-                  num_workers=0, description="scoring images")
+    out = extract(
+        paths,
+        lambda x: x.mean((2, 3)),
+        Preprocess(size=16),
+        EvalProtocol(crop=16),
+        batch_size=4,
+        num_workers=0,
+        description="scoring images",
+    )
     assert len(out.ok) == 10
     text = screen.getvalue()
     assert re.search(r"scoring images.*\b10/10\b", text) and "3/3" not in text
@@ -85,13 +94,21 @@ def test_extract_counts_images_not_batches(screen, tmp_path):
 def test_extract_with_unreadable_files_still_reaches_the_number_of_paths(screen, tmp_path):
     paths = _images(tmp_path / "imgs", 3) + [tmp_path / "bad.jpg"]
     paths[-1].write_bytes(b"not an image")
-    out = extract(paths, lambda x: x.mean((2, 3)), Preprocess(size=16), EvalProtocol(crop=16), batch_size=3, num_workers=0)
+    out = extract(
+        paths, lambda x: x.mean((2, 3)), Preprocess(size=16), EvalProtocol(crop=16), batch_size=3, num_workers=0
+    )
     assert len(out.errors) == 1 and "4/4" in screen.getvalue()
 
 
 def test_extract_is_quiet_under_no_progress(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
-    extract(_images(tmp_path / "imgs", 3), lambda x: x.mean((2, 3)), Preprocess(size=16), EvalProtocol(crop=16), num_workers=0)
+    extract(
+        _images(tmp_path / "imgs", 3),
+        lambda x: x.mean((2, 3)),
+        Preprocess(size=16),
+        EvalProtocol(crop=16),
+        num_workers=0,
+    )
     assert capsys.readouterr().err == ""
 
 
@@ -145,11 +162,24 @@ def _fake_sweep(monkeypatch, seen):
     def fake_row(model, name, image_set, p, batch_size=8, progress_on=True):
         paths = [s.path for s in image_set.samples]
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-        for _ in progress_iter(batches, total=len(paths), description="scoring images", enabled=progress_on, weight=len):
+        for _ in progress_iter(
+            batches, total=len(paths), description="scoring images", enabled=progress_on, weight=len
+        ):
             bars = progress._active.get()
             seen.append([t.description for t in bars.progress.tasks] if bars is not None else None)
-        return {"model": name, "perturbation": p.name, "kind": p.kind, "level": p.level, "mean_auroc": 0.5, "mean_ap": 0.5,
-                "real_acc": 0.5, "fake_acc": 0.5, "bal_acc": 0.5, "errors": 0, "subsets": {}}
+        return {
+            "model": name,
+            "perturbation": p.name,
+            "kind": p.kind,
+            "level": p.level,
+            "mean_auroc": 0.5,
+            "mean_ap": 0.5,
+            "real_acc": 0.5,
+            "fake_acc": 0.5,
+            "bal_acc": 0.5,
+            "errors": 0,
+            "subsets": {},
+        }
 
     monkeypatch.setattr(rob, "sweep_row", fake_row)
     monkeypatch.setattr(rob, "model_id", lambda model: f"id-{model}")
@@ -175,7 +205,9 @@ def test_robustness_has_one_overall_bar_naming_model_and_perturbation(screen, mo
     # a resumed sweep counts the finished cells as done and draws nothing when nothing is left
     screen.seek(0), screen.truncate()
     seen.clear()
-    rob.run_sweep({"default": "m1", "other": "m2"}, image_set, perts + [Perturbation(kind="blur", level=2)], tmp_path / "rob")
+    rob.run_sweep(
+        {"default": "m1", "other": "m2"}, image_set, perts + [Perturbation(kind="blur", level=2)], tmp_path / "rob"
+    )
     assert len(seen) == 4  # two new cells (blur:2 for each model), two batches each
     assert "6/6" in screen.getvalue()
     screen.seek(0), screen.truncate()
@@ -198,12 +230,13 @@ def test_robustness_is_quiet_under_no_progress(monkeypatch, labelled_images, tmp
 # MIRROR Phase 1
 # ---------------------------------------------------------------------------------------------------------------
 def _phase1(data, out, epochs, progress_on, batch_size=4):
-    from test_mirror import PROTOCOL, SPEC
+    from test_mirror import BACKBONE
 
-    from aigi.engine.train_mirror import MemoryRecipe, load_memory, train_memory
+    from aigi.detectors.mirror_recipe import load_memory
+    from aigi.engine.trainer import train
 
-    recipe = MemoryRecipe(slots=64, heads=8, top_k=8, epochs=epochs, batch_size=batch_size, lr=1e-2, seed=3)
-    train_memory(data, out, SPEC, PROTOCOL, recipe, progress=progress_on)
+    settings = dict(slots=64, heads=8, top_k=8, epochs=epochs, batch_size=batch_size, lr=1e-2, seed=3)
+    train("mirror-memory", dict(data=data, out=out, **BACKBONE, **settings), progress=progress_on)
     return load_memory(out)[0].state_dict()
 
 
@@ -229,12 +262,12 @@ def test_phase1_one_bar_over_all_epochs_with_loss_and_the_same_weights(screen, t
     for k in quiet:
         assert torch.equal(quiet[k], shown[k]), k  # drawing the bar changes nothing in training
     text = screen.getvalue()
-    line = next(l for l in text.splitlines() if "phase 1" in l)
-    assert "phase 1 epoch 3/3" in line and "6/6" in line and re.search(r"loss \d", line) and "eta" in line
-    assert sum("phase 1" in l for l in text.splitlines()) == 1  # one bar, not one per epoch
+    line = next(ln for ln in text.splitlines() if "mirror-memory epoch" in ln)
+    assert "mirror-memory epoch 3/3" in line and "6/6" in line and re.search(r"loss \d", line) and "eta" in line
+    assert sum("mirror-memory epoch" in ln for ln in text.splitlines()) == 1  # one bar, not one per epoch
     # resumed: the bar starts at the epochs already done and goes on to the new total
     screen.seek(0), screen.truncate()
     _phase1(data, tmp_path / "shown", 4, True)
-    line = next(l for l in screen.getvalue().splitlines() if "phase 1" in l)
-    assert "phase 1 epoch 4/4" in line and "8/8" in line
+    line = next(ln for ln in screen.getvalue().splitlines() if "mirror-memory epoch" in ln)
+    assert "mirror-memory epoch 4/4" in line and "8/8" in line
     assert np.isfinite(float(re.search(r"loss (\S+)", line).group(1)))

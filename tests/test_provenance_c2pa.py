@@ -33,14 +33,27 @@ UNTRUSTED_NOTE = "; signed, but the signer is not on a trust list"
 
 # -- a throwaway CA and signing certificate ---------------------------------------------------------------------
 def _subject(common_name: str, org: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _key_usage(**on) -> x509.KeyUsage:
-    names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
-             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    names = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
     return x509.KeyUsage(**{n: on.get(n, False) for n in names})
 
 
@@ -55,23 +68,37 @@ def chain():
     now = dt.datetime.now(dt.timezone.utc)
     ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = _subject("aigi test root", "aigi test CA")
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(_subject("aigi test signer", "aigi test org")).issuer_name(ca_name)
-            .public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=7))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(digital_signature=True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    key_pem = leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_subject("aigi test signer", "aigi test org"))
+        .issuer_name(ca_name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=7))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return {"certs": _pem(leaf) + _pem(ca), "key": key_pem, "ca": _pem(ca), "serial": str(leaf.serial_number)}
 
 
@@ -88,8 +115,20 @@ def _sign(chain, data: bytes, mime: str, manifest: dict | None = None, intent=No
     manifest = manifest or {
         "claim_generator_info": [{"name": "aigi-test", "version": "0.1"}],
         "title": "generated picture",
-        "assertions": [{"label": "c2pa.actions", "data": {"actions": [
-            {"action": "c2pa.created", "digitalSourceType": TRAINED, "softwareAgent": {"name": "Example Diffusion", "version": "1.0"}}]}}],
+        "assertions": [
+            {
+                "label": "c2pa.actions",
+                "data": {
+                    "actions": [
+                        {
+                            "action": "c2pa.created",
+                            "digitalSourceType": TRAINED,
+                            "softwareAgent": {"name": "Example Diffusion", "version": "1.0"},
+                        }
+                    ]
+                },
+            }
+        ],
     }
     builder = c2pa.Builder(manifest)
     if intent is not None:
@@ -128,7 +167,9 @@ def test_signed_by_an_unknown_signer_is_moderate(chain, signed, fmt, monkeypatch
     assert (d["issuer"], d["common_name"], d["alg"]) == ("aigi test org", "aigi test signer", "Es256")
     assert d["cert_serial_number"] == chain["serial"] and "time" not in d  # no time stamp authority
     assert d["claim_generator"].startswith("aigi-test 0.1")
-    assert d["actions"] == [{"action": "c2pa.created", "digitalSourceType": TRAINED, "softwareAgent": "Example Diffusion 1.0"}]
+    assert d["actions"] == [
+        {"action": "c2pa.created", "digitalSourceType": TRAINED, "softwareAgent": "Example Diffusion 1.0"}
+    ]
     assert d["ingredients"] == [] and d["validation_state"] == "Valid"
     assert d["validation_status"] == ["signingCredential.untrusted"] and d["trusted"] is False
 
@@ -137,7 +178,11 @@ def test_signed_by_an_unknown_signer_is_moderate(chain, signed, fmt, monkeypatch
 def test_trust_anchor_makes_it_strong(chain, signed, fmt, tmp_path, monkeypatch):
     (f,), problems = _read(signed[fmt], trust_anchors=chain["ca"])
     assert problems == [] and (f.claim, f.strength, f.summary) == ("generated", "strong", SUMMARY)
-    assert f.details["trusted"] is True and f.details["validation_state"] == "Trusted" and f.details["validation_status"] == []
+    assert (
+        f.details["trusted"] is True
+        and f.details["validation_state"] == "Trusted"
+        and f.details["validation_status"] == []
+    )
     bundle = tmp_path / "anchors.pem"
     bundle.write_bytes(chain["ca"])
     monkeypatch.setenv(TRUST_ANCHORS_ENV, str(bundle))
@@ -146,14 +191,18 @@ def test_trust_anchor_makes_it_strong(chain, signed, fmt, tmp_path, monkeypatch)
     monkeypatch.setenv(TRUST_ANCHORS_ENV, str(tmp_path / "missing.pem"))
     (f,), problems = _read(signed[fmt])
     assert f.strength == "moderate"
-    assert problems == [f"C2PA trust anchors unreadable: {tmp_path / 'missing.pem'} (No such file or directory); signers checked against no trust list"]
+    assert problems == [
+        f"C2PA trust anchors unreadable: {tmp_path / 'missing.pem'} (No such file or directory); signers checked against no trust list"
+    ]
 
 
 def test_fusion_basis(chain, signed):
     (moderate,), _ = _read(signed["JPEG"])
     (strong,), _ = _read(signed["JPEG"], trust_anchors=chain["ca"])
-    for finding, basis in ((strong, "generated (declared: C2PA by aigi test org)"),
-                           (moderate, "generated (declared: C2PA by aigi test org; signer not on a trust list)")):
+    for finding, basis in (
+        (strong, "generated (declared: C2PA by aigi test org)"),
+        (moderate, "generated (declared: C2PA by aigi test org; signer not on a trust list)"),
+    ):
         v = fuse(0.03, 0.5, Provenance("x.jpg", [finding]))
         assert (v.label, v.basis, v.source) == ("generated", basis, "declared")
 
@@ -169,7 +218,12 @@ def test_inspect_and_detect_cli_show_it(signed, tmp_path, monkeypatch):
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
     for name in ("signed.jpg", "signed.png"):
         f = rows[name]["findings"][0]
-        assert (f["source"], f["claim"], f["strength"], f["summary"]) == ("c2pa", "generated", "moderate", SUMMARY + UNTRUSTED_NOTE)
+        assert (f["source"], f["claim"], f["strength"], f["summary"]) == (
+            "c2pa",
+            "generated",
+            "moderate",
+            SUMMARY + UNTRUSTED_NOTE,
+        )
         assert rows[name]["problems"] == []
     res = runner.invoke(app, ["detect", "--json", str(d)])
     assert res.exit_code == 0, res.output
@@ -181,19 +235,32 @@ def test_inspect_and_detect_cli_show_it(signed, tmp_path, monkeypatch):
 
 
 def test_edited_from_an_ai_ingredient(chain, signed):
-    manifest = {"claim_generator_info": [{"name": "photo-editor", "version": "2"}], "title": "retouched",
-                "assertions": [{"label": "c2pa.actions", "data": {"actions": [
-                    {"action": "c2pa.edited", "softwareAgent": {"name": "Photo Editor", "version": "2"}}]}}]}
+    manifest = {
+        "claim_generator_info": [{"name": "photo-editor", "version": "2"}],
+        "title": "retouched",
+        "assertions": [
+            {
+                "label": "c2pa.actions",
+                "data": {
+                    "actions": [{"action": "c2pa.edited", "softwareAgent": {"name": "Photo Editor", "version": "2"}}]
+                },
+            }
+        ],
+    }
     data = _sign(chain, signed["JPEG"], "image/jpeg", manifest, intent=c2pa.C2paBuilderIntent.EDIT)
     (f,), problems = _read(data)
     assert problems == []
     assert (f.claim, f.strength) == ("ai-edited", "moderate")
-    assert f.summary == ("C2PA by aigi test org: edited from an AI-generated ingredient "
-                         "(created by Example Diffusion 1.0 (trainedAlgorithmicMedia))" + UNTRUSTED_NOTE)
+    assert f.summary == (
+        "C2PA by aigi test org: edited from an AI-generated ingredient "
+        "(created by Example Diffusion 1.0 (trainedAlgorithmicMedia))" + UNTRUSTED_NOTE
+    )
     assert [a["action"] for a in f.details["actions"]] == ["c2pa.opened", "c2pa.edited"]
     assert [i["relationship"] for i in f.details["ingredients"]] == ["parentOf"]
-    assert fuse(0.1, 0.5, Provenance("x", [f])).basis == \
-        "AI-edited (declared: C2PA by aigi test org; signer not on a trust list)"
+    assert (
+        fuse(0.1, 0.5, Provenance("x", [f])).basis
+        == "AI-edited (declared: C2PA by aigi test org; signer not on a trust list)"
+    )
 
 
 # -- tampered, malformed, absent -----------------------------------------------------------------------------------
@@ -209,9 +276,13 @@ def test_pixels_changed_after_signing(signed, fmt):
     data = signed[fmt]
     (f,), problems = _read(_flip(data, len(data) - 40, 8))  # the image data, after the manifest
     assert (f.claim, f.strength) == ("generated", "weak")
-    assert f.summary.startswith("C2PA manifest fails validation (assertion.dataHash.mismatch): by aigi test org, created by Example Diffusion")
+    assert f.summary.startswith(
+        "C2PA manifest fails validation (assertion.dataHash.mismatch): by aigi test org, created by Example Diffusion"
+    )
     assert f.details["validation_state"] == "Invalid" and f.details["trusted"] is False
-    assert problems == ["C2PA manifest fails validation: assertion.dataHash.mismatch (the pixels were changed after signing)"]
+    assert problems == [
+        "C2PA manifest fails validation: assertion.dataHash.mismatch (the pixels were changed after signing)"
+    ]
     v = fuse(0.2, 0.5, Provenance("x", [f]))
     assert v.basis == "generated (declared: C2PA by aigi test org; manifest fails validation; detector 0.20)"
 
@@ -221,15 +292,15 @@ def _manifest_edit(data: bytes, edit) -> bytes:
     container's length (and CRC), so that PIL still opens the file and only the manifest reader sees the damage."""
     if data.startswith(b"\x89PNG"):
         at = data.find(b"caBX") - 4
-        length = int.from_bytes(data[at: at + 4], "big")
-        payload = edit(data[at + 8: at + 8 + length])
+        length = int.from_bytes(data[at : at + 4], "big")
+        payload = edit(data[at + 8 : at + 8 + length])
         chunk = len(payload).to_bytes(4, "big") + b"caBX" + payload + zlib.crc32(b"caBX" + payload).to_bytes(4, "big")
-        return data[:at] + chunk + data[at + 12 + length:]
+        return data[:at] + chunk + data[at + 12 + length :]
     at = data.find(b"\xff\xeb")
-    length = int.from_bytes(data[at + 2: at + 4], "big")
-    payload = edit(data[at + 4: at + 2 + length])
+    length = int.from_bytes(data[at + 2 : at + 4], "big")
+    payload = edit(data[at + 4 : at + 2 + length])
     assert len(payload) + 2 <= 0xFFFF, "the test manifest must fit one APP11 segment"
-    return data[:at + 2] + (len(payload) + 2).to_bytes(2, "big") + payload + data[at + 2 + length:]
+    return data[: at + 2] + (len(payload) + 2).to_bytes(2, "big") + payload + data[at + 2 + length :]
 
 
 def _damage(data: bytes) -> dict[str, bytes]:
@@ -237,9 +308,9 @@ def _damage(data: bytes) -> dict[str, bytes]:
     box = data.find(b"jumb")
     claim = data.find(b"c2cl")  # the claim box, inside the manifest
     return {
-        "zeroed_header": data[:box] + bytes(36) + data[box + 36:],
+        "zeroed_header": data[:box] + bytes(36) + data[box + 36 :],
         "garbage_in_claim": _flip(data, claim + 60, 40),
-        "garbage_inserted": data[: claim + 50] + bytes(range(256)) + data[claim + 50:],
+        "garbage_inserted": data[: claim + 50] + bytes(range(256)) + data[claim + 50 :],
     }
 
 
@@ -293,9 +364,16 @@ def test_malformed_folder_through_the_cli(signed, tmp_path):
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
     assert set(rows) == set(EXPECTED_PROBLEMS)
     for name, expected in EXPECTED_PROBLEMS.items():
-        if name.startswith("truncated"):  # PIL cannot open a file cut inside a segment/chunk; the C2PA reader still looks
-            assert rows[name]["problems"][0] == "metadata unreadable: the file could not be opened (OSError: Truncated File Read)"
-            assert rows[name]["problems"][1].startswith("C2PA data unreadable: Other: asset could not be parsed"), rows[name]
+        if name.startswith(
+            "truncated"
+        ):  # PIL cannot open a file cut inside a segment/chunk; the C2PA reader still looks
+            assert (
+                rows[name]["problems"][0]
+                == "metadata unreadable: the file could not be opened (OSError: Truncated File Read)"
+            )
+            assert rows[name]["problems"][1].startswith("C2PA data unreadable: Other: asset could not be parsed"), rows[
+                name
+            ]
         elif expected is None:
             assert rows[name]["findings"] == [] and rows[name]["problems"] == [], name
         else:
@@ -307,8 +385,17 @@ def test_malformed_folder_through_the_cli(signed, tmp_path):
 
 def test_remote_manifest_is_not_fetched(chain):
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain["certs"], chain["key"], None))
-    builder = c2pa.Builder({"claim_generator_info": [{"name": "aigi-test", "version": "0.1"}], "assertions": [
-        {"label": "c2pa.actions", "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": TRAINED}]}}]})
+    builder = c2pa.Builder(
+        {
+            "claim_generator_info": [{"name": "aigi-test", "version": "0.1"}],
+            "assertions": [
+                {
+                    "label": "c2pa.actions",
+                    "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": TRAINED}]},
+                }
+            ],
+        }
+    )
     builder.set_no_embed()
     builder.set_remote_url("http://127.0.0.1:9/manifest.c2pa")
     out = io.BytesIO()

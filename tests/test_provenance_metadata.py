@@ -14,17 +14,21 @@ from aigi.provenance.fusion import fuse
 
 runner = CliRunner()
 
-A1111 = ("a cat astronaut, highly detailed\nNegative prompt: blurry, lowres\n"
-         "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: abcd1234, Model: v1-5-pruned-emaonly, Version: v1.6.0")
+A1111 = (
+    "a cat astronaut, highly detailed\nNegative prompt: blurry, lowres\n"
+    "Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: abcd1234, Model: v1-5-pruned-emaonly, Version: v1.6.0"
+)
 COMFY_PROMPT = {
     "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
     "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["4", 1]}},
     "3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20}},
 }
-XMP = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-       '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
-       ' Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/{kind}" xmp:CreatorTool="{tool}"/>'
-       '</rdf:RDF></x:xmpmeta>')
+XMP = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+    ' Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/{kind}" xmp:CreatorTool="{tool}"/>'
+    "</rdf:RDF></x:xmpmeta>"
+)
 
 
 def _png(path, **text):
@@ -66,22 +70,46 @@ def test_a1111_parameters(tmp_path):
 
 
 def test_comfyui_prompt_and_workflow(tmp_path):
-    prov = inspect_file(_png(tmp_path / "c.png", prompt=json.dumps(COMFY_PROMPT), workflow=json.dumps({"nodes": [{}, {}, {}]})))
+    prov = inspect_file(
+        _png(tmp_path / "c.png", prompt=json.dumps(COMFY_PROMPT), workflow=json.dumps({"nodes": [{}, {}, {}]}))
+    )
     f = _only(prov, "png-text")
     assert f.summary == "ComfyUI workflow (model sd_xl_base_1.0.safetensors)"
     assert f.details["prompts"] == ["a lighthouse at dusk"] and f.details["nodes"] == 3
 
 
 def test_invokeai_novelai_fooocus_midjourney(tmp_path):
-    inv = inspect_file(_png(tmp_path / "i.png", invokeai_metadata=json.dumps({"positive_prompt": "a fox", "model": {"name": "juggernaut"}})))
+    inv = inspect_file(
+        _png(
+            tmp_path / "i.png",
+            invokeai_metadata=json.dumps({"positive_prompt": "a fox", "model": {"name": "juggernaut"}}),
+        )
+    )
     assert _only(inv, "png-text").details == {"generator": "InvokeAI", "model": "juggernaut", "prompt": "a fox"}
-    nai = inspect_file(_png(tmp_path / "n.png", Software="NovelAI", Source="Stable Diffusion 1D44365E",
-                            Comment=json.dumps({"prompt": "1girl", "steps": 28, "seed": 7})))
+    nai = inspect_file(
+        _png(
+            tmp_path / "n.png",
+            Software="NovelAI",
+            Source="Stable Diffusion 1D44365E",
+            Comment=json.dumps({"prompt": "1girl", "steps": 28, "seed": 7}),
+        )
+    )
     f = _only(nai, "png-text")
-    assert f.details["generator"] == "NovelAI" and f.details["prompt"] == "1girl" and f.details["settings"] == {"steps": 28, "seed": 7}
-    foo = inspect_file(_png(tmp_path / "f.png", parameters=json.dumps({"Prompt": "a boat", "Base Model": "juggernautXL"})))
+    assert (
+        f.details["generator"] == "NovelAI"
+        and f.details["prompt"] == "1girl"
+        and f.details["settings"] == {"steps": 28, "seed": 7}
+    )
+    foo = inspect_file(
+        _png(tmp_path / "f.png", parameters=json.dumps({"Prompt": "a boat", "Base Model": "juggernautXL"}))
+    )
     assert _only(foo, "png-text").details["model"] == "juggernautXL"
-    mj = inspect_file(_png(tmp_path / "m.png", Description="a castle in the clouds --ar 16:9 Job ID: 1c2d3e4f-aaaa-bbbb-cccc-0123456789ab"))
+    mj = inspect_file(
+        _png(
+            tmp_path / "m.png",
+            Description="a castle in the clouds --ar 16:9 Job ID: 1c2d3e4f-aaaa-bbbb-cccc-0123456789ab",
+        )
+    )
     assert _only(mj, "png-text").details["generator"] == "Midjourney"
 
 
@@ -89,10 +117,16 @@ def test_camera_exif_and_generator_software(tmp_path):
     prov = inspect_file(_camera_jpeg(tmp_path / "cam.jpg", software="Adobe Lightroom Classic 13.0"))
     cam = next(f for f in prov.findings if f.claim == "captured")
     assert (cam.source, cam.strength) == ("exif", "weak")
-    assert cam.details["Make"] == "Canon" and cam.details["Model"] == "Canon EOS 5D Mark IV" and cam.details["LensModel"].startswith("EF24-70")
+    assert (
+        cam.details["Make"] == "Canon"
+        and cam.details["Model"] == "Canon EOS 5D Mark IV"
+        and cam.details["LensModel"].startswith("EF24-70")
+    )
     assert any(f.claim == "info" and f.details.get("value") == "Adobe Lightroom Classic 13.0" for f in prov.findings)
     gen = inspect_file(_camera_jpeg(tmp_path / "gen.jpg", software="Stable Diffusion XL"))
-    assert any(f.claim == "generated" and f.source == "exif" and "Stable Diffusion XL" in f.summary for f in gen.findings)
+    assert any(
+        f.claim == "generated" and f.source == "exif" and "Stable Diffusion XL" in f.summary for f in gen.findings
+    )
 
 
 def test_parameters_in_jpeg_exif_usercomment(tmp_path):
@@ -108,13 +142,17 @@ def test_parameters_in_jpeg_exif_usercomment(tmp_path):
     exif[0x9286] = json.dumps({"Prompt": "a red boat", "Base Model": "juggernautXL_v8"})
     Image.new("RGB", (40, 30)).save(tmp_path / "f.jpg", exif=exif)
     found = [f for f in inspect_file(tmp_path / "f.jpg").findings if f.claim == "generated"]
-    assert any(f.details.get("model") == "juggernautXL_v8" and f.details.get("prompt") == "a red boat" for f in found), found
+    assert any(
+        f.details.get("model") == "juggernautXL_v8" and f.details.get("prompt") == "a red boat" for f in found
+    ), found
 
 
 def _with_iptc(jpeg: bytes, *fields: tuple[int, bytes]) -> bytes:
     """Pillow cannot write IPTC: add an APP13 "Photoshop 3.0" segment with an 8BIM 0x0404 IIM block by hand."""
     iim = b"".join(b"\x1c\x02" + bytes([tag]) + struct.pack(">H", len(v)) + v for tag, v in fields)
-    res = b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(iim)) + iim + b"\x00" * (len(iim) % 2)
+    res = (
+        b"8BIM" + struct.pack(">H", 0x0404) + b"\x00\x00" + struct.pack(">I", len(iim)) + iim + b"\x00" * (len(iim) % 2)
+    )
     app13 = b"Photoshop 3.0\x00" + res
     return jpeg[:2] + b"\xff\xed" + struct.pack(">H", len(app13) + 2) + app13 + jpeg[2:]
 
@@ -122,7 +160,9 @@ def _with_iptc(jpeg: bytes, *fields: tuple[int, bytes]) -> bytes:
 def test_iptc_fields(tmp_path):
     buf = io.BytesIO()
     Image.new("RGB", (32, 32)).save(buf, "JPEG")
-    (tmp_path / "i.jpg").write_bytes(_with_iptc(buf.getvalue(), (120, b"a castle, made with Midjourney v6"), (80, b"Jane Doe")))
+    (tmp_path / "i.jpg").write_bytes(
+        _with_iptc(buf.getvalue(), (120, b"a castle, made with Midjourney v6"), (80, b"Jane Doe"))
+    )
     f = _only(inspect_file(tmp_path / "i.jpg"), "iptc")
     assert (f.claim, f.details["record"]) == ("info", "2:120")  # a caption is free text: mentioned, never deciding
     assert f.summary == "IPTC field names a generator: a castle, made with Midjourney v6"
@@ -159,8 +199,10 @@ def _malformed(tmp_path):
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", big, zip=True)
     Image.new("RGB", (8, 8)).save(d / "huge_xmp.png", pnginfo=info)
-    bomb = ('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
-            '<x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>')
+    bomb = (
+        '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>'
+    )
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", bomb)
     Image.new("RGB", (8, 8)).save(d / "entities.png", pnginfo=info)
@@ -180,7 +222,9 @@ def test_malformed_metadata_is_a_problem_not_a_crash(tmp_path):
     assert any("text chunk 'prompt' (JSONDecodeError" in p for p in problems["bad_comfy.png"])
     assert any(p.startswith("metadata unreadable: XMP (") for p in problems["broken_xmp.png"])
     # PIL refuses the 2 MiB chunk; it is skipped and the rest of the file is still read
-    assert problems["huge_xmp.png"] == ["metadata unreadable: a text chunk over PIL's limit was skipped (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"]
+    assert problems["huge_xmp.png"] == [
+        "metadata unreadable: a text chunk over PIL's limit was skipped (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"
+    ]
     assert isinstance(problems["garbage.jpg"], list) and isinstance(problems["truncated.png"], list)
 
 
@@ -190,7 +234,15 @@ def test_inspect_cli_on_a_folder_of_malformed_files(tmp_path):
     res = runner.invoke(app, ["inspect", "--json", str(d)])
     assert res.exit_code == 0, res.output
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
-    assert set(rows) >= {"truncated.png", "garbage.jpg", "empty.png", "huge_xmp.png", "entities.png", "bad_comfy.png", "ok.png"}
+    assert set(rows) >= {
+        "truncated.png",
+        "garbage.jpg",
+        "empty.png",
+        "huge_xmp.png",
+        "entities.png",
+        "bad_comfy.png",
+        "ok.png",
+    }
     assert rows["ok.png"]["findings"][0]["summary"].startswith("AUTOMATIC1111")
     Image.new("RGB", (16, 16)).save(d / "plain.png")
     table = runner.invoke(app, ["inspect", str(d)])
@@ -201,10 +253,16 @@ def test_inspect_cli_on_a_folder_of_malformed_files(tmp_path):
 def test_fusion_rules(tmp_path):
     a1111 = inspect_file(_png(tmp_path / "a.png", parameters=A1111))
     v = fuse(0.1, 0.5, a1111)
-    assert v.label == "generated" and v.basis.startswith("generated (declared: AUTOMATIC1111 parameters") and "unsigned metadata" in v.basis
+    assert (
+        v.label == "generated"
+        and v.basis.startswith("generated (declared: AUTOMATIC1111 parameters")
+        and "unsigned metadata" in v.basis
+    )
     cam = inspect_file(_camera_jpeg(tmp_path / "cam.jpg"))
     assert fuse(0.08, 0.5, cam).basis == "real (detector 0.08; camera EXIF present)"
-    assert fuse(0.93, 0.5, cam).basis == "generated (detector 0.93; camera EXIF present)"  # EXIF never overrides the detector
+    assert (
+        fuse(0.93, 0.5, cam).basis == "generated (detector 0.93; camera EXIF present)"
+    )  # EXIF never overrides the detector
     assert fuse(None, 0.5, cam).label == "unknown"
     assert fuse(0.93, 0.5, None).basis == "generated (detector 0.93)"
 
@@ -223,7 +281,9 @@ def test_detect_reports_the_basis(tmp_path):
     assert cam["verdict"] == cam["detector_verdict"] and cam["basis"].endswith("camera EXIF present)")
     res = runner.invoke(app, ["detect", "--json", "--no-provenance", str(d)])
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
-    assert rows["a1111.png"]["verdict"] == rows["a1111.png"]["detector_verdict"] and "provenance" not in rows["a1111.png"]
+    assert (
+        rows["a1111.png"]["verdict"] == rows["a1111.png"]["detector_verdict"] and "provenance" not in rows["a1111.png"]
+    )
 
 
 def test_mutated_files_never_crash(tmp_path):
@@ -231,8 +291,10 @@ def test_mutated_files_never_crash(tmp_path):
     import random
 
     rng = random.Random(0)
-    seeds = [_png(tmp_path / "s.png", parameters=A1111, prompt=json.dumps(COMFY_PROMPT)).read_bytes(),
-             _camera_jpeg(tmp_path / "s.jpg", software="Stable Diffusion").read_bytes()]
+    seeds = [
+        _png(tmp_path / "s.png", parameters=A1111, prompt=json.dumps(COMFY_PROMPT)).read_bytes(),
+        _camera_jpeg(tmp_path / "s.jpg", software="Stable Diffusion").read_bytes(),
+    ]
     for i in range(60):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 20)):
@@ -249,23 +311,42 @@ def test_only_a_trusted_c2pa_capture_claim_overrides_the_detector():
     from aigi.provenance.findings import Finding, Provenance
 
     def capture(strength):
-        return Provenance("x.jpg", [Finding("c2pa", "captured", strength, "C2PA by Leica: captured", {"issuer": "Leica Camera AG"})])
+        return Provenance(
+            "x.jpg", [Finding("c2pa", "captured", strength, "C2PA by Leica: captured", {"issuer": "Leica Camera AG"})]
+        )
 
-    assert fuse(0.9, 0.5, capture("strong")).basis == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.90)"
+    assert (
+        fuse(0.9, 0.5, capture("strong")).basis
+        == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.90)"
+    )
     assert fuse(0.9, 0.5, capture("moderate")).basis == "generated (detector 0.90; C2PA by Leica: captured)"
 
 
 def test_a_trusted_capture_outranks_a_weak_generated_declaration():
     from aigi.provenance.findings import Finding, Provenance
 
-    prov = Provenance("x.jpg", [Finding("c2pa", "captured", "strong", "C2PA by Leica: captured", {"issuer": "Leica Camera AG"}),
-                                Finding("png-text", "generated", "weak", "AUTOMATIC1111 parameters", {})])
+    prov = Provenance(
+        "x.jpg",
+        [
+            Finding("c2pa", "captured", "strong", "C2PA by Leica: captured", {"issuer": "Leica Camera AG"}),
+            Finding("png-text", "generated", "weak", "AUTOMATIC1111 parameters", {}),
+        ],
+    )
     v = fuse(0.02, 0.5, prov)
-    assert v.label == "real" and v.basis == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.02; also declared: AUTOMATIC1111 parameters)"
+    assert (
+        v.label == "real"
+        and v.basis
+        == "real (declared: C2PA capture by Leica Camera AG, trusted; detector 0.02; also declared: AUTOMATIC1111 parameters)"
+    )
 
 
 def test_free_text_naming_a_generator_never_decides(tmp_path):
-    for caption in ("Vista dalle colline di Firenze", "Boeing 747 on the runway", "Imagen de Juan Pérez", "made with Stable Diffusion"):
+    for caption in (
+        "Vista dalle colline di Firenze",
+        "Boeing 747 on the runway",
+        "Imagen de Juan Pérez",
+        "made with Stable Diffusion",
+    ):
         exif = Image.Exif()
         exif[0x010F], exif[0x0110], exif[0x010E] = "Canon", "EOS R5", caption
         Image.new("RGB", (32, 32)).save(tmp_path / "c.jpg", exif=exif)
@@ -283,15 +364,21 @@ def test_hostile_parameters_stay_fast(tmp_path):
 
 
 def test_xmp_rdf_resource_form_and_utf16_dtd(tmp_path):
-    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-           '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"><Iptc4xmpExt:DigitalSourceType'
-           ' rdf:resource="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/></rdf:Description></rdf:RDF></x:xmpmeta>')
+    xmp = (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"><Iptc4xmpExt:DigitalSourceType'
+        ' rdf:resource="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/></rdf:Description></rdf:RDF></x:xmpmeta>'
+    )
     Image.new("RGB", (32, 32)).save(tmp_path / "r.jpg", xmp=xmp.encode())
     assert _only(inspect_file(tmp_path / "r.jpg"), "xmp").summary == "XMP digital source type: trainedAlgorithmicMedia"
-    bomb = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>'
-            '<x:xmpmeta xmlns:x="adobe:ns:meta/">&a;</x:xmpmeta>').encode("utf-16")
+    bomb = (
+        '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/">&a;</x:xmpmeta>'
+    ).encode("utf-16")
     Image.new("RGB", (32, 32)).save(tmp_path / "b.jpg", xmp=bomb)
-    assert inspect_file(tmp_path / "b.jpg").problems == ["metadata unreadable: XMP (XMP packet with a DTD (entity declarations are refused))"]
+    assert inspect_file(tmp_path / "b.jpg").problems == [
+        "metadata unreadable: XMP (XMP packet with a DTD (entity declarations are refused))"
+    ]
 
 
 def test_utf16_be_usercomment_starting_with_cjk(tmp_path):
@@ -305,7 +392,9 @@ def test_control_characters_are_stripped(tmp_path):
     exif = Image.Exif()
     exif[0x0131] = "GIMP\x1b[31mRED\x1b]0;pwned\x07"
     Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg", exif=exif)
-    assert "\x1b" not in json.dumps([f.to_dict() for f in inspect_file(tmp_path / "a.jpg").findings], ensure_ascii=False)
+    assert "\x1b" not in json.dumps(
+        [f.to_dict() for f in inspect_file(tmp_path / "a.jpg").findings], ensure_ascii=False
+    )
 
 
 def test_an_oversized_chunk_does_not_hide_the_others(tmp_path):

@@ -31,6 +31,7 @@ def _embed(rgb: np.ndarray, kind: str, content, order: str = "BGR") -> np.ndarra
     """Mark ``rgb`` the way a pipeline does: "BGR" = the reference scripts (RGB flipped to BGR before encoding),
     "RGB" = diffusers before PR #7013 (the RGB array handed over as if it were BGR)."""
     import imwatermark  # installed by scripts/setup.sh (dev); a missing package must fail the test, not skip it
+
     enc = imwatermark.WatermarkEncoder()
     enc.set_watermark(kind, content)
     if order == "BGR":
@@ -85,6 +86,7 @@ def test_marked_png_gives_exactly_its_finding(tmp_path, astronaut, case):
 
 def test_numpy_decoder_matches_the_library_bit_for_bit(astronaut, sdxl_marked):
     import imwatermark  # installed by scripts/setup.sh (dev); a missing package must fail the test, not skip it
+
     coffee = _natural("coffee", (517, 300))
     images = [
         astronaut,
@@ -154,7 +156,10 @@ def test_inspect_cli_and_fusion(tmp_path, sdxl_marked):
     rows = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(res.stdout)["results"]}
     (f,) = [f for f in rows["sdxl.png"]["findings"] if f["source"] == "watermark"]
     assert (f["source"], f["claim"], f["strength"]) == ("watermark", "generated", "moderate")
-    assert f["summary"] == "Stable Diffusion XL invisible watermark (48/48 bits)" and f["details"]["channel_order"] == "BGR"
+    assert (
+        f["summary"] == "Stable Diffusion XL invisible watermark (48/48 bits)"
+        and f["details"]["channel_order"] == "BGR"
+    )
     assert not [f for f in rows["small.png"]["findings"] if f["source"] == "watermark"]
     v = fuse(0.02, 0.5, inspect_file(d / "sdxl.png"))  # the watermark decides, whatever the detector says
     assert (v.label, v.source) == ("generated", "watermark")

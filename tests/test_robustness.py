@@ -9,7 +9,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from aigi.cli import app
-from aigi.data.perturb import DEFAULT_SWEEP, Perturbation, PerturbationError, Perturbed, parse_perturbation
+from aigi.data.perturb import (
+    DEFAULT_SWEEP,
+    Perturbation,
+    PerturbationError,
+    Perturbed,
+    parse_perturbation,
+)
 from aigi.data.transforms import EvalProtocol
 
 runner = CliRunner()
@@ -26,8 +32,15 @@ def test_parse_and_names():
     assert parse_perturbation("none").kind == "none"
     assert parse_perturbation("noise:0.1").name == "noise:0.1"
     assert [parse_perturbation(t).name for t in DEFAULT_SWEEP] == DEFAULT_SWEEP
-    for bad, why in [("jpeg:0", "1 to 100"), ("jpeg:75.5", "whole number"), ("blur:-1", "between"), ("noise:2", "between"),
-                     ("sharpen:2", "expected none"), ("jpeg:high", "not a number"), ("jpeg", "expected none")]:
+    for bad, why in [
+        ("jpeg:0", "1 to 100"),
+        ("jpeg:75.5", "whole number"),
+        ("blur:-1", "between"),
+        ("noise:2", "between"),
+        ("sharpen:2", "expected none"),
+        ("jpeg:high", "not a number"),
+        ("jpeg", "expected none"),
+    ]:
         with pytest.raises(PerturbationError, match=why):
             parse_perturbation(bad)
 
@@ -49,7 +62,10 @@ def test_each_perturbation_changes_the_image_as_its_level_says():
     # a JPEG at quality q is what the model sees: same bytes as encoding it ourselves
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=50)
-    assert np.array_equal(np.asarray(parse_perturbation("jpeg:50").apply(im)), np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    assert np.array_equal(
+        np.asarray(parse_perturbation("jpeg:50").apply(im)),
+        np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")),
+    )
 
 
 def test_perturbed_protocol_applies_before_the_crop():
@@ -69,7 +85,9 @@ def test_perturbed_protocol_applies_before_the_crop():
 def test_eval_perturb_scores_differ_and_bad_values_are_messages(labelled_images, tmp_path):
     clean = runner.invoke(app, ["eval", "--data", str(labelled_images), "--out", str(tmp_path / "clean")])
     assert clean.exit_code == 0, clean.output
-    res = runner.invoke(app, ["eval", "--data", str(labelled_images), "--perturb", "blur:4", "--out", str(tmp_path / "blur")])
+    res = runner.invoke(
+        app, ["eval", "--data", str(labelled_images), "--perturb", "blur:4", "--out", str(tmp_path / "blur")]
+    )
     assert res.exit_code == 0, res.output
     assert "(blur:4)" in res.output
     a = (tmp_path / "clean" / "report_scores.csv").read_text()
@@ -81,7 +99,17 @@ def test_eval_perturb_scores_differ_and_bad_values_are_messages(labelled_images,
 
 def test_robustness_sweep_writes_table_csv_plot_and_resumes(labelled_images, tmp_path, monkeypatch):
     out = tmp_path / "rob"
-    args = ["robustness", "--data", str(labelled_images), "--perturb", "none,jpeg:50", "--perturb", "noise:0.2", "--out", str(out)]
+    args = [
+        "robustness",
+        "--data",
+        str(labelled_images),
+        "--perturb",
+        "none,jpeg:50",
+        "--perturb",
+        "noise:0.2",
+        "--out",
+        str(out),
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     state = json.loads((out / "robustness.json").read_text())
@@ -108,7 +136,9 @@ def test_robustness_sweep_writes_table_csv_plot_and_resumes(labelled_images, tmp
     m = load_default_model()
     m.config.threshold = 0.3
     save_model(m, model)
-    res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)])
+    res = runner.invoke(
+        app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads((out / "robustness.json").read_text())["rows"]
     assert len(rows) == 4 and rows[:3] == state["rows"]  # earlier rows are kept, the new model's row is added
@@ -116,7 +146,9 @@ def test_robustness_sweep_writes_table_csv_plot_and_resumes(labelled_images, tmp
     assert (out / "robustness.csv").read_text().count("\n") == 2  # the CSV and plot show this call's rows
     # changed images are measured again
     Image.new("RGB", (40, 40), (9, 9, 9)).save(labelled_images / "0_real" / "extra.jpg")
-    res = runner.invoke(app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)])
+    res = runner.invoke(
+        app, ["robustness", "--data", str(labelled_images), "--model", str(model), "-p", "none", "--out", str(out)]
+    )
     assert res.exit_code == 0 and len(json.loads((out / "robustness.json").read_text())["rows"]) == 5
 
 

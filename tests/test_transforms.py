@@ -49,7 +49,9 @@ def resize_spy(monkeypatch):
 # --------------------------------------------------------------------------------------------- EvalProtocol
 
 
-@pytest.mark.parametrize("size,expected", [((1024, 768), (683, 512)), ((600, 1200), (512, 1024)), ((513, 513), (512, 512))])
+@pytest.mark.parametrize(
+    "size,expected", [((1024, 768), (683, 512)), ((600, 1200), (512, 1024)), ((513, 513), (512, 512))]
+)
 def test_eval_resizes_short_side_above_512_keeping_aspect(resize_spy, size, expected):
     im = gradient(*size)
     out = EvalProtocol().apply_pil(im, "JPEG", PRE)
@@ -209,7 +211,7 @@ def test_train_op_results():
     # a random crop is some 16x16 window of the original pixels
     crop = arr(TrainAugment(**SMALL, jpeg_prob=0.0, op_weights=(0, 0, 1, 0)).apply_pil(im, 0, rng))
     a = arr(im)
-    assert any(np.array_equal(crop, a[t : t + 16, l : l + 16]) for t in range(5) for l in range(9))
+    assert any(np.array_equal(crop, a[t : t + 16, c : c + 16]) for t in range(5) for c in range(9))
 
 
 @pytest.mark.parametrize("size", [(10, 6), (16, 40), (24, 20), (200, 90)])

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aigi.checkpoints import Model, load_default_model, load_model
-from aigi.data.decode import ImageDecodeError, ImageInput, InMemoryImage, as_input, read_bytes
+from aigi.data.decode import (
+    ImageDecodeError,
+    ImageInput,
+    InMemoryImage,
+    as_input,
+    read_bytes,
+)
 from aigi.data.folders import ImageSet, discover
 from aigi.data.perturb import Perturbation
 from aigi.engine.evaluate import Report, build_report
@@ -56,20 +62,36 @@ class Detection:
     def to_dict(self, heatmap_base64: bool = False) -> dict:
         """The one JSON schema of a verdict. ``heatmap`` (with explain) is where the PNG was written, or the PNG
         itself in base64 when ``heatmap_base64``."""
-        d = {"path": self.path, "verdict": self.verdict, "basis": self.basis,
-             "prob_generated": None if self.prob_generated is None else round(self.prob_generated, 4),
-             "detector_verdict": self.detector_verdict, "error": self.error}
+        d = {
+            "path": self.path,
+            "verdict": self.verdict,
+            "basis": self.basis,
+            "prob_generated": None if self.prob_generated is None else round(self.prob_generated, 4),
+            "detector_verdict": self.detector_verdict,
+            "error": self.error,
+        }
         if self.provenance is not None:
-            d["provenance"] = {"findings": [f.to_dict() for f in self.provenance.findings], "problems": self.provenance.problems}
+            d["provenance"] = {
+                "findings": [f.to_dict() for f in self.provenance.findings],
+                "problems": self.provenance.problems,
+            }
         if self.explained:
             png = self.heatmap_png
             d["heatmap"] = (base64.b64encode(png).decode() if png else None) if heatmap_base64 else self.heatmap_path
         return d
 
 
-def detect(model: Model, inputs: Iterable[ImageInput | tuple[str, bytes]], *, threshold: float | None = None,
-           provenance: bool = True, explain: bool = False, use_cache: bool = True, batch_size: int = 8,
-           progress: bool = False) -> list[Detection]:
+def detect(
+    model: Model,
+    inputs: Iterable[ImageInput | tuple[str, bytes]],
+    *,
+    threshold: float | None = None,
+    provenance: bool = True,
+    explain: bool = False,
+    use_cache: bool = True,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[Detection]:
     """One :class:`Detection` per input, in order; a file that cannot be read gets ``verdict="error"`` and the
     reason, never an exception. ``explain`` adds the per-patch heatmap as PNG bytes (a model without a patch map
     raises :class:`~aigi.errors.ConfigError`)."""
@@ -84,15 +106,26 @@ def detect(model: Model, inputs: Iterable[ImageInput | tuple[str, bytes]], *, th
     return [_detection(item, i, scores, t, provenance, pngs.get(i), explain) for i, item in enumerate(items)]
 
 
-def _detection(item, i: int, scores: Scores, threshold: float, provenance: bool, png: bytes | None, explain: bool) -> Detection:
+def _detection(
+    item, i: int, scores: Scores, threshold: float, provenance: bool, png: bytes | None, explain: bool
+) -> Detection:
     prob = None if i in scores.errors else float(scores.prob[i])
     prov = _provenance(item) if provenance else None
     v = fuse(prob, threshold, prov)
     error = scores.errors.get(i)
     verdict, basis = (v.label, v.basis) if v.label != "unknown" else ("error", f"could not be scored: {error}")
-    return Detection(path=str(item), verdict=verdict, basis=basis, prob_generated=prob, threshold=threshold,
-                     detector_verdict=None if prob is None else ("generated" if prob >= threshold else "real"),
-                     error=error, provenance=prov, heatmap_png=png, explained=explain)
+    return Detection(
+        path=str(item),
+        verdict=verdict,
+        basis=basis,
+        prob_generated=prob,
+        threshold=threshold,
+        detector_verdict=None if prob is None else ("generated" if prob >= threshold else "real"),
+        error=error,
+        provenance=prov,
+        heatmap_png=png,
+        explained=explain,
+    )
 
 
 def _provenance(item: Path | InMemoryImage) -> Provenance:
@@ -104,17 +137,33 @@ def _provenance(item: Path | InMemoryImage) -> Provenance:
     return inspect_file(item)
 
 
-def evaluate(model: Model, data: str | os.PathLike | ImageSet, *, threshold: float | None = None,
-             perturbation: Perturbation | None = None, use_cache: bool = True, batch_size: int = 8,
-             progress: bool = True, model_name: str = "", data_name: str | None = None,
-             cache_dir: str | os.PathLike | None = None) -> Report:
+def evaluate(
+    model: Model,
+    data: str | os.PathLike | ImageSet,
+    *,
+    threshold: float | None = None,
+    perturbation: Perturbation | None = None,
+    use_cache: bool = True,
+    batch_size: int = 8,
+    progress: bool = True,
+    model_name: str = "",
+    data_name: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Report:
     """Score labelled images (a folder or manifest in any layout :func:`aigi.data.folders.discover` reads, or an
     :class:`ImageSet`) and build the report: the field's metrics per subset plus MEAN, the unreadable and the skipped
     files. ``report.write(folder)`` writes its CSV, JSON, per-image scores and plots."""
     image_set = data if isinstance(data, ImageSet) else discover(data)
     t = model.threshold if threshold is None else threshold
-    scores = score_paths(model, [s.path for s in image_set.samples], use_cache=use_cache, cache_dir=cache_dir,
-                         batch_size=batch_size, progress=progress, perturbation=perturbation)
+    scores = score_paths(
+        model,
+        [s.path for s in image_set.samples],
+        use_cache=use_cache,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+        perturbation=perturbation,
+    )
     name = data_name if data_name is not None else str(data if not isinstance(data, ImageSet) else image_set.root or "")
     if perturbation is not None and perturbation.kind != "none":
         name += f" ({perturbation.name})"

@@ -33,8 +33,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-
-
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -90,7 +88,9 @@ def build_model(config: ModelConfig) -> Model:
     try:
         detector = cls(params, backbone)
     except ValueError as e:  # settings the parameters alone cannot check, e.g. heads that do not divide the width
-        raise ModelLoadError(f"invalid {config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone: {e}") from None
+        raise ModelLoadError(
+            f"invalid {config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone: {e}"
+        ) from None
     return Model(detector, config)
 
 
@@ -133,8 +133,10 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
     if isinstance(raw, dict) and raw.get("kind") == "mirror-memory":
-        raise ModelLoadError(f"{folder}: a MIRROR memory folder (from `aigi train mirror-memory`), not a model folder; "
-                             "pass it as `aigi train mirror --memory`")
+        raise ModelLoadError(
+            f"{folder}: a MIRROR memory folder (from `aigi train mirror-memory`), not a model folder; "
+            "pass it as `aigi train mirror --memory`"
+        )
     try:
         return ModelConfig.model_validate(raw)
     except ValidationError as e:
@@ -167,7 +169,11 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def check_metadata(expected: dict[str, str], found: dict[str, str], where: str) -> None:
     """Settings recorded with the weights must equal the config's (a file without them is not checked)."""
-    wrong = [f"{k}: config.json says {v}, the weights were made with {found[k]}" for k, v in expected.items() if k in found and found[k] != v]
+    wrong = [
+        f"{k}: config.json says {v}, the weights were made with {found[k]}"
+        for k, v in expected.items()
+        if k in found and found[k] != v
+    ]
     if wrong:
         raise ModelLoadError(f"{where} does not match its config:\n  " + "\n  ".join(wrong))
 
@@ -182,7 +188,11 @@ def check_tensors(expected: dict[str, torch.Tensor], state: dict[str, torch.Tens
     """Every name and shape of ``state`` must match ``expected``; the error lists what does not."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing tensors: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from aigi import cli_tables as show
 from aigi._version import __version__
+from aigi.cli_train import add_train_commands
 from aigi.errors import AigiError, ConfigError, DataError, NothingScoredError
 
 
@@ -36,9 +37,16 @@ class AigiGroup(TyperGroup):
             raise typer.Exit(2) from None
 
 
-app = typer.Typer(cls=AigiGroup, help="Tell AI-generated images from real photographs.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
-train_app = typer.Typer(cls=AigiGroup, help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True)
+app = typer.Typer(
+    cls=AigiGroup,
+    help="Tell AI-generated images from real photographs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(
+    cls=AigiGroup, help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")
 
 
@@ -49,17 +57,26 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     """Tell AI-generated images from real photographs."""
 
 
 # -- shared options --------------------------------------------------------------------------------------------------
 MODEL_HELP = "Model folder (config.json + model.safetensors). Default: the model shipped with aigi."
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help=MODEL_HELP)]
-ThresholdOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Override the model's decision threshold on P(generated).")]
+ThresholdOpt = Annotated[
+    Optional[float], typer.Option(min=0.0, max=1.0, help="Override the model's decision threshold on P(generated).")
+]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Images per batch (small batches are fastest on CPU).")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the feature cache.")]
-OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs).")]
+OutDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs)."),
+]
 InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object per file) instead of a table.")]
 
@@ -68,15 +85,6 @@ def _load(model_dir: Optional[Path]):
     from aigi import api
 
     return api.load(model_dir)
-
-
-def _backbone_spec(backbone: str, source: Optional[str], feature_level: Optional[str]):
-    from aigi.backbones import BackboneSpec
-
-    options = {"feature_level": feature_level} if feature_level else {}
-    if source and Path(source).expanduser().is_dir():  # a local folder: record where it is, not how it was typed
-        source = str(Path(source).expanduser().resolve())
-    return BackboneSpec(family=backbone, source=source, options=options)
 
 
 def _perturbation(text: Optional[str]):
@@ -121,13 +129,29 @@ def _write_heatmaps(results, folder: Path) -> int:
 def detect(
     inputs: InputsArg,
     model: ModelOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object per image) instead of a table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (one object per image) instead of a table.")
+    ] = False,
     threshold: ThresholdOpt = None,
     batch_size: BatchOpt = 8,
     no_cache: NoCacheOpt = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm; MDMF: each patch's share of the MMD).")] = False,
-    explain_dir: Annotated[Path, typer.Option("--explain-dir", help="Folder for the --explain heatmaps.")] = Path("aigi_heatmaps"),
-    no_provenance: Annotated[bool, typer.Option("--no-provenance", help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides.")] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Also write a heatmap PNG per image of the model's per-patch evidence (MIRROR: residual norm; MDMF: each patch's share of the MMD).",
+        ),
+    ] = False,
+    explain_dir: Annotated[Path, typer.Option("--explain-dir", help="Folder for the --explain heatmaps.")] = Path(
+        "aigi_heatmaps"
+    ),
+    no_provenance: Annotated[
+        bool,
+        typer.Option(
+            "--no-provenance",
+            help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides.",
+        ),
+    ] = False,
 ) -> None:
     """Say, for each image, whether it was generated or is real, and on what basis.
 
@@ -139,16 +163,32 @@ def detect(
 
     image_set = _image_inputs(inputs)
     m = _load(model)
-    results = api.detect(m, [s.path for s in image_set.samples], threshold=threshold, provenance=not no_provenance,
-                         explain=explain, use_cache=not no_cache, batch_size=batch_size, progress=not as_json)
+    results = api.detect(
+        m,
+        [s.path for s in image_set.samples],
+        threshold=threshold,
+        provenance=not no_provenance,
+        explain=explain,
+        use_cache=not no_cache,
+        batch_size=batch_size,
+        progress=not as_json,
+    )
     n_maps = _write_heatmaps(results, explain_dir) if explain else 0
     t = m.threshold if threshold is None else threshold
     if as_json:
-        payload = {"model": m.config.detector, "threshold": t, "results": [d.to_dict() for d in results],
-                   "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
+        payload = {
+            "model": m.config.detector,
+            "threshold": t,
+            "results": [d.to_dict() for d in results],
+            "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped],
+        }
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
-        show.detections(results, f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}", not no_provenance)
+        show.detections(
+            results,
+            f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}",
+            not no_provenance,
+        )
         show.skipped(image_set.skipped)
         if n_maps:
             show.say(f"wrote {n_maps} heatmaps to {explain_dir}")
@@ -169,7 +209,9 @@ def _eval_mode(data, benchmarks_root, benchmarks, real, fake, extra: list[str]) 
             raise ConfigError("--benchmarks needs --benchmarks-root, not --real/--fake")
         return "pooled"
     if (data is None) == (benchmarks_root is None):
-        raise ConfigError("give exactly one of --data (labelled images), --benchmarks-root (with --benchmarks NAME ...) or --real with --fake")
+        raise ConfigError(
+            "give exactly one of --data (labelled images), --benchmarks-root (with --benchmarks NAME ...) or --real with --fake"
+        )
     if data is not None and benchmarks:
         raise ConfigError("--benchmarks needs --benchmarks-root, not --data")
     if data is not None and extra:
@@ -191,7 +233,9 @@ def _eval_images(mode: str, data: Optional[Path], real: Optional[Path], fakes: l
     return image_set, f"real {real} vs " + ", ".join(map(str, fakes))
 
 
-def _eval_suites(m, root: Path, names: list[str], out_dir: Path, threshold, batch_size: int, use_cache: bool, model_name: str) -> None:
+def _eval_suites(
+    m, root: Path, names: list[str], out_dir: Path, threshold, batch_size: int, use_cache: bool, model_name: str
+) -> None:
     """--benchmarks-root: MIRROR's suites, one CSV and one report folder each."""
     from aigi.engine.benchmarks import plan_suites, run_suites
 
@@ -203,29 +247,83 @@ def _eval_suites(m, root: Path, names: list[str], out_dir: Path, threshold, batc
         raise DataError(f"none of the named suites has labelled images under {root}")
     run_suites(m, suites, out_dir, threshold, batch_size, use_cache, model_name=model_name)
     for r in (r for r in suites if r.report is not None):
-        show.report(r.report, f"aigi eval — {r.name} ({r.suite.name}: {r.report.data}, threshold {r.report.threshold:.3f})")
+        show.report(
+            r.report, f"aigi eval — {r.name} ({r.suite.name}: {r.report.data}, threshold {r.report.threshold:.3f})"
+        )
         if r.report.skipped:
-            show.note(f"{r.name}: {len(r.report.skipped)} file(s) skipped (outside label folders or not images), "
-                      f"listed in {r.files['json']}", prefix="")
+            show.note(
+                f"{r.name}: {len(r.report.skipped)} file(s) skipped (outside label folders or not images), "
+                f"listed in {r.files['json']}",
+                prefix="",
+            )
         show.say(f"wrote {r.csv} and {r.files['json'].parent}/")
     if all(len(r.report.errors) == len(r.image_set.samples) for r in suites if r.report is not None):
         raise NothingScoredError("no image could be read")
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True})  # extra args: more names after --benchmarks or --fake
+@app.command(
+    name="eval", context_settings={"allow_extra_args": True}
+)  # extra args: more names after --benchmarks or --fake
 def evaluate(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest.")] = None,
-    benchmarks_root: Annotated[Optional[Path], typer.Option("--benchmarks-root", help="Folder holding MIRROR's benchmark suites (instead of --data); name them with --benchmarks.")] = None,
-    benchmarks: Annotated[Optional[list[str]], typer.Option("--benchmarks", "-b", metavar="NAME...", help="Suite names, ignoring case: --benchmarks Chameleon GenImage, repeated, or comma-separated. See README.")] = None,
-    real: Annotated[Optional[Path], typer.Option("--real", help="Folder of real images, pooled: scored against each --fake folder (instead of --data).")] = None,
-    fake: Annotated[Optional[list[Path]], typer.Option("--fake", metavar="GEN_DIR...", help="With --real: one folder of generated images per generator (--fake A B C, or repeated); one subset each.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            "-d",
+            help="Labelled images: folders (0_real/1_fake, real/fake, nature/ai, pooled reals + generator folders, benchmark roots) or a CSV manifest.",
+        ),
+    ] = None,
+    benchmarks_root: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--benchmarks-root",
+            help="Folder holding MIRROR's benchmark suites (instead of --data); name them with --benchmarks.",
+        ),
+    ] = None,
+    benchmarks: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--benchmarks",
+            "-b",
+            metavar="NAME...",
+            help="Suite names, ignoring case: --benchmarks Chameleon GenImage, repeated, or comma-separated. See README.",
+        ),
+    ] = None,
+    real: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--real", help="Folder of real images, pooled: scored against each --fake folder (instead of --data)."
+        ),
+    ] = None,
+    fake: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--fake",
+            metavar="GEN_DIR...",
+            help="With --real: one folder of generated images per generator (--fake A B C, or repeated); one subset each.",
+        ),
+    ] = None,
     model: ModelOpt = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs). With --benchmarks-root: default results/.")] = None,
+    out_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs). With --benchmarks-root: default results/.",
+        ),
+    ] = None,
     threshold: ThresholdOpt = None,
     batch_size: BatchOpt = 8,
     no_cache: NoCacheOpt = False,
-    perturb: Annotated[Optional[str], typer.Option("--perturb", metavar="KIND:LEVEL", help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75.")] = None,
+    perturb: Annotated[
+        Optional[str],
+        typer.Option(
+            "--perturb",
+            metavar="KIND:LEVEL",
+            help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75.",
+        ),
+    ] = None,
 ) -> None:
     """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
 
@@ -239,11 +337,27 @@ def evaluate(
     if mode == "suites":
         if perturbation is not None:
             raise ConfigError("--perturb works with --data or --real/--fake, not --benchmarks-root")
-        return _eval_suites(_load(model), benchmarks_root, [*(benchmarks or []), *ctx.args], out_dir or Path("results"),
-                            threshold, batch_size, not no_cache, str(model or "default"))
+        return _eval_suites(
+            _load(model),
+            benchmarks_root,
+            [*(benchmarks or []), *ctx.args],
+            out_dir or Path("results"),
+            threshold,
+            batch_size,
+            not no_cache,
+            str(model or "default"),
+        )
     image_set, source = _eval_images(mode, data, real, [*(fake or []), *map(Path, ctx.args)])
-    report = api.evaluate(_load(model), image_set, threshold=threshold, perturbation=perturbation, use_cache=not no_cache,
-                          batch_size=batch_size, model_name=str(model or "default"), data_name=source)
+    report = api.evaluate(
+        _load(model),
+        image_set,
+        threshold=threshold,
+        perturbation=perturbation,
+        use_cache=not no_cache,
+        batch_size=batch_size,
+        model_name=str(model or "default"),
+        data_name=source,
+    )
     show.metrics(f"aigi eval — {report.data} (threshold {report.threshold:.3f})", format_table(report))
     show.unreadable(report.errors)
     show.skipped(image_set.skipped)
@@ -268,9 +382,23 @@ def _models_by_name(folders: Optional[list[Path]]) -> dict:
 @app.command()
 def robustness(
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled images (any layout eval --data reads).")],
-    model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Model folder; repeat to compare models. Default: the shipped model.")] = None,
-    perturb: Annotated[Optional[list[str]], typer.Option("--perturb", "-p", metavar="KIND:LEVEL", help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.")] = None,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for robustness.json/.csv/.png (an interrupted run resumes from it).")] = Path("robustness"),
+    model: Annotated[
+        Optional[list[Path]],
+        typer.Option("--model", "-m", help="Model folder; repeat to compare models. Default: the shipped model."),
+    ] = None,
+    perturb: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--perturb",
+            "-p",
+            metavar="KIND:LEVEL",
+            help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for robustness.json/.csv/.png (an interrupted run resumes from it)."),
+    ] = Path("robustness"),
     batch_size: BatchOpt = 8,
 ) -> None:
     """AUROC and accuracies under post-processing (JPEG, blur, noise), per model: a table, a CSV and a plot."""
@@ -286,7 +414,9 @@ def robustness(
     image_set = discover(data)
     show.skipped(image_set.skipped)
     notes: list[str] = []
-    rows = run_sweep(_models_by_name(model), image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes)
+    rows = run_sweep(
+        _models_by_name(model), image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes
+    )
     for text in notes:
         show.note(text)
     show.robustness(rows, perturbations, data)
@@ -308,7 +438,10 @@ def inspect(inputs: InputsArg, as_json: JsonOpt = False) -> None:
     image_set = _image_inputs(inputs)
     results = [inspect_file(s.path) for s in image_set.samples]
     if as_json:
-        payload = {"results": [r.to_dict() for r in results], "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped]}
+        payload = {
+            "results": [r.to_dict() for r in results],
+            "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped],
+        }
         sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
     else:
         show.provenance(results)
@@ -317,9 +450,21 @@ def inspect(inputs: InputsArg, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-FEATURE_KINDS = {"patches": "mdmf", "global": "univfd", "tokens": "mirror"}  # feature kind -> the detector that caches it
-# efficientnet_lite0 level when --feature-level is not given: the training defaults (both chosen on aigi-mini val)
-KIND_LEVELS = {"patches": "stage6", "tokens": "stage6"}
+def _feature_detector(kind: str) -> tuple[str, Optional[str]]:
+    """The detector whose cached features are of ``kind``, and its recipe's default feature level."""
+    from aigi.detectors import DETECTORS, load_all
+    from aigi.engine.trainer import RECIPES
+
+    load_all()
+    kinds = {DETECTORS.get(n).feature_kind: n for n in DETECTORS.names()}
+    if kind not in kinds:
+        raise ConfigError(f"--kind must be one of {', '.join(sorted(kinds))}, got {kind!r}")
+    levels = [
+        RECIPES.get(r).Config.model_fields["feature_level"].default
+        for r in RECIPES.names()
+        if RECIPES.get(r).detector == kinds[kind] and "feature_level" in RECIPES.get(r).Config.model_fields
+    ]
+    return kinds[kind], (levels[0] if levels else None)
 
 
 def _feature_images(data: Path) -> list[Path]:
@@ -338,34 +483,64 @@ def _feature_images(data: Path) -> list[Path]:
 
 @app.command()
 def features(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Images: a folder (every image below it, whatever its layout), an image file or a CSV manifest.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Images: a folder (every image below it, whatever its layout), an image file or a CSV manifest.",
+        ),
+    ],
     backbone: Annotated[str, typer.Option(help="Backbone family: efficientnet_lite0 or hf_vit.")],
-    backbone_source: Annotated[Optional[str], typer.Option(help="hf_vit: Hugging Face model id or local folder.")] = None,
-    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage6 as MDMF, tokens: stage6 as MIRROR, global: head).")] = None,
-    kind: Annotated[str, typer.Option(help="What to cache: patches (mdmf), global (univfd) or tokens (mirror with a frozen backbone).")] = "patches",
-    format_align: Annotated[bool, typer.Option(help="Evaluation protocol: re-encode lossless inputs as JPEG q96. Must match the model that will read the cache.")] = True,
+    backbone_source: Annotated[
+        Optional[str], typer.Option(help="hf_vit: Hugging Face model id or local folder.")
+    ] = None,
+    feature_level: Annotated[
+        Optional[str],
+        typer.Option(
+            help="efficientnet_lite0: head, stage6, stage5, stage4, stage3. Default: the detector's training default (patches: stage6 as MDMF, tokens: stage6 as MIRROR, global: head)."
+        ),
+    ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(help="What to cache: patches (mdmf), global (univfd) or tokens (mirror with a frozen backbone)."),
+    ] = "patches",
+    format_align: Annotated[
+        bool,
+        typer.Option(
+            help="Evaluation protocol: re-encode lossless inputs as JPEG q96. Must match the model that will read the cache."
+        ),
+    ] = True,
     batch_size: BatchOpt = 8,
 ) -> None:
     """Precompute backbone features into the on-disk feature cache, so that later `aigi train` / `aigi eval` runs read them.
 
     The cache is keyed as the detectors key it (backbone, preprocessing, protocol, feature kind, file contents).
     Unreadable files get a reason and the run carries on; the exit code is 1 only when no image could be read."""
+    from aigi.backbones import backbone_spec
     from aigi.checkpoints import ModelConfig, build_model
     from aigi.data.transforms import EvalProtocol
     from aigi.detectors import get_detector
     from aigi.engine.inference import extract_features, feature_cache_for
 
-    if kind.lower() not in FEATURE_KINDS:
-        raise ConfigError(f"--kind must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
     kind, paths = kind.lower(), _feature_images(data)
-    detector = FEATURE_KINDS[kind]
-    level = feature_level or (KIND_LEVELS.get(kind) if backbone == "efficientnet_lite0" else None)
-    m = build_model(ModelConfig(detector=detector, params=dict(get_detector(detector).cache_variant),  # the cache namespace training uses
-                                backbone=_backbone_spec(backbone, backbone_source, level), protocol=EvalProtocol(format_align=format_align)))
+    detector, default_level = _feature_detector(kind)
+    spec = backbone_spec(backbone, backbone_source, feature_level or default_level)
+    level = spec.options.get("feature_level")
+    m = build_model(
+        ModelConfig(
+            detector=detector,
+            params=dict(get_detector(detector).cache_variant),  # the cache namespace training uses
+            backbone=spec,
+            protocol=EvalProtocol(format_align=format_align),
+        )
+    )
     ext = extract_features(m, paths, use_cache=True, batch_size=batch_size, description=f"{kind} features")
     show.unreadable({"path": str(paths[i]), "reason": r} for i, r in sorted(ext.errors.items()))
-    show.say(f"{kind} features ({backbone + (f', {level}' if level else '')}): {len(ext.ok) - ext.cache_hits} computed, "
-             f"{ext.cache_hits} already cached, {len(ext.errors)} unreadable")
+    show.say(
+        f"{kind} features ({backbone + (f', {level}' if level else '')}): {len(ext.ok) - ext.cache_hits} computed, "
+        f"{ext.cache_hits} already cached, {len(ext.errors)} unreadable"
+    )
     show.say(f"cache: {feature_cache_for(m).dir}")
     if not ext.ok:
         raise NothingScoredError("no image could be read")
@@ -375,7 +550,14 @@ def features(
 def calibrate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled validation images.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model folder to update in place.")],
-    target_real_acc: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy.")] = None,
+    target_real_acc: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy.",
+        ),
+    ] = None,
 ) -> None:
     """Choose the decision threshold on validation data and store it in the model folder."""
     from aigi.checkpoints import save_model
@@ -388,127 +570,13 @@ def calibrate(
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    show.say(f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
-             f"generated acc {f(rec['fake_acc'])} on {data}")
+    show.say(
+        f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
+        f"generated acc {f(rec['fake_acc'])} on {data}"
+    )
 
 
-FORMAT_ALIGN_HELP = "Evaluation protocol: re-encode lossless inputs as JPEG q96 (MIRROR's protocol; the shipped model's)."
-MIXED_HELP = "Mixed precision on GPU: no, fp16 or bf16. Several GPUs: run under `accelerate launch -m aigi.cli ...`."
-CalibrateOpt = Annotated[Optional[Path], typer.Option("--calibrate-on", help="Labelled images on which to choose the threshold.")]
-TargetOpt = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="With --calibrate-on: keep this real-photo accuracy.")]
-BackboneOpt = Annotated[str, typer.Option(help="Backbone family: efficientnet_lite0 or hf_vit.")]
-SourceOpt = Annotated[Optional[str], typer.Option(help="hf_vit: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP).")]
-
-
-def _saved(out_dir: Path, m, auroc: Optional[float] = None) -> None:
-    extra = f", val AUROC {auroc:.3f}" if auroc is not None else ""
-    show.say(f"saved {out_dir} (threshold {m.threshold:.4f}{extra})")
-
-
-@train_app.command("univfd")
-def train_univfd(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled training images.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-    val: Annotated[Optional[Path], typer.Option(help="Labelled validation images, used to choose the regularisation.")] = None,
-    calibrate_on: CalibrateOpt = None,
-    target_real_acc: TargetOpt = None,
-    backbone: BackboneOpt = "efficientnet_lite0",
-    backbone_source: SourceOpt = None,
-    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: head (default), stage6, stage5, stage4, stage3.")] = None,
-    format_align: Annotated[bool, typer.Option(help=FORMAT_ALIGN_HELP)] = True,
-    C: Annotated[Optional[float], typer.Option("--C", help="Inverse regularisation strength; default: chosen on --val.")] = None,
-) -> None:
-    """UnivFD linear probe: frozen backbone global feature -> logistic regression."""
-    from aigi.data.transforms import EvalProtocol
-    from aigi.engine.train import train_univfd as run
-
-    m, info = run(data, out_dir, backbone=_backbone_spec(backbone, backbone_source, feature_level), protocol=EvalProtocol(format_align=format_align),
-                  params={"C": C} if C is not None else {}, val=val, calibrate_on=calibrate_on, target_real_acc=target_real_acc)
-    show.say(f"saved {out_dir} (C={info['C']}, threshold {m.threshold:.4f})")
-
-
-@train_app.command("mdmf")
-def train_mdmf(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled training images (real and generated).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-    reference: Annotated[Optional[Path], typer.Option(help="Clean real images for the reference bank (default: the real training images).")] = None,
-    val: Annotated[Optional[Path], typer.Option(help="Labelled validation images (AUROC recorded in the config).")] = None,
-    calibrate_on: CalibrateOpt = None,
-    target_real_acc: TargetOpt = None,
-    backbone: BackboneOpt = "efficientnet_lite0",
-    backbone_source: SourceOpt = None,
-    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: stage6 (default: 32-px cells, best on aigi-mini val), stage5, stage4 (16-px cells), stage3.")] = None,
-    pool: Annotated[int, typer.Option(min=1, help="Patch unit: average tokens over pool x pool cells (stage6 cells are 32 px, the paper's best; at stage4, 2 x 16 px).")] = 1,
-    estimator: Annotated[str, typer.Option(help="fast (random-feature mean embedding of the bank) or exact (kernel sums against a bank sample).")] = "fast",
-    bank_patches: Annotated[int, typer.Option(min=2, max=1_000_000, help="Reference patches stored for the exact estimator (the fast one summarises every patch).")] = 4096,
-    steps: Annotated[int, typer.Option(min=1)] = 1000,
-    lr: float = 1e-3,
-    criterion: Annotated[str, typer.Option(help="image (separation of per-image scores) or pooled (patch-level test power).")] = "image",
-) -> None:
-    """MDMF: patch-distribution detection by MMD against a bank of real images (deep kernel, test-power training)."""
-    from aigi.engine.train_mdmf import train_mdmf as run
-
-    level = feature_level or ("stage6" if backbone == "efficientnet_lite0" else None)
-    m = run(data, out_dir, reference=reference, val=val, backbone=_backbone_spec(backbone, backbone_source, level),
-            params={"pool": pool, "estimator": estimator, "bank_patches": bank_patches}, steps=steps, lr=lr, criterion=criterion,
-            calibrate_on=calibrate_on, target_real_acc=target_real_acc)
-    _saved(out_dir, m, m.config.training.get("val_auroc"))
-
-
-@train_app.command("mirror-memory")
-def train_mirror_memory(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Real images (e.g. train/0_real, or a labelled tree: its real images are used).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Memory folder to write (rerun with the same folder to resume).")],
-    backbone: BackboneOpt = "efficientnet_lite0",
-    backbone_source: SourceOpt = None,
-    feature_level: Annotated[Optional[str], typer.Option(help="efficientnet_lite0: head, stage6 (default here: best on aigi-mini val for its size), stage5, stage4, stage3.")] = None,
-    slots: Annotated[int, typer.Option(min=1, help="Memory slots K.")] = 4096,
-    heads: Annotated[int, typer.Option(min=1)] = 8,
-    top_k: Annotated[int, typer.Option(min=1, help="Attention entries kept per head and token.")] = 128,
-    epochs: Annotated[int, typer.Option(min=1)] = 100,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 128,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    ortho_weight: Annotated[float, typer.Option(help="Weight of || norm(M) norm(M)^T - I ||_F.")] = 0.01,
-    views: Annotated[int, typer.Option(min=1, help="Crops per image whose tokens are cached: the evaluation crop + views-1 augmented ones.")] = 1,
-    format_align: Annotated[bool, typer.Option(help=FORMAT_ALIGN_HELP)] = True,
-    mixed_precision: Annotated[str, typer.Option(help=MIXED_HELP)] = "no",
-) -> None:
-    """MIRROR Phase 1: learn the memory of real images from frozen backbone tokens (cached)."""
-    from aigi.data.transforms import EvalProtocol
-    from aigi.engine.train_mirror import MemoryRecipe, train_memory
-
-    level = feature_level or ("stage6" if backbone == "efficientnet_lite0" else None)
-    recipe = MemoryRecipe(slots=slots, heads=heads, top_k=top_k, epochs=epochs, batch_size=batch_size, lr=lr,
-                          weight_decay=weight_decay, ortho_weight=ortho_weight, views=views)
-    cfg = train_memory(data, out_dir, _backbone_spec(backbone, backbone_source, level), EvalProtocol(format_align=format_align),
-                       recipe, mixed_precision=mixed_precision)
-    show.say(f"saved memory {out_dir}: {cfg.recipe.slots} slots x {cfg.dim} dims, {cfg.epochs_done} epochs")
-
-
-@train_app.command("mirror")
-def train_mirror(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled training images (real and generated).")],
-    memory: Annotated[Path, typer.Option("--memory", help="Memory folder from `aigi train mirror-memory` (fixes the backbone and protocol).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write (rerun with the same folder to resume).")],
-    val: Annotated[Optional[Path], typer.Option(help="Labelled validation images, scored after every epoch (logged).")] = None,
-    calibrate_on: CalibrateOpt = None,
-    target_real_acc: TargetOpt = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 100,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per step and device.")] = 64,
-    blr: Annotated[float, typer.Option(help="Base learning rate: lr = blr * total batch / 256.")] = 5e-4,
-    lora_r: Annotated[int, typer.Option(min=0, help="LoRA rank on the backbone (0: backbone frozen).")] = 8,
-    lora_alpha: float = 16.0,
-    num_workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 1,
-    mixed_precision: Annotated[str, typer.Option(help=MIXED_HELP)] = "no",
-) -> None:
-    """MIRROR Phase 2: frozen memory, LoRA on the backbone, dual-branch head (perplexity + residual + global token)."""
-    from aigi.engine.train_mirror import DetectorRecipe, train_detector
-
-    recipe = DetectorRecipe(epochs=epochs, batch_size=batch_size, blr=blr, num_workers=num_workers)
-    m = train_detector(data, out_dir, memory, params={"lora_r": lora_r, "lora_alpha": lora_alpha}, recipe=recipe, val=val,
-                       calibrate_on=calibrate_on, target_real_acc=target_real_acc, mixed_precision=mixed_precision)
-    _saved(out_dir, m, m.config.training.get("last_epoch", {}).get("val_auroc"))
+add_train_commands(train_app)
 
 
 @app.command()
@@ -521,8 +589,16 @@ def info(model: ModelOpt = None) -> None:
     sys.stdout.write(json.dumps({"folder": str(folder), **cfg.model_dump(mode="json")}, indent=2) + "\n")
 
 
-SAMPLE_PHOTOS = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "motorcycle_left.png",
-                 "hubble_deep_field.jpg", "retina.jpg"]
+SAMPLE_PHOTOS = [
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "camera.png",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+]
 
 
 @app.command()
@@ -540,26 +616,53 @@ def samples(out_dir: Annotated[Path, typer.Argument(help="Folder to copy the sam
     show.say(f"copied {len(found)} scikit-image photos to {out_dir}")
 
 
-convert_app = typer.Typer(cls=AigiGroup, help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True)
+convert_app = typer.Typer(
+    cls=AigiGroup, help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True
+)
 app.add_typer(convert_app, name="convert")
 
 
 @convert_app.command("mirror")
 def convert_mirror(
-    checkpoint: Annotated[Path, typer.Argument(help="MIRROR's Phase 1 memory (mirror_phase1*.pth) or Phase 2 detector (checkpoint-*.pth).")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to write: a memory folder (Phase 1) or a model folder (Phase 2).")],
-    backbone_source: Annotated[str, typer.Option(help="The DINO backbone the checkpoint was trained with: Hugging Face id or local folder (MIRROR's release: facebook/dinov3-vith16plus-pretrain-lvd1689m).")],
-    heads: Annotated[Optional[int], typer.Option(min=1, help="Memory attention heads. Default: the file's memory_config, else 8.")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Attention entries kept per head and token. Default: the file's memory_config, else 128.")] = None,
-    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha of a Phase 2 file (not stored in it). Default: 16.")] = None,
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="MIRROR's Phase 1 memory (mirror_phase1*.pth) or Phase 2 detector (checkpoint-*.pth)."),
+    ],
+    out_dir: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder to write: a memory folder (Phase 1) or a model folder (Phase 2)."),
+    ],
+    backbone_source: Annotated[
+        str,
+        typer.Option(
+            help="The DINO backbone the checkpoint was trained with: Hugging Face id or local folder (MIRROR's release: facebook/dinov3-vith16plus-pretrain-lvd1689m)."
+        ),
+    ],
+    heads: Annotated[
+        Optional[int], typer.Option(min=1, help="Memory attention heads. Default: the file's memory_config, else 8.")
+    ] = None,
+    top_k: Annotated[
+        Optional[int],
+        typer.Option(
+            "--top-k",
+            min=1,
+            help="Attention entries kept per head and token. Default: the file's memory_config, else 128.",
+        ),
+    ] = None,
+    lora_alpha: Annotated[
+        Optional[float], typer.Option(help="LoRA alpha of a Phase 2 file (not stored in it). Default: 16.")
+    ] = None,
 ) -> None:
     """Convert a checkpoint published by MIRROR (handsome-rich/MIRROR). The phase is detected from the file's contents.
 
     The file is read as weights only and is never fully unpickled. For Phase 2, the frozen backbone stored in the file is not copied: it is loaded from --backbone-source."""
-    from aigi.convert import convert_mirror as run
+    from aigi.backbones import backbone_spec
+    from aigi.detectors.mirror_convert import convert_mirror as run
 
     _out_folder(out_dir)
-    res = run(checkpoint, out_dir, _backbone_spec("hf_vit", backbone_source, None), heads=heads, top_k=top_k, lora_alpha=lora_alpha)
+    res = run(
+        checkpoint, out_dir, backbone_spec("hf_vit", backbone_source), heads=heads, top_k=top_k, lora_alpha=lora_alpha
+    )
     for text in res.notes:
         show.note(text)
     show.say(res.summary())

@@ -16,8 +16,10 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 VERDICT_STYLE = {"generated": "bold red", "real": "bold green", "error": "yellow"}
-PROVENANCE_CAPTION = ("declared evidence decides when present (C2PA, watermark, generator metadata); "
-                      "camera EXIF is weak; no metadata proves nothing — see `aigi inspect`")
+PROVENANCE_CAPTION = (
+    "declared evidence decides when present (C2PA, watermark, generator metadata); "
+    "camera EXIF is weak; no metadata proves nothing — see `aigi inspect`"
+)
 
 
 def say(text: str) -> None:
@@ -87,14 +89,23 @@ def robustness(rows: list[dict], perturbations, data) -> None:
         table.add_column(c, justify="left" if c in ("perturbation", "model") else "right")
     for p in perturbations:
         for r in (r for r in rows if r["perturbation"] == p.name):
-            table.add_row(p.name, escape(r["model"]), _f(r["mean_auroc"]), _f(r["mean_ap"]), _f(r["real_acc"]),
-                          _f(r["fake_acc"]), str(r["errors"]))
+            table.add_row(
+                p.name,
+                escape(r["model"]),
+                _f(r["mean_auroc"]),
+                _f(r["mean_ap"]),
+                _f(r["real_acc"]),
+                _f(r["fake_acc"]),
+                str(r["errors"]),
+            )
     out.print(table)
 
 
 def provenance(results) -> None:
     """The table of `aigi inspect`: one row per finding or problem."""
-    table = Table(title="aigi inspect — what the files declare (weak = anyone can write it; no findings proves nothing)")
+    table = Table(
+        title="aigi inspect — what the files declare (weak = anyone can write it; no findings proves nothing)"
+    )
     for col in ("file", "source", "claim", "strength", "finding"):
         table.add_column(col, overflow="fold")
     for r in results:

@@ -22,7 +22,15 @@ from typing import TypeVar
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 T = TypeVar("T")
 
@@ -60,8 +68,15 @@ class Bar:
     ``completed``, ``total``, ``description`` and ``status`` hold what the bar shows; ``share`` (default 0) is how far
     a bar nested inside this one's ``with`` block moves this one over its whole length."""
 
-    def __init__(self, progress: Progress | None, total: float | None, completed: float, description: str,
-                 nested: bool = False, parent: Bar | None = None) -> None:
+    def __init__(
+        self,
+        progress: Progress | None,
+        total: float | None,
+        completed: float,
+        description: str,
+        nested: bool = False,
+        parent: Bar | None = None,
+    ) -> None:
         self.progress, self.total, self.completed, self.description = progress, total, completed, description
         self.status, self.share, self.nested = "", 0.0, nested
         self._parent = parent
@@ -81,8 +96,14 @@ class Bar:
         if self._feed:
             self._parent.advance(amount * self._feed)
 
-    def update(self, *, description: str | None = None, completed: float | None = None, total: float | None = None,
-               status: str | None = None) -> None:
+    def update(
+        self,
+        *,
+        description: str | None = None,
+        completed: float | None = None,
+        total: float | None = None,
+        status: str | None = None,
+    ) -> None:
         """Change what the bar shows; ``status`` is a short text after the ETA (e.g. the running loss)."""
         fields: dict = {}
         if description is not None:
@@ -120,7 +141,9 @@ def _open(total: float | None, description: str, completed: float, enabled: bool
 
 
 @contextmanager
-def progress_bar(total: float | None, description: str = "", enabled: bool = True, completed: float = 0) -> Iterator[Bar]:
+def progress_bar(
+    total: float | None, description: str = "", enabled: bool = True, completed: float = 0
+) -> Iterator[Bar]:
     """A bar the caller advances; bars opened inside its ``with`` block are drawn as rows under it.
 
     ``completed`` starts the bar part-way (a resumed run): the ETA is measured from what this run advances."""
@@ -133,8 +156,13 @@ def progress_bar(total: float | None, description: str = "", enabled: bool = Tru
                 _active.reset(token)
 
 
-def progress_iter(items: Iterable[T], total: float | None = None, description: str = "", enabled: bool = True,
-                  weight: Callable[[T], float] | None = None) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T],
+    total: float | None = None,
+    description: str = "",
+    enabled: bool = True,
+    weight: Callable[[T], float] | None = None,
+) -> Iterator[T]:
     """Yield ``items`` with a bar that advances after each item is processed: by 1, or by ``weight(item)`` (e.g.
     ``weight=len`` over batches, with ``total`` the number of images)."""
     if not showing(enabled):

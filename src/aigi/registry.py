@@ -6,7 +6,6 @@ import difflib
 from collections.abc import Callable
 from typing import Any
 
-
 from aigi.errors import UnknownNameError
 
 __all__ = ["Registry", "UnknownNameError"]

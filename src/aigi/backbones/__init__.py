@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
 from aigi.registry import Registry
 
@@ -26,8 +28,20 @@ def _hf_vit(spec: BackboneSpec) -> Backbone:
     return HFViTBackbone.from_spec(spec)
 
 
+_efficientnet.options = ("feature_level",)  # the spec options each family reads
+_hf_vit.options = ("dtype",)
 BACKBONES.register("efficientnet_lite0")(_efficientnet)
 BACKBONES.register("hf_vit")(_hf_vit)
+
+
+def backbone_spec(family: str, source: str | None = None, feature_level: str | None = None) -> BackboneSpec:
+    """A spec from what a user types: a local folder is recorded as its absolute path (not as typed), and
+    ``feature_level`` only for a family that has levels."""
+    takes_level = "feature_level" in BACKBONES.get(family).options
+    options = {"feature_level": feature_level} if feature_level and takes_level else {}
+    if source and Path(source).expanduser().is_dir():
+        source = str(Path(source).expanduser().resolve())
+    return BackboneSpec(family=family, source=source, options=options)
 
 
 def build_backbone(spec: BackboneSpec) -> Backbone:
@@ -38,4 +52,4 @@ def build_backbone(spec: BackboneSpec) -> Backbone:
     return backbone.freeze()
 
 
-__all__ = ["Backbone", "BackboneSpec", "Preprocess", "Tokens", "BACKBONES", "build_backbone"]
+__all__ = ["Backbone", "BackboneSpec", "Preprocess", "Tokens", "BACKBONES", "backbone_spec", "build_backbone"]

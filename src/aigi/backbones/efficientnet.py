@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aigi.errors import ConfigError, ModelLoadError
 from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
+from aigi.errors import ConfigError, ModelLoadError
 
 # (kernel, stride, expand ratio, out channels, repeats) per stage: the EfficientNet-B0 stages, lite variant
 # (ReLU6, no squeeze-excitation, stem and head not rescaled).
@@ -108,7 +108,9 @@ def load_packaged_weights(model: EfficientNetLite0, path: str | None = None) -> 
     mapped = {}
     for (sk, sv), dk in zip(src_items, dst_keys):
         if tuple(sv.shape) != tuple(dst[dk].shape):
-            raise ModelLoadError(f"EfficientNet-Lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)}")
+            raise ModelLoadError(
+                f"EfficientNet-Lite0 weights: {sk} {tuple(sv.shape)} does not fit {dk} {tuple(dst[dk].shape)}"
+            )
         mapped[dk] = sv
     model.load_state_dict(mapped, strict=False)
     return model
@@ -118,7 +120,9 @@ class EfficientNetLite0Backbone(Backbone):
     def __init__(self, feature_level: str = "head", pretrained: bool = True) -> None:
         super().__init__()
         if feature_level not in FEATURE_LEVELS:
-            raise ConfigError(f"unknown EfficientNet-Lite0 feature_level {feature_level!r}; choose from {list(FEATURE_LEVELS)}")
+            raise ConfigError(
+                f"unknown EfficientNet-Lite0 feature_level {feature_level!r}; choose from {list(FEATURE_LEVELS)}"
+            )
         self.net = EfficientNetLite0()
         if pretrained:
             load_packaged_weights(self.net)
@@ -148,7 +152,9 @@ class EfficientNetLite0Backbone(Backbone):
         return pointwise + (r"|net\.head\.0" if self._upto == 7 else "")
 
     def forward(self, pixels: torch.Tensor) -> Tokens:
-        fmap = self.net.forward_features(pixels.contiguous(memory_format=torch.channels_last), self._upto)  # [B, D, h, w]
+        fmap = self.net.forward_features(
+            pixels.contiguous(memory_format=torch.channels_last), self._upto
+        )  # [B, D, h, w]
         b, d, h, w = fmap.shape
         patches = fmap.flatten(2).transpose(1, 2)  # [B, h*w, D], row-major
         return Tokens(patches=patches, cls=patches.mean(1), grid=(h, w))

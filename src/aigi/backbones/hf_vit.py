@@ -228,7 +228,9 @@ class HFViTBackbone(Backbone):
         for names in QKV_NAMES:
             if set(names) <= leaves:
                 return list(names)
-        raise ValueError(f"no attention q/k/v projections found in {type(self.model).__name__} (looked for {QKV_NAMES})")
+        raise ValueError(
+            f"no attention q/k/v projections found in {type(self.model).__name__} (looked for {QKV_NAMES})"
+        )
 
     def forward(self, pixels: torch.Tensor) -> Tokens:
         dtype = next(self.model.parameters()).dtype

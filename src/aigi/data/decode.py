@@ -75,7 +75,9 @@ def read_bytes(path: ImageInput, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         if not path.data:
             raise ImageDecodeError(path.name, "empty file (0 bytes)")
         if len(path.data) > max_bytes:
-            raise ImageDecodeError(path.name, f"file too large ({len(path.data) / 2**20:.0f} MiB > {max_bytes / 2**20:.0f} MiB)")
+            raise ImageDecodeError(
+                path.name, f"file too large ({len(path.data) / 2**20:.0f} MiB > {max_bytes / 2**20:.0f} MiB)"
+            )
         return path.data
     p = Path(path)
     try:
@@ -114,7 +116,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: int = MAX_PIXELS, sha256: str | None = None) -> Decoded:
+def decode_bytes(
+    data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: int = MAX_PIXELS, sha256: str | None = None
+) -> Decoded:
     """Decode ``data`` (the bytes of ``path``) into an RGB image; raise :class:`ImageDecodeError` with a reason.
 
     ``sha256``: the bytes' digest when the caller already has it (it is not computed twice)."""
@@ -129,7 +133,8 @@ def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>", max_pixels: i
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageDecodeError(
-                    path, f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels > {max_pixels / 1e6:.0f} (possible decompression bomb)"
+                    path,
+                    f"image too large: {w}x{h} = {w * h / 1e6:.0f} megapixels > {max_pixels / 1e6:.0f} (possible decompression bomb)",
                 )
             fmt = im.format or "unknown"
             im.seek(0)  # animated: first frame

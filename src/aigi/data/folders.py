@@ -61,8 +61,6 @@ class ImageSet:
         return "; ".join(parts)
 
 
-
-
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     files, skipped = [], []
     seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: symlink cycles are walked once
@@ -122,7 +120,9 @@ def discover(root: str | os.PathLike) -> ImageSet:
     files, skipped = _walk(root)
     samples: list[Sample] = []
     # parent folder of the label folder -> label -> sub-group (first folder below the label folder, "" if flat)
-    groups: dict[tuple[str, ...], dict[int, dict[str, list[int]]]] = defaultdict(lambda: {0: defaultdict(list), 1: defaultdict(list)})
+    groups: dict[tuple[str, ...], dict[int, dict[str, list[int]]]] = defaultdict(
+        lambda: {0: defaultdict(list), 1: defaultdict(list)}
+    )
     unlabelled = 0
     for f in files:
         # the root's own name counts: `discover("test/0_real")` is a folder of real images

@@ -73,7 +73,9 @@ def parse_perturbation(text: str) -> Perturbation:
         return Perturbation()
     kind, sep, level = text.partition(":")
     if not sep or kind not in ("jpeg", "blur", "noise"):
-        raise PerturbationError(f"{text!r}: expected none, jpeg:QUALITY, blur:SIGMA or noise:SIGMA (e.g. jpeg:75, blur:2, noise:0.1)")
+        raise PerturbationError(
+            f"{text!r}: expected none, jpeg:QUALITY, blur:SIGMA or noise:SIGMA (e.g. jpeg:75, blur:2, noise:0.1)"
+        )
     try:
         value = float(level)
     except ValueError:
@@ -85,8 +87,20 @@ def parse_perturbation(text: str) -> Perturbation:
 
 
 # The sweep of MDMF's robustness study: JPEG quality 100 -> 50, blur sigma 0 -> 5, noise sigma 0 -> 0.25.
-DEFAULT_SWEEP = ["none", "jpeg:100", "jpeg:90", "jpeg:75", "jpeg:50", "blur:1", "blur:2", "blur:3", "blur:5",
-                 "noise:0.05", "noise:0.1", "noise:0.25"]
+DEFAULT_SWEEP = [
+    "none",
+    "jpeg:100",
+    "jpeg:90",
+    "jpeg:75",
+    "jpeg:50",
+    "blur:1",
+    "blur:2",
+    "blur:3",
+    "blur:5",
+    "noise:0.05",
+    "noise:0.1",
+    "noise:0.25",
+]
 
 
 class Perturbed:

@@ -14,15 +14,16 @@ from aigi.registry import Registry
 DETECTORS: Registry = Registry("detector")
 
 
-def _load_all() -> None:
-    from aigi.detectors import mdmf, mirror, univfd  # noqa: F401  (register themselves)
+def load_all() -> None:
+    """Import every detector and its training recipe (each registers itself)."""
+    from aigi.detectors import mdmf, mdmf_recipe, mirror, mirror_recipe, univfd  # noqa: F401
 
 
 def get_detector(name: str):
-    _load_all()
+    load_all()
     return DETECTORS.get(name)
 
 
 def detector_names() -> list[str]:
-    _load_all()
+    load_all()
     return DETECTORS.names()

@@ -28,7 +28,12 @@ class DerivedCache:
             return compute()
         versions = tuple((s._version, s.data_ptr()) for s in sources)
         entry = self._entry
-        if entry is None or entry[1] != versions or len(entry[0]) != len(sources) or any(a is not b for a, b in zip(entry[0], sources)):
+        if (
+            entry is None
+            or entry[1] != versions
+            or len(entry[0]) != len(sources)
+            or any(a is not b for a, b in zip(entry[0], sources))
+        ):
             # Made outside inference mode (an entry filled while scoring can serve a training forward) and outside
             # autocast (it keeps the weights' dtype; callers cast to their inputs' dtype).
             device = sources[0].device.type

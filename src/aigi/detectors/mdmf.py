@@ -46,8 +46,10 @@ class MDMFParams(DetectorParams):
     rff_seed: int = 0
     bank_patches: int = Field(4096, ge=2, description="reference patches kept for the exact estimator")
     score_form: Literal["linear", "log"] = Field(
-        "linear", description="logit = (f(MMD^2) - center) / scale with f = log (what train_mdmf fits) or the identity"
-        " (MDMF folders written before the log form; kept so they still score as they were calibrated)")
+        "linear",
+        description="logit = (f(MMD^2) - center) / scale with f = log (what train_mdmf fits) or the identity"
+        " (MDMF folders written before the log form; kept so they still score as they were calibrated)",
+    )
 
 
 @DETECTORS.register("mdmf")
@@ -61,7 +63,9 @@ class MDMF(Detector):
     def __init__(self, params: MDMFParams, backbone: Backbone) -> None:
         super().__init__(params, backbone)
         d = backbone.dim
-        self.project = nn.Sequential(nn.Linear(d, params.proj_hidden), nn.GELU(), nn.Linear(params.proj_hidden, params.proj_dim))
+        self.project = nn.Sequential(
+            nn.Linear(d, params.proj_hidden), nn.GELU(), nn.Linear(params.proj_hidden, params.proj_dim)
+        )
         self.kernel = DeepKernel(params.sigma_phi, params.sigma_q, params.eps)
         f = params.rff_features
         self.rff_joint = RandomFourierFeatures(params.proj_dim + d, f, params.rff_seed)
@@ -124,7 +128,9 @@ class MDMF(Detector):
 
     def _bank_projection(self) -> torch.Tensor:
         """``phi(bank)``, cached while the bank and the projection are unchanged (:mod:`aigi.detectors.derived`)."""
-        return self._phi_bank.get((self.bank_tokens, *self.project.parameters()), lambda: self.project(self.bank_tokens))
+        return self._phi_bank.get(
+            (self.bank_tokens, *self.project.parameters()), lambda: self.project(self.bank_tokens)
+        )
 
     def clear_cache(self) -> None:
         """Forget the cached bank projection: needed only after editing weights through ``.data``."""

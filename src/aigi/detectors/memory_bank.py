@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigi.errors import ConfigError
 from aigi.detectors.derived import DerivedCache
+from aigi.errors import ConfigError
 
 ENTROPY_EPS = 1e-9  # inside the log of the attention entropy, as in the paper's code
 
@@ -162,7 +162,10 @@ class MemoryBank(nn.Module):
             return torch.bmm(dense, values)
         offsets = torch.arange(0, c * kk, kk, device=idx.device)
         return torch.stack(
-            [F.embedding_bag(idx[i].reshape(-1), values[i], offsets, mode="sum", per_sample_weights=w[i].reshape(-1)) for i in range(h)]
+            [
+                F.embedding_bag(idx[i].reshape(-1), values[i], offsets, mode="sum", per_sample_weights=w[i].reshape(-1))
+                for i in range(h)
+            ]
         )
 
     def plain_forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,11 +21,11 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from aigi.errors import ConfigError
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
 from aigi.detectors.base import Detector, DetectorParams, Output
 from aigi.detectors.memory_bank import MemoryBank
+from aigi.errors import ConfigError
 
 
 class MirrorParams(DetectorParams):
@@ -39,7 +39,10 @@ class MirrorParams(DetectorParams):
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     lora_r: int = Field(8, ge=0, description="LoRA rank on the backbone; 0: no LoRA (backbone fully frozen)")
     lora_alpha: float = 16.0
-    lora_targets: list[str] | str | None = Field(None, description="peft target_modules; None: the backbone's attention q/k/v (ViT) or pointwise convolutions (CNN)")
+    lora_targets: list[str] | str | None = Field(
+        None,
+        description="peft target_modules; None: the backbone's attention q/k/v (ViT) or pointwise convolutions (CNN)",
+    )
     chunk_rows: int = Field(4096, ge=1, description="token rows per memory read (bounds memory use)")
 
     @model_validator(mode="after")
@@ -77,12 +80,20 @@ class Mirror(Detector):
         p = params.dropout
         self.perplexity_mlp = nn.Sequential(nn.Linear(2, params.perplexity_dim), nn.ReLU(), nn.Dropout(p))
         self.residual_mlp = nn.Sequential(
-            nn.Linear(d, params.residual_hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(params.residual_hidden, params.residual_dim)
+            nn.Linear(d, params.residual_hidden),
+            nn.ReLU(),
+            nn.Dropout(p),
+            nn.Linear(params.residual_hidden, params.residual_dim),
         )
         self.head = nn.Sequential(
-            nn.Linear(params.perplexity_dim + params.residual_dim + d, params.hidden), nn.ReLU(), nn.Dropout(p), nn.Linear(params.hidden, 2)
+            nn.Linear(params.perplexity_dim + params.residual_dim + d, params.hidden),
+            nn.ReLU(),
+            nn.Dropout(p),
+            nn.Linear(params.hidden, 2),
         )
-        self.lora_modules = add_lora(backbone, params.lora_r, params.lora_alpha, params.lora_targets) if params.lora_r > 0 else []
+        self.lora_modules = (
+            add_lora(backbone, params.lora_r, params.lora_alpha, params.lora_targets) if params.lora_r > 0 else []
+        )
         # With LoRA the tokens depend on trained weights, so they cannot be cached per image.
         self.cacheable = not self.lora_modules
 
@@ -100,7 +111,9 @@ class Mirror(Detector):
     def score(self, features: torch.Tensor) -> Output:
         logits, recall, tokens = self.classify(features)
         residual = (tokens - recall.recon.to(tokens.dtype)).norm(dim=-1)  # [B, N]
-        return Output(logit=(logits[:, 1] - logits[:, 0]).float(), patch_map=_as_grid(residual, self.backbone.token_grid()))
+        return Output(
+            logit=(logits[:, 1] - logits[:, 0]).float(), patch_map=_as_grid(residual, self.backbone.token_grid())
+        )
 
     def classify(self, features: torch.Tensor):
         """Two-class logits [B, 2], the memory read-out and the patch tokens (for the training loss)."""

@@ -17,6 +17,15 @@ from torch import nn
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
 from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.engine.trainer import (
+    RECIPES,
+    BackboneChoice,
+    DetectorTrainConfig,
+    Recipe,
+    Run,
+    features_of,
+    labelled_or_fail,
+)
 
 
 class UnivFDParams(DetectorParams):
@@ -45,7 +54,9 @@ class UnivFD(Detector):
     def score(self, features: torch.Tensor) -> Output:
         return Output(logit=self.head(features.float()).squeeze(-1))
 
-    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None) -> dict:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None
+    ) -> dict:
         """Fit the head on features; returns what was chosen (recorded in the model's config)."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=int)
@@ -53,7 +64,9 @@ class UnivFD(Detector):
         z = (x - mu) / sd
 
         def fit_c(c: float) -> LogisticRegression:
-            return LogisticRegression(C=c, class_weight=self.params.class_weight, max_iter=self.params.max_iter).fit(z, y)
+            return LogisticRegression(C=c, class_weight=self.params.class_weight, max_iter=self.params.max_iter).fit(
+                z, y
+            )
 
         info: dict = {"n_train": int(len(y)), "n_train_real": int((y == 0).sum()), "n_train_fake": int((y == 1).sum())}
         if self.params.C is not None:
@@ -73,3 +86,44 @@ class UnivFD(Detector):
             self.head.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
             self.head.bias.fill_(float(b))
         return info
+
+
+# -- training recipe -------------------------------------------------------------------------------------------------
+class UnivFDTrainConfig(DetectorTrainConfig, BackboneChoice):
+    """The probe's recipe: cached global features of the training (and validation) images, then the fit."""
+
+    feature_level: str | None = Field(
+        None, description="efficientnet_lite0: head (default), stage6, stage5, stage4, stage3"
+    )
+
+
+@RECIPES.register("univfd")
+class UnivFDRecipe(Recipe):
+    """UnivFD linear probe: frozen backbone global feature -> logistic regression (C chosen on --val)."""
+
+    name = "univfd"
+    detector = "univfd"
+    Config = UnivFDTrainConfig
+    epochs_field = None  # closed form: no epochs
+    param_options = ("C",)
+
+    def check(self) -> None:
+        self.train_set = labelled_or_fail(self.config.data, "training")
+        self.val_set = labelled_or_fail(self.config.val, "validation", need_both=False) if self.config.val else None
+
+    def setup(self, run: Run) -> None:
+        from aigi.checkpoints import ModelConfig, build_model
+
+        cfg = self.config
+        run.model = build_model(
+            ModelConfig(detector="univfd", params=cfg.params, backbone=cfg.backbone_spec(), protocol=cfg.protocol())
+        )
+
+    def finish(self, run: Run) -> None:
+        x, y = features_of(run, self.train_set, "train")
+        xv, yv = features_of(run, self.val_set, "val") if self.val_set is not None else (None, None)
+        run.record.update(run.model.detector.fit(x, y, xv, yv))
+
+    @staticmethod
+    def describe(result, out) -> str:
+        return f"saved {out} (C={result.config.training['C']}, threshold {result.threshold:.4f})"

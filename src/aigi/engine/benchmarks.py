@@ -35,10 +35,14 @@ class Suite:
     aliases: tuple[str, ...] = ()
 
 
-_AIGC = ("sd_xl progan stylegan biggan cyclegan stargan gaugan stylegan2 whichfaceisreal ADM Glide Midjourney "
-         "stable_diffusion_v_1_4 stable_diffusion_v_1_5 VQDM wukong DALLE2")
-_DRCT = ("real SDXL-DR LDM SDv1.4 SDv1.5 SDv2 SDXL SDXL-Refiner SD-Turbo SDXL-Turbo LCM-SDv1.5 LCM-SDXL "
-         "SDv1-Ctrl SDv2-Ctrl SDXL-Ctrl SDv1-DR SDv2-DR")
+_AIGC = (
+    "sd_xl progan stylegan biggan cyclegan stargan gaugan stylegan2 whichfaceisreal ADM Glide Midjourney "
+    "stable_diffusion_v_1_4 stable_diffusion_v_1_5 VQDM wukong DALLE2"
+)
+_DRCT = (
+    "real SDXL-DR LDM SDv1.4 SDv1.5 SDv2 SDXL SDXL-Refiner SD-Turbo SDXL-Turbo LCM-SDv1.5 LCM-SDXL "
+    "SDv1-Ctrl SDv2-Ctrl SDXL-Ctrl SDv1-DR SDv2-DR"
+)
 _REALCHAIN = "flux hunyuan3.0 nanobanana qwenimage sd3.5 seedream_i2i seedream4"
 _HUMAN = "SD-3-Medium SD-3.5-Large FLUX.1-dev PixArt-Sigma Midjourney-v6 DALL-E-3"
 
@@ -49,12 +53,27 @@ def _s(name: str, folder: str, subsets: str | None, *aliases: str) -> Suite:
 
 SUITES: list[Suite] = [
     _s("AIGCDetectBenchmark", "AIGC_bm", _AIGC, "AIGCDetect"),
-    _s("GenImage", "Genimage", "Midjourney stable_diffusion_v_1_4 stable_diffusion_v_1_5 ADM Glide wukong VQDM biggan2"),
-    _s("UnivFakeDetect", "UniversalFakeDetect", "deepfake seeingdark san ldm_200_cfg ldm_200 ldm_100 imle guided "
-       "glide_50_27 glide_100_27 glide_100_10 dalle crn", "UnivFD"),
-    _s("ojha", "ojha", "deepfake san crn imle guided ldm_100 ldm_200 ldm_200_cfg glide_50_27 glide_100_10 glide_100_27 dalle"),
-    _s("Synthbuster", "synthbuster", "dalle2 dalle3 firefly glide midjourney-v5 stable-diffusion-1-3 "
-       "stable-diffusion-1-4 stable-diffusion-2 stable-diffusion-xl"),
+    _s(
+        "GenImage", "Genimage", "Midjourney stable_diffusion_v_1_4 stable_diffusion_v_1_5 ADM Glide wukong VQDM biggan2"
+    ),
+    _s(
+        "UnivFakeDetect",
+        "UniversalFakeDetect",
+        "deepfake seeingdark san ldm_200_cfg ldm_200 ldm_100 imle guided "
+        "glide_50_27 glide_100_27 glide_100_10 dalle crn",
+        "UnivFD",
+    ),
+    _s(
+        "ojha",
+        "ojha",
+        "deepfake san crn imle guided ldm_100 ldm_200 ldm_200_cfg glide_50_27 glide_100_10 glide_100_27 dalle",
+    ),
+    _s(
+        "Synthbuster",
+        "synthbuster",
+        "dalle2 dalle3 firefly glide midjourney-v5 stable-diffusion-1-3 "
+        "stable-diffusion-1-4 stable-diffusion-2 stable-diffusion-xl",
+    ),
     _s("EvalGEN", "GenEval-JPEG", "OmniGen NOVA Infinity GoT Flux"),
     _s("DRCT-2M", "drct", _DRCT, "DRCT"),
     _s("Chameleon", "Chameleon/test", None),
@@ -73,7 +92,14 @@ SUITES: list[Suite] = [
 _BY_KEY = {n.lower(): s for s in SUITES for n in (s.name, *s.aliases)}
 
 # MIRROR's CSV columns -> metric keys in aigi.engine.metrics
-CSV_COLUMNS = {"Acc": "acc", "Real_Acc": "real_acc", "Fake_Acc": "fake_acc", "Bal_Acc": "bal_acc", "AUC": "auroc", "AP": "ap"}
+CSV_COLUMNS = {
+    "Acc": "acc",
+    "Real_Acc": "real_acc",
+    "Fake_Acc": "fake_acc",
+    "Bal_Acc": "bal_acc",
+    "AUC": "auroc",
+    "AP": "ap",
+}
 
 
 def locate(base: Path, rel: str) -> Path | None:
@@ -177,9 +203,18 @@ def suite_csv(report: Report) -> str:
     return buf.getvalue()
 
 
-def run_suites(model: Model, results: list[SuiteResult], out_dir: str | os.PathLike, threshold: float | None = None,
-               batch_size: int = 8, use_cache: bool = True, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True, model_name: str = "", timestamp: str | None = None) -> str:
+def run_suites(
+    model: Model,
+    results: list[SuiteResult],
+    out_dir: str | os.PathLike,
+    threshold: float | None = None,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    model_name: str = "",
+    timestamp: str | None = None,
+) -> str:
     """Score every distinct image once, then write each suite's CSV and report folder. Returns the timestamp."""
     stamp = timestamp or datetime.now().strftime("%Y%m%d_%H%M%S")
     t = model.threshold if threshold is None else threshold
@@ -187,7 +222,9 @@ def run_suites(model: Model, results: list[SuiteResult], out_dir: str | os.PathL
     paths = list(dict.fromkeys(str(s.path) for r in live for s in r.image_set.samples))
     if not paths:
         return stamp
-    scores = score_paths(model, paths, use_cache=use_cache, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    scores = score_paths(
+        model, paths, use_cache=use_cache, cache_dir=cache_dir, batch_size=batch_size, progress=progress
+    )
     pos = {p: i for i, p in enumerate(paths)}
     out = Path(out_dir)
     for r in live:
@@ -202,8 +239,16 @@ def run_suites(model: Model, results: list[SuiteResult], out_dir: str | os.PathL
     return stamp
 
 
-def evaluate_suites(model: Model, root: str | os.PathLike, names: Sequence[str], out_dir: str | os.PathLike = "results",
-                    threshold: float | None = None, batch_size: int = 8, use_cache: bool = True, **kw) -> list[SuiteResult]:
+def evaluate_suites(
+    model: Model,
+    root: str | os.PathLike,
+    names: Sequence[str],
+    out_dir: str | os.PathLike = "results",
+    threshold: float | None = None,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    **kw,
+) -> list[SuiteResult]:
     """:func:`plan_suites` then :func:`run_suites`."""
     results = plan_suites(root, names)
     run_suites(model, results, out_dir, threshold, batch_size, use_cache, **kw)

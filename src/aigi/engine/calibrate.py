@@ -11,7 +11,9 @@ from aigi.engine.inference import score_paths
 from aigi.engine.metrics import binary_metrics, threshold_for
 
 
-def calibrate(model: Model, data: str | os.PathLike, target_real_acc: float | None = None, progress: bool = True) -> dict:
+def calibrate(
+    model: Model, data: str | os.PathLike, target_real_acc: float | None = None, progress: bool = True
+) -> dict:
     """Score ``data`` (any labelled layout), pick the threshold, store it in ``model.config``; return the record."""
     image_set = discover(data)
     scores = score_paths(model, [s.path for s in image_set.samples], progress=progress)

@@ -41,7 +41,9 @@ class Report:
         return self.rows[-1]
 
 
-def build_report(image_set: ImageSet, prob: np.ndarray, threshold: float, errors: dict[int, str], model: str = "", data: str = "") -> Report:
+def build_report(
+    image_set: ImageSet, prob: np.ndarray, threshold: float, errors: dict[int, str], model: str = "", data: str = ""
+) -> Report:
     rows = []
     for name, idx in image_set.subsets.items():
         idx = [i for i in idx if not math.isnan(prob[i])]
@@ -50,7 +52,16 @@ def build_report(image_set: ImageSet, prob: np.ndarray, threshold: float, errors
     rows.append({"subset": "MEAN", **mean_row(rows)})
     errs = [{"path": str(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
     skipped = [{"path": str(p), "reason": r} for p, r in image_set.skipped]
-    return Report(rows=rows, threshold=threshold, model=model, data=data, errors=errs, skipped=skipped, image_set=image_set, prob=prob)
+    return Report(
+        rows=rows,
+        threshold=threshold,
+        model=model,
+        data=data,
+        errors=errs,
+        skipped=skipped,
+        image_set=image_set,
+        prob=prob,
+    )
 
 
 def _fmt(v) -> str:
@@ -85,7 +96,9 @@ def report_json(report: Report) -> dict:
     }
 
 
-def write_report(report: Report, out_dir: str | os.PathLike, image_set: ImageSet, prob: np.ndarray, stem: str = "report") -> dict[str, Path]:
+def write_report(
+    report: Report, out_dir: str | os.PathLike, image_set: ImageSet, prob: np.ndarray, stem: str = "report"
+) -> dict[str, Path]:
     """Write ``{stem}.csv``, ``{stem}.json``, ``{stem}_scores.csv``, ``{stem}_roc.png`` and ``{stem}_hist.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +112,9 @@ def write_report(report: Report, out_dir: str | os.PathLike, image_set: ImageSet
     reasons = {e["path"]: e["reason"] for e in report.errors}
     for i, s in enumerate(image_set.samples):
         err = reasons.get(str(s.path), "") if math.isnan(prob[i]) else ""
-        w.writerow([str(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err])
+        w.writerow(
+            [str(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err]
+        )
     paths["scores"] = write_text(out / f"{stem}_scores.csv", buf.getvalue())
     paths["roc"], paths["hist"] = write_plots(report, image_set, prob, out, stem)
     return paths
@@ -122,7 +137,13 @@ def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path
         auc = report.row(name)["auroc"]
         ax.plot(fpr, tpr, lw=1.4, label=f"{name} ({auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate (real called generated)", ylabel="true positive rate", title=f"ROC: {report.model}", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set(
+        xlabel="false positive rate (real called generated)",
+        ylabel="true positive rate",
+        title=f"ROC: {report.model}",
+        xlim=(0, 1),
+        ylim=(0, 1.01),
+    )
     if len(ax.get_lines()) > 1:  # curves besides the diagonal
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -17,22 +17,25 @@ import torch
 
 from aigi.checkpoints import Model
 from aigi.data.decode import ImageInput, load_image
-from aigi.errors import ConfigError
 from aigi.engine.features import Extracted, extract
 from aigi.engine.inference import Scores, to_scores
+from aigi.errors import ConfigError
 
 
 class NoPatchMapError(ConfigError):
     pass
 
 
-def explain_inputs(model: Model, inputs: Sequence[ImageInput], batch_size: int = 8,
-                   progress: bool = True) -> tuple[Scores, dict[int, bytes]]:
+def explain_inputs(
+    model: Model, inputs: Sequence[ImageInput], batch_size: int = 8, progress: bool = True
+) -> tuple[Scores, dict[int, bytes]]:
     """Score every image and draw one heatmap PNG per readable image; returns the scores and the PNG bytes by index
     (writing them is the caller's business)."""
     det = model.detector
     if det.patch_map_label is None:
-        raise NoPatchMapError(f"the {model.config.detector} model gives no per-patch map, so --explain has nothing to draw")
+        raise NoPatchMapError(
+            f"the {model.config.detector} model gives no per-patch map, so --explain has nothing to draw"
+        )
     grid = det.patch_grid()
     device = model.device
 
@@ -40,8 +43,16 @@ def explain_inputs(model: Model, inputs: Sequence[ImageInput], batch_size: int =
         o = det(px.to(device))
         return torch.cat([o.logit[:, None].float(), o.patch_map.flatten(1).float()], 1)
 
-    ext = extract(inputs, run, det.backbone.preprocess, model.config.protocol, cache=None, batch_size=batch_size,
-                  description="scoring + heatmaps", progress=progress)
+    ext = extract(
+        inputs,
+        run,
+        det.backbone.preprocess,
+        model.config.protocol,
+        cache=None,
+        batch_size=batch_size,
+        description="scoring + heatmaps",
+        progress=progress,
+    )
     logits = Extracted(features=[None if f is None else f[:1] for f in ext.features], errors=ext.errors)
     scores = to_scores(logits, lambda t: torch.sigmoid(t[:, 0].double()))
     pngs: dict[int, bytes] = {}

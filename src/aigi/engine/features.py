@@ -88,7 +88,9 @@ class Extracted:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], protocol: EvalProtocol, pre: Preprocess, cache: FeatureCache | None) -> None:
+    def __init__(
+        self, paths: Sequence[Path], protocol: EvalProtocol, pre: Preprocess, cache: FeatureCache | None
+    ) -> None:
         self.paths, self.protocol, self.pre, self.cache = list(paths), protocol, pre, cache
 
     def __len__(self) -> int:

@@ -70,13 +70,27 @@ def extract_features(
 ) -> Extracted:
     det, device = model.detector, model.device
     cache = feature_cache_for(model, cache_dir) if (use_cache and det.cacheable) else None
-    return extract(paths, lambda px: det.features(px.to(device)), det.backbone.preprocess, model.config.protocol,
-                   cache=cache, batch_size=batch_size, description=description, progress=progress)
+    return extract(
+        paths,
+        lambda px: det.features(px.to(device)),
+        det.backbone.preprocess,
+        model.config.protocol,
+        cache=cache,
+        batch_size=batch_size,
+        description=description,
+        progress=progress,
+    )
 
 
-def score_paths(model: Model, paths: Sequence[ImageInput], use_cache: bool = True,
-                cache_dir: str | os.PathLike | None = None, batch_size: int = 8, progress: bool = True,
-                perturbation: Perturbation | None = None) -> Scores:
+def score_paths(
+    model: Model,
+    paths: Sequence[ImageInput],
+    use_cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    perturbation: Perturbation | None = None,
+) -> Scores:
     """P(generated) per file (or in-memory image). ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded
     image before the model's protocol; perturbed features, and features of in-memory images, are never cached."""
     det, device = model.detector, model.device
@@ -87,8 +101,16 @@ def score_paths(model: Model, paths: Sequence[ImageInput], use_cache: bool = Tru
     if any(isinstance(p, InMemoryImage) for p in paths):
         use_cache = False  # nothing about an upload is kept
     if not det.cacheable or not use_cache:  # nothing to cache: score each batch as it comes and keep only the logits
-        ext = extract(paths, lambda px: det(px.to(device)).logit, det.backbone.preprocess, protocol, cache=None,
-                      batch_size=batch_size, description="scoring images", progress=progress)
+        ext = extract(
+            paths,
+            lambda px: det(px.to(device)).logit,
+            det.backbone.preprocess,
+            protocol,
+            cache=None,
+            batch_size=batch_size,
+            description="scoring images",
+            progress=progress,
+        )
         return to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
     ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
     return scores_from_features(model, ext)

@@ -43,7 +43,9 @@ def equal_error_rate(y: np.ndarray, p: np.ndarray) -> float:
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
-def binary_metrics(labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5) -> dict[str, float | int | None]:
+def binary_metrics(
+    labels: Sequence[int], scores: Sequence[float], threshold: float = 0.5
+) -> dict[str, float | int | None]:
     y = np.asarray(labels, dtype=int)
     p = np.asarray(scores, dtype=float)
     if y.shape != p.shape:
@@ -81,7 +83,9 @@ def mean_row(rows: Sequence[dict]) -> dict[str, float | int | None]:
     return out
 
 
-def threshold_for(labels: Sequence[int], scores: Sequence[float], target_real_acc: float | None = None) -> tuple[float, str]:
+def threshold_for(
+    labels: Sequence[int], scores: Sequence[float], target_real_acc: float | None = None
+) -> tuple[float, str]:
     """A decision threshold chosen on labelled (validation) data.
 
     ``target_real_acc`` given: the lowest threshold at which at least that fraction of real images is called real

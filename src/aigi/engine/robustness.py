@@ -19,12 +19,23 @@ from pathlib import Path
 from aigi.checkpoints import Model
 from aigi.data.folders import ImageSet
 from aigi.data.perturb import Perturbation
-from aigi.engine.evaluate import save_figure, build_report
+from aigi.engine.evaluate import build_report, save_figure
 from aigi.engine.inference import score_paths
 from aigi.io import read_json, write_json, write_text
 from aigi.progress import progress_bar
 
-FIELDS = ["model", "perturbation", "kind", "level", "mean_auroc", "mean_ap", "real_acc", "fake_acc", "bal_acc", "errors"]
+FIELDS = [
+    "model",
+    "perturbation",
+    "kind",
+    "level",
+    "mean_auroc",
+    "mean_ap",
+    "real_acc",
+    "fake_acc",
+    "bal_acc",
+    "errors",
+]
 
 
 def model_id(model: Model) -> str:
@@ -37,15 +48,27 @@ def model_id(model: Model) -> str:
     return h.hexdigest()[:16]
 
 
-def sweep_row(model: Model, name: str, image_set: ImageSet, perturbation: Perturbation, batch_size: int = 8,
-              progress: bool = True) -> dict:
-    scores = score_paths(model, [s.path for s in image_set.samples], batch_size=batch_size, progress=progress, perturbation=perturbation)
+def sweep_row(
+    model: Model, name: str, image_set: ImageSet, perturbation: Perturbation, batch_size: int = 8, progress: bool = True
+) -> dict:
+    scores = score_paths(
+        model, [s.path for s in image_set.samples], batch_size=batch_size, progress=progress, perturbation=perturbation
+    )
     report = build_report(image_set, scores.prob, model.threshold, scores.errors, model=name)
     mean = report.rows[-1]
-    return {"model": name, "perturbation": perturbation.name, "kind": perturbation.kind, "level": perturbation.level,
-            "mean_auroc": mean.get("auroc"), "mean_ap": mean.get("ap"), "real_acc": mean.get("real_acc"),
-            "fake_acc": mean.get("fake_acc"), "bal_acc": mean.get("bal_acc"), "errors": len(scores.errors),
-            "subsets": {r["subset"]: r.get("auroc") for r in report.rows[:-1]}}
+    return {
+        "model": name,
+        "perturbation": perturbation.name,
+        "kind": perturbation.kind,
+        "level": perturbation.level,
+        "mean_auroc": mean.get("auroc"),
+        "mean_ap": mean.get("ap"),
+        "real_acc": mean.get("real_acc"),
+        "fake_acc": mean.get("fake_acc"),
+        "bal_acc": mean.get("bal_acc"),
+        "errors": len(scores.errors),
+        "subsets": {r["subset"]: r.get("auroc") for r in report.rows[:-1]},
+    }
 
 
 def data_id(image_set: ImageSet) -> str:
@@ -69,17 +92,29 @@ def _read_state(path: Path, notes: list[str]) -> list[dict]:
     try:
         state = read_json(path)
         rows = state["rows"]
-        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"model", "perturbation", "model_id", "data_id"} <= r.keys() for r in rows):
+        if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and {"model", "perturbation", "model_id", "data_id"} <= r.keys() for r in rows
+        ):
             raise ValueError("unexpected rows")
         return rows
     except (OSError, ValueError, KeyError, TypeError) as e:
-        notes.append(f"{path}: not a sweep state this version can read ({type(e).__name__}: {e}); it is measured afresh and rewritten")
+        notes.append(
+            f"{path}: not a sweep state this version can read ({type(e).__name__}: {e}); it is measured afresh and rewritten"
+        )
         return []
 
 
-def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequence[Perturbation], out_dir: str | os.PathLike,
-              batch_size: int = 8, progress: bool = True, data: str = "", on_row: Callable[[dict], None] | None = None,
-              notes: list[str] | None = None) -> list[dict]:
+def run_sweep(
+    models: dict[str, Model],
+    image_set: ImageSet,
+    perturbations: Sequence[Perturbation],
+    out_dir: str | os.PathLike,
+    batch_size: int = 8,
+    progress: bool = True,
+    data: str = "",
+    on_row: Callable[[dict], None] | None = None,
+    notes: list[str] | None = None,
+) -> list[dict]:
     """Every model under every perturbation. Resumes from ``out_dir/robustness.json``: a row is reused when it is of the
     same model (:func:`model_id`) on the same images (:func:`data_id`); rows of other runs are kept in the JSON.
     Returns (and writes to the CSV and the plot) this call's rows; problems with the saved state go to ``notes``."""
@@ -94,8 +129,9 @@ def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequ
     rows, measured = [], 0
     # One overall bar over the cells (model x perturbation), naming the one being scored; each cell's per-image bar
     # is drawn as a row under it and moves it, so its ETA advances image by image. Reused cells count as done.
-    with progress_bar(total=len(cells), completed=len(cells) - todo, description="robustness",
-                      enabled=progress and todo > 0) as bar:
+    with progress_bar(
+        total=len(cells), completed=len(cells) - todo, description="robustness", enabled=progress and todo > 0
+    ) as bar:
         bar.share = 1.0
         for name, model, p in cells:
             key = (ids[name], did, p.name)
@@ -103,7 +139,12 @@ def run_sweep(models: dict[str, Model], image_set: ImageSet, perturbations: Sequ
                 rows.append({**index[key], "model": name})
                 continue
             bar.update(description=f"robustness · {name} · {p.name}")
-            row = {**sweep_row(model, name, image_set, p, batch_size, progress), "model_id": ids[name], "data_id": did, "data": data}
+            row = {
+                **sweep_row(model, name, image_set, p, batch_size, progress),
+                "model_id": ids[name],
+                "data_id": did,
+                "data": data,
+            }
             measured += 1
             bar.update(completed=len(cells) - todo + measured)
             index[key] = row
@@ -123,7 +164,12 @@ def rows_csv(rows: list[dict]) -> str:
     w = csv.writer(buf)
     w.writerow(FIELDS)
     for r in rows:
-        w.writerow(["" if r.get(f) is None else (f"{r[f]:.4f}" if isinstance(r[f], float) and f != "level" else r[f]) for f in FIELDS])
+        w.writerow(
+            [
+                "" if r.get(f) is None else (f"{r[f]:.4f}" if isinstance(r[f], float) and f != "level" else r[f])
+                for f in FIELDS
+            ]
+        )
     return buf.getvalue()
 
 
@@ -134,7 +180,12 @@ def plot(rows: list[dict], path: Path, metric: str = "mean_auroc") -> Path:
     import matplotlib.pyplot as plt
 
     kinds = [k for k in ("jpeg", "blur", "noise") if any(r["kind"] == k for r in rows)] or ["none"]
-    titles = {"jpeg": "JPEG quality", "blur": "Gaussian blur sigma (px)", "noise": "Gaussian noise sigma", "none": "clean"}
+    titles = {
+        "jpeg": "JPEG quality",
+        "blur": "Gaussian blur sigma (px)",
+        "noise": "Gaussian noise sigma",
+        "none": "clean",
+    }
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), dpi=110, sharey=True, squeeze=False)
     models = list(dict.fromkeys(r["model"] for r in rows))
     for ax, kind in zip(axes[0], kinds):
@@ -143,7 +194,9 @@ def plot(rows: list[dict], path: Path, metric: str = "mean_auroc") -> Path:
             pts = [r for r in rows if r["model"] == m and r["kind"] == kind and r.get(metric) is not None]
             xs = [r["level"] for r in pts]
             ys = [r[metric] for r in pts]
-            if clean and clean[0].get(metric) is not None and kind != "none":  # the clean image is level 0 (JPEG: no re-encoding, drawn at 105)
+            if (
+                clean and clean[0].get(metric) is not None and kind != "none"
+            ):  # the clean image is level 0 (JPEG: no re-encoding, drawn at 105)
                 xs, ys = [105.0 if kind == "jpeg" else 0.0, *xs], [clean[0][metric], *ys]
             order = sorted(range(len(xs)), key=lambda i: xs[i])
             ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", lw=1.4, label=m)

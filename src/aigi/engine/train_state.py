@@ -44,10 +44,14 @@ def load_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer
         tensors, header = read_safetensors(folder / STATE_TENSORS)
         epoch, param_groups, scalars = int(meta["epoch"]), meta["param_groups"], meta["scalars"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelLoadError(f"{folder}: unreadable training state ({type(e).__name__}: {e}); use a new --out folder") from None
+        raise ModelLoadError(
+            f"{folder}: unreadable training state ({type(e).__name__}: {e}); use a new --out folder"
+        ) from None
     if header.get("epoch") != str(epoch) or weights_epoch != str(epoch):
-        raise ModelLoadError(f"{folder}: the last save was cut short (weights from epoch {weights_epoch}, optimizer from epoch "
-                             f"{header.get('epoch')}, progress file says {epoch}); use a new --out folder")
+        raise ModelLoadError(
+            f"{folder}: the last save was cut short (weights from epoch {weights_epoch}, optimizer from epoch "
+            f"{header.get('epoch')}, progress file says {epoch}); use a new --out folder"
+        )
     state: dict[int, dict] = {}
     for key, value in [*tensors.items(), *scalars.items()]:
         idx, name = key.split(".", 1)
@@ -55,7 +59,9 @@ def load_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer
     try:
         optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     except (ValueError, KeyError) as e:
-        raise ModelLoadError(f"{folder}: the optimizer state does not fit this model ({e}); use a new --out folder") from None
+        raise ModelLoadError(
+            f"{folder}: the optimizer state does not fit this model ({e}); use a new --out folder"
+        ) from None
     return epoch
 
 

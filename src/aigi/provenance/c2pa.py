@@ -28,24 +28,51 @@ TRUST_ANCHORS_ENV = "AIGI_C2PA_TRUST_ANCHORS"
 
 # Extended key usages a C2PA signing certificate may carry. Without this list the SDK rejects certificates that
 # carry only the C2PA claim-signing or document-signing EKU (as real signers' certificates do) as invalid.
-EKU_TRUST_CONFIG = "\n".join([
-    "1.3.6.1.4.1.62558.2.1",  # c2pa-kp-claimSigning
-    "1.3.6.1.5.5.7.3.36",  # id-kp-documentSigning
-    "1.3.6.1.5.5.7.3.4",  # emailProtection
-    "1.3.6.1.5.5.7.3.8",  # timeStamping
-    "1.3.6.1.5.5.7.3.9",  # OCSPSigning
-    "1.3.6.1.4.1.311.76.59.1.9",  # Microsoft C2PA signing
-]) + "\n"
+EKU_TRUST_CONFIG = (
+    "\n".join(
+        [
+            "1.3.6.1.4.1.62558.2.1",  # c2pa-kp-claimSigning
+            "1.3.6.1.5.5.7.3.36",  # id-kp-documentSigning
+            "1.3.6.1.5.5.7.3.4",  # emailProtection
+            "1.3.6.1.5.5.7.3.8",  # timeStamping
+            "1.3.6.1.5.5.7.3.9",  # OCSPSigning
+            "1.3.6.1.4.1.311.76.59.1.9",  # Microsoft C2PA signing
+        ]
+    )
+    + "\n"
+)
 
-MIME = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "TIFF": "image/tiff",
-        "GIF": "image/gif", "HEIF": "image/heif", "AVIF": "image/avif", "JXL": "image/jxl", "DNG": "image/x-adobe-dng"}
+MIME = {
+    "JPEG": "image/jpeg",
+    "MPO": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "TIFF": "image/tiff",
+    "GIF": "image/gif",
+    "HEIF": "image/heif",
+    "AVIF": "image/avif",
+    "JXL": "image/jxl",
+    "DNG": "image/x-adobe-dng",
+}
 
 # Digital source types (IPTC, plus C2PA's own trainedAlgorithmicData) and what each claims.
 GENERATED_TYPES = {"trainedAlgorithmicMedia", "trainedAlgorithmicData", "algorithmicMedia", "compositeSynthetic"}
-AI_EDIT_TYPES = {"compositeWithTrainedAlgorithmicMedia"}  # algorithmicallyEnhanced (filters, denoise) is an edit, not AI content
+AI_EDIT_TYPES = {
+    "compositeWithTrainedAlgorithmicMedia"
+}  # algorithmicallyEnhanced (filters, denoise) is an edit, not AI content
 CAPTURE_TYPES = {k for k, v in SOURCE_TYPES.items() if v == "captured"}
-EDIT_ACTIONS = {"c2pa.edited", "c2pa.cropped", "c2pa.resized", "c2pa.color_adjustments", "c2pa.filtered",
-                "c2pa.drawing", "c2pa.orientation", "c2pa.placed", "c2pa.removed", "c2pa.redacted"}
+EDIT_ACTIONS = {
+    "c2pa.edited",
+    "c2pa.cropped",
+    "c2pa.resized",
+    "c2pa.color_adjustments",
+    "c2pa.filtered",
+    "c2pa.drawing",
+    "c2pa.orientation",
+    "c2pa.placed",
+    "c2pa.removed",
+    "c2pa.redacted",
+}
 # Actions that repackage an asset without changing what it shows.
 PASS_THROUGH_ACTIONS = {"c2pa.opened", "c2pa.converted", "c2pa.transcoded", "c2pa.repackaged", "c2pa.published"}
 
@@ -81,13 +108,13 @@ def has_c2pa_marker(data: bytes) -> bool:
     if data.startswith(b"\xff\xd8"):
         at = 2
         while at + 4 <= len(data) and data[at] == 0xFF:
-            marker, size = data[at + 1], int.from_bytes(data[at + 2: at + 4], "big")
+            marker, size = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
             if marker == 0xDA:  # start of scan: no more metadata segments
                 return False
             if marker == 0xFF or 0xD0 <= marker <= 0xD8 or marker == 0x01:  # fill byte or a marker without a length
                 at += 1 if marker == 0xFF else 2
                 continue
-            segment = data[at + 4: at + 2 + size]
+            segment = data[at + 4 : at + 2 + size]
             if marker == 0xEB and segment[:2] == b"JP" and b"jumb" in segment and b"c2pa" in segment:
                 return True
             at += 2 + size
@@ -95,7 +122,7 @@ def has_c2pa_marker(data: bytes) -> bool:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         at = 8
         while at + 8 <= len(data):
-            size, kind = int.from_bytes(data[at: at + 4], "big"), data[at + 4: at + 8]
+            size, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
             if kind == b"caBX":
                 return True
             if kind == b"IEND":
@@ -119,10 +146,14 @@ def _read_anchors(trust_anchors, problems: list[str]) -> bytes | None:
     try:
         pem = Path(trust_anchors).read_bytes()
     except OSError as e:
-        problems.append(f"C2PA trust anchors unreadable: {trust_anchors} ({e.strerror or e}); signers checked against no trust list")
+        problems.append(
+            f"C2PA trust anchors unreadable: {trust_anchors} ({e.strerror or e}); signers checked against no trust list"
+        )
         return None
     if b"-----BEGIN CERTIFICATE-----" not in pem:
-        problems.append(f"C2PA trust anchors unreadable: {trust_anchors} holds no PEM certificate; signers checked against no trust list")
+        problems.append(
+            f"C2PA trust anchors unreadable: {trust_anchors} holds no PEM certificate; signers checked against no trust list"
+        )
         return None
     return pem
 
@@ -147,7 +178,7 @@ def _error_name(c2pa, e: Exception) -> str:
 def _message(e: Exception, name: str) -> str:
     text = " ".join(str(e).split())
     if text.startswith(name + ": "):  # the SDK prefixes its messages with the error kind
-        text = text[len(name) + 2:]
+        text = text[len(name) + 2 :]
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
 
 
@@ -183,8 +214,13 @@ def _actions(manifest: dict) -> list[dict]:
             continue
         for a in (assertion.get("data") or {}).get("actions") or []:
             if isinstance(a, dict):
-                out.append({"action": a.get("action"), "digitalSourceType": a.get("digitalSourceType"),
-                            "softwareAgent": _agent(a.get("softwareAgent"))})
+                out.append(
+                    {
+                        "action": a.get("action"),
+                        "digitalSourceType": a.get("digitalSourceType"),
+                        "softwareAgent": _agent(a.get("softwareAgent")),
+                    }
+                )
     return out
 
 
@@ -275,8 +311,11 @@ def _finding(store: dict, problems: list[str]) -> Finding | None:
         **({"time": sig["time"]} if sig.get("time") else {}),
         "claim_generator": generator,
         "actions": actions,
-        "ingredients": [{"title": i.get("title"), "relationship": i.get("relationship")}
-                        for i in manifest.get("ingredients") or [] if isinstance(i, dict)],
+        "ingredients": [
+            {"title": i.get("title"), "relationship": i.get("relationship")}
+            for i in manifest.get("ingredients") or []
+            if isinstance(i, dict)
+        ],
         "validation_state": state,
         "validation_status": codes,
         "trusted": state == "Trusted",
@@ -287,13 +326,18 @@ def _finding(store: dict, problems: list[str]) -> Finding | None:
         note = "; signed, but the signer is not on a trust list" if UNTRUSTED in codes else ""
         return Finding("c2pa", claim, "moderate", f"C2PA by {issuer}: {what}{note}", details)
     failures = [c for c in codes if c != UNTRUSTED] or ["no failure code given"]
-    problems.append("C2PA manifest fails validation: "
-                    + "; ".join(f"{c} ({FAILURE_MEANING[c]})" if c in FAILURE_MEANING else c for c in failures))
-    return Finding("c2pa", claim, "weak", f"C2PA manifest fails validation ({', '.join(failures)}): by {issuer}, {what}", details)
+    problems.append(
+        "C2PA manifest fails validation: "
+        + "; ".join(f"{c} ({FAILURE_MEANING[c]})" if c in FAILURE_MEANING else c for c in failures)
+    )
+    return Finding(
+        "c2pa", claim, "weak", f"C2PA manifest fails validation ({', '.join(failures)}): by {issuer}, {what}", details
+    )
 
 
-def c2pa_findings(im: Image.Image, data: bytes, problems: list[str],
-                  trust_anchors: bytes | str | os.PathLike | None = None) -> list[Finding]:
+def c2pa_findings(
+    im: Image.Image, data: bytes, problems: list[str], trust_anchors: bytes | str | os.PathLike | None = None
+) -> list[Finding]:
     """The active C2PA manifest of ``data`` as one finding (or none); failures become ``problems``, never exceptions.
 
     ``trust_anchors``: PEM text/bytes or a path to a PEM bundle of root certificates to trust; by default the file
@@ -309,12 +353,16 @@ def c2pa_findings(im: Image.Image, data: bytes, problems: list[str],
         try:
             context = _context(anchors)
         except c2pa.C2paError as e:
-            problems.append(f"C2PA trust anchors unusable ({_message(e, _error_name(c2pa, e))}); signers checked against no trust list")
+            problems.append(
+                f"C2PA trust anchors unusable ({_message(e, _error_name(c2pa, e))}); signers checked against no trust list"
+            )
             context = _context(None)
         reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
         if reader is None:
             if has_c2pa_marker(data):  # e.g. a damaged JUMBF header: the store is there, the reader does not see it
-                problems.append("C2PA data unreadable: a manifest store is embedded but the reader does not recognise it")
+                problems.append(
+                    "C2PA data unreadable: a manifest store is embedded but the reader does not recognise it"
+                )
             return []
         with reader:
             store = json.loads(reader.json())

@@ -51,7 +51,9 @@ def fuse(prob: float | None, threshold: float, provenance: Provenance | None) ->
         score = f"; detector {prob:.2f}" if prob is not None else ""
         if declared.source == "c2pa":
             signer = declared.details.get("issuer") or declared.details.get("common_name") or "an unnamed signer"
-            note = {"strong": "", "moderate": "; signer not on a trust list"}.get(declared.strength, f"; manifest fails validation{score}")
+            note = {"strong": "", "moderate": "; signer not on a trust list"}.get(
+                declared.strength, f"; manifest fails validation{score}"
+            )
             return Verdict("generated", f"{what} (declared: C2PA by {signer}{note})", "declared")
         note = "" if declared.strength != "weak" else "; unsigned metadata"
         return Verdict("generated", f"{what} (declared: {declared.summary}{note}{score})", "declared")

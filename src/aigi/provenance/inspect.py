@@ -12,7 +12,12 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from aigi.data.decode import ImageDecodeError, read_bytes
 from aigi.provenance.c2pa import c2pa_findings
 from aigi.provenance.findings import Finding, Provenance
-from aigi.provenance.metadata import exif_findings, iptc_findings, text_chunk_findings, xmp_findings
+from aigi.provenance.metadata import (
+    exif_findings,
+    iptc_findings,
+    text_chunk_findings,
+    xmp_findings,
+)
 from aigi.provenance.watermark import watermark_findings
 
 # (name, extractor(image opened lazily by PIL or None, the file's bytes, problems) -> findings)

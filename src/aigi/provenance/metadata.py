@@ -53,7 +53,16 @@ GENERATOR_NAMES = re.compile(
 )
 TOOL_FIELDS = {"Software", "CreatorTool", "Source"}
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # terminal escapes must not reach the screen
-CAMERA_FIELDS = ("Make", "Model", "LensModel", "ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength", "DateTimeOriginal")
+CAMERA_FIELDS = (
+    "Make",
+    "Model",
+    "LensModel",
+    "ExposureTime",
+    "FNumber",
+    "ISOSpeedRatings",
+    "FocalLength",
+    "DateTimeOriginal",
+)
 
 
 def _text(value) -> str:
@@ -97,30 +106,68 @@ def exif_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     if "Make" in camera or "Model" in camera:
         exposure = [k for k in ("ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength") if k in camera]
         who = " ".join(v for v in (camera.get("Make"), camera.get("Model")) if v)
-        out.append(Finding("exif", "captured", "weak",
-                           f"camera EXIF: {who}" + (f" ({', '.join(exposure)})" if exposure else ""), camera))
+        out.append(
+            Finding(
+                "exif",
+                "captured",
+                "weak",
+                f"camera EXIF: {who}" + (f" ({', '.join(exposure)})" if exposure else ""),
+                camera,
+            )
+        )
     for key in ("Software", "ImageDescription", "UserComment", "Artist"):
         if key in fields:
             text = _clean(fields[key], 20000)
             params = parse_a1111(text) if key in ("UserComment", "ImageDescription") else {}
             if params:  # AUTOMATIC1111 writes its parameters into JPEG/WebP UserComment
-                out.append(Finding("exif", "generated", "weak", f"AUTOMATIC1111 parameters in EXIF {key} (model {params.get('model') or 'not named'})",
-                                   {"field": key, **params}))
-            elif key == "UserComment" and text.startswith("{") and '"prompt"' in text.lower():  # Fooocus: JSON parameters
+                out.append(
+                    Finding(
+                        "exif",
+                        "generated",
+                        "weak",
+                        f"AUTOMATIC1111 parameters in EXIF {key} (model {params.get('model') or 'not named'})",
+                        {"field": key, **params},
+                    )
+                )
+            elif (
+                key == "UserComment" and text.startswith("{") and '"prompt"' in text.lower()
+            ):  # Fooocus: JSON parameters
                 try:
                     meta = _json(text)
                 except ValueError as e:
                     problems.append(f"metadata unreadable: EXIF UserComment ({e})")
                     continue
-                out.append(Finding("exif", "generated", "weak", "generation parameters (JSON) in EXIF UserComment",
-                                   {"field": key, "generator": _clean(fields.get("Software", "unknown"), 80),
-                                    "prompt": meta.get("prompt") or meta.get("Prompt"), "model": meta.get("base_model") or meta.get("Base Model")}))
+                out.append(
+                    Finding(
+                        "exif",
+                        "generated",
+                        "weak",
+                        "generation parameters (JSON) in EXIF UserComment",
+                        {
+                            "field": key,
+                            "generator": _clean(fields.get("Software", "unknown"), 80),
+                            "prompt": meta.get("prompt") or meta.get("Prompt"),
+                            "model": meta.get("base_model") or meta.get("Base Model"),
+                        },
+                    )
+                )
             elif text and GENERATOR_NAMES.search(text):
                 claim = "generated" if key in TOOL_FIELDS else "info"
-                out.append(Finding("exif", claim, "weak", f"EXIF {key} names a generator: {_clean(text, 120)}",
-                                   {"field": key, "value": _clean(text, 2000)}))
+                out.append(
+                    Finding(
+                        "exif",
+                        claim,
+                        "weak",
+                        f"EXIF {key} names a generator: {_clean(text, 120)}",
+                        {"field": key, "value": _clean(text, 2000)},
+                    )
+                )
             elif key == "Software" and text:
-                out.append(Finding("exif", "info", "weak", f"EXIF Software: {_clean(text, 120)}", {"field": key, "value": text}))
+                out.append(
+                    Finding(
+                        "exif", "info", "weak", f"EXIF Software: {_clean(text, 120)}", {"field": key, "value": text}
+                    )
+                )
     return out
 
 
@@ -185,13 +232,29 @@ def xmp_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
         out.append(_source_type_finding("xmp", uri))
     for tool in values.get(f"{{{XMP_NS}}}CreatorTool", []):
         generated = bool(GENERATOR_NAMES.search(tool))
-        out.append(Finding("xmp", "generated" if generated else "info", "weak",
-                           f"XMP creator tool{' names a generator' if generated else ''}: {_clean(tool, 120)}", {"CreatorTool": tool}))
-    descriptions = [v for k, vals in values.items() if k.rsplit("}", 1)[-1] in ("description", "Description") for v in vals]
+        out.append(
+            Finding(
+                "xmp",
+                "generated" if generated else "info",
+                "weak",
+                f"XMP creator tool{' names a generator' if generated else ''}: {_clean(tool, 120)}",
+                {"CreatorTool": tool},
+            )
+        )
+    descriptions = [
+        v for k, vals in values.items() if k.rsplit("}", 1)[-1] in ("description", "Description") for v in vals
+    ]
     for text in descriptions:
         if "Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I):
-            out.append(Finding("xmp", "generated", "weak", "XMP description in Midjourney's form (prompt and Job ID)",
-                               {"generator": "Midjourney", "description": _clean(text, 2000)}))
+            out.append(
+                Finding(
+                    "xmp",
+                    "generated",
+                    "weak",
+                    "XMP description in Midjourney's form (prompt and Job ID)",
+                    {"generator": "Midjourney", "description": _clean(text, 2000)},
+                )
+            )
     return out
 
 
@@ -213,9 +276,19 @@ def iptc_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     for (record, tag), value in iptc.items():
         text = b" ".join(value) if isinstance(value, list) else value
         text = _clean(text, 2000)
-        if record == 2 and tag in (65, 120, 122, 80) and GENERATOR_NAMES.search(text):  # program, caption, writer, by-line
+        if (
+            record == 2 and tag in (65, 120, 122, 80) and GENERATOR_NAMES.search(text)
+        ):  # program, caption, writer, by-line
             claim = "generated" if tag == 65 else "info"  # 2:65 is the originating program; the others are free text
-            out.append(Finding("iptc", claim, "weak", f"IPTC field names a generator: {_clean(text, 120)}", {"record": f"2:{tag}", "value": text}))
+            out.append(
+                Finding(
+                    "iptc",
+                    claim,
+                    "weak",
+                    f"IPTC field names a generator: {_clean(text, 120)}",
+                    {"record": f"2:{tag}", "value": text},
+                )
+            )
         if "digitalsourcetype" in text.lower():
             out.append(_source_type_finding("iptc", text))
     return out
@@ -229,8 +302,12 @@ def parse_a1111(text: str) -> dict:
         return {}
     settings_line = next((ln for ln in reversed(lines) if ln.startswith("Steps: ")), "")
     # bounded key length and line length: the pattern must stay linear on hostile input
-    settings = dict(m.groups() for m in re.finditer(r"([A-Za-z][\w /-]{0,63}): (\"[^\"]{0,4096}\"|[^,]{0,4096})(?:,|$)",
-                                                    settings_line[:MAX_SETTINGS_CHARS]))
+    settings = dict(
+        m.groups()
+        for m in re.finditer(
+            r"([A-Za-z][\w /-]{0,63}): (\"[^\"]{0,4096}\"|[^,]{0,4096})(?:,|$)", settings_line[:MAX_SETTINGS_CHARS]
+        )
+    )
     body = text[: text.rfind(settings_line)].strip() if settings_line else text
     prompt, _, negative = body.partition("Negative prompt:")
     out = {"generator": "AUTOMATIC1111 / stable-diffusion-webui", "prompt": prompt.strip(), "settings": settings}
@@ -260,12 +337,22 @@ def parse_comfyui(prompt_json: str) -> dict:
                 models.append(inputs[key])
         if "CLIPTextEncode" in n["class_type"] and isinstance(inputs.get("text"), str):
             prompts.append(inputs["text"])
-    return {"generator": "ComfyUI", "model": models[0] if models else None, "models": models, "prompts": prompts, "nodes": len(nodes)}
+    return {
+        "generator": "ComfyUI",
+        "model": models[0] if models else None,
+        "models": models,
+        "prompts": prompts,
+        "nodes": len(nodes),
+    }
 
 
 def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     """PNG tEXt/iTXt/zTXt chunks (and the JPEG / WebP comment) written by generation tools."""
-    info = {k: v for k, v in im.info.items() if isinstance(v, (str, bytes)) and k not in ("exif", "xmp", "icc_profile", "XML:com.adobe.xmp")}
+    info = {
+        k: v
+        for k, v in im.info.items()
+        if isinstance(v, (str, bytes)) and k not in ("exif", "xmp", "icc_profile", "XML:com.adobe.xmp")
+    }
     out, generic = [], []  # generic: a generator named in a plain field, kept only when no tool's own format was found
 
     def found(summary: str, details: dict) -> None:
@@ -280,33 +367,83 @@ def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
             if key == "parameters":
                 if text.lstrip().startswith("{"):  # Fooocus writes JSON here
                     params = _json(text)
-                    found("Fooocus parameters", {"generator": "Fooocus", "prompt": params.get("prompt") or params.get("Prompt"),
-                                                 "model": params.get("base_model") or params.get("Base Model"), "raw_keys": sorted(params)[:40]})
+                    found(
+                        "Fooocus parameters",
+                        {
+                            "generator": "Fooocus",
+                            "prompt": params.get("prompt") or params.get("Prompt"),
+                            "model": params.get("base_model") or params.get("Base Model"),
+                            "raw_keys": sorted(params)[:40],
+                        },
+                    )
                 else:
                     parsed = parse_a1111(text)
-                    found(f"AUTOMATIC1111 parameters (model {parsed.get('model') or 'not named'})" if parsed else "generation parameters",
-                          parsed or {"generator": "unknown (a 'parameters' chunk)", "text": _clean(text, 2000)})
+                    found(
+                        f"AUTOMATIC1111 parameters (model {parsed.get('model') or 'not named'})"
+                        if parsed
+                        else "generation parameters",
+                        parsed or {"generator": "unknown (a 'parameters' chunk)", "text": _clean(text, 2000)},
+                    )
             elif key == "prompt" and text.lstrip().startswith("{"):
                 parsed = parse_comfyui(text)
                 found(f"ComfyUI workflow (model {parsed['model'] or 'not named'})", parsed)
             elif key == "workflow" and "prompt" not in info and text.lstrip().startswith("{"):
-                found("ComfyUI workflow (editor graph only)", {"generator": "ComfyUI", "nodes": len(_json(text).get("nodes", []))})
+                found(
+                    "ComfyUI workflow (editor graph only)",
+                    {"generator": "ComfyUI", "nodes": len(_json(text).get("nodes", []))},
+                )
             elif key in ("invokeai_metadata", "sd-metadata", "Dream", "invokeai_graph"):
                 meta = _json(text) if text.lstrip().startswith("{") else {"text": _clean(text, 2000)}
                 model = meta.get("model") or meta.get("model_weights")
-                found("InvokeAI metadata", {"generator": "InvokeAI", "model": model.get("name") if isinstance(model, dict) else model,
-                                            "prompt": meta.get("positive_prompt") or meta.get("prompt") or (meta.get("image") or {}).get("prompt")})
+                found(
+                    "InvokeAI metadata",
+                    {
+                        "generator": "InvokeAI",
+                        "model": model.get("name") if isinstance(model, dict) else model,
+                        "prompt": meta.get("positive_prompt")
+                        or meta.get("prompt")
+                        or (meta.get("image") or {}).get("prompt"),
+                    },
+                )
             elif key == "Software" and "novelai" in text.lower():
                 comment = _json(_text(info["Comment"])) if "Comment" in info else {}
-                found("NovelAI metadata", {"generator": "NovelAI", "source": _clean(info.get("Source", ""), 200),
-                                           "prompt": comment.get("prompt"), "settings": {k: comment[k] for k in ("steps", "sampler", "seed", "scale") if k in comment}})
-            elif key in ("Description", "comment", "Comment") and ("Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I)):
-                found("Midjourney description (prompt and Job ID)", {"generator": "Midjourney", "description": _clean(text, 2000)})
-            elif key in ("Software", "Source", "comment", "Comment", "Title", "Author") and GENERATOR_NAMES.search(text):
-                generic.append((key in TOOL_FIELDS, f"{key} names a generator: {_clean(text, 120)}", {"field": key, "value": _clean(text, 2000)}))
+                found(
+                    "NovelAI metadata",
+                    {
+                        "generator": "NovelAI",
+                        "source": _clean(info.get("Source", ""), 200),
+                        "prompt": comment.get("prompt"),
+                        "settings": {k: comment[k] for k in ("steps", "sampler", "seed", "scale") if k in comment},
+                    },
+                )
+            elif key in ("Description", "comment", "Comment") and (
+                "Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I)
+            ):
+                found(
+                    "Midjourney description (prompt and Job ID)",
+                    {"generator": "Midjourney", "description": _clean(text, 2000)},
+                )
+            elif key in ("Software", "Source", "comment", "Comment", "Title", "Author") and GENERATOR_NAMES.search(
+                text
+            ):
+                generic.append(
+                    (
+                        key in TOOL_FIELDS,
+                        f"{key} names a generator: {_clean(text, 120)}",
+                        {"field": key, "value": _clean(text, 2000)},
+                    )
+                )
         except Exception as e:  # noqa: BLE001 - incl. RecursionError from deeply nested JSON: this chunk only
             problems.append(f"metadata unreadable: text chunk {key!r} ({type(e).__name__}: {str(e)[:200]})")
     if not out:
         for is_tool, summary, details in generic:
-            out.append(Finding("png-text" if im.format == "PNG" else "comment", "generated" if is_tool else "info", "weak", summary, details))
+            out.append(
+                Finding(
+                    "png-text" if im.format == "PNG" else "comment",
+                    "generated" if is_tool else "info",
+                    "weak",
+                    summary,
+                    details,
+                )
+            )
     return out

@@ -71,7 +71,9 @@ from aigi.provenance.findings import Finding
 SCALE = 36  # the encoder's quantisation step for the U plane
 BLOCK = 4  # block size in the Haar low-low band
 MIN_AREA = 256 * 256  # the library refuses smaller images (an area check: 128x1024 is fine)
-MAX_PIXELS = 4096 * 4096  # generators write the mark at generation size; larger files are reported unchecked (time, memory)
+MAX_PIXELS = (
+    4096 * 4096
+)  # generators write the mark at generation size; larger files are reported unchecked (time, memory)
 MIN_ACCURACY = 0.90
 STRIP_ROWS = 256  # image rows decoded at a time (a multiple of 8: one block row of cA is 8 image rows)
 _HAAR = 0.7071067811865476  # PyWavelets' Haar filter tap; the two separate products keep its rounding
@@ -186,9 +188,21 @@ def watermark_findings(im: Image.Image, data: bytes, problems: list[str]) -> lis
         if best is None or best[0] / n < MIN_ACCURACY:
             continue
         matched, order = best
-        out.append(Finding("watermark", "generated", "moderate",
-                           f"{payload.generator} invisible watermark ({matched}/{n} bits)",
-                           {"generator": payload.generator, "payload": payload.name, "bits_matched": matched,
-                            "bits_total": n, "bit_accuracy": round(matched / n, 4), "channel_order": order,
-                            "method": "invisible-watermark dwtDct"}))
+        out.append(
+            Finding(
+                "watermark",
+                "generated",
+                "moderate",
+                f"{payload.generator} invisible watermark ({matched}/{n} bits)",
+                {
+                    "generator": payload.generator,
+                    "payload": payload.name,
+                    "bits_matched": matched,
+                    "bits_total": n,
+                    "bit_accuracy": round(matched / n, 4),
+                    "channel_order": order,
+                    "method": "invisible-watermark dwtDct",
+                },
+            )
+        )
     return out

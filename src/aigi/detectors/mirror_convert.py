@@ -1,7 +1,7 @@
 """Turn MIRROR's published checkpoints (``handsome-rich/MIRROR``, arXiv 2602.02222) into aigi folders.
 
 - Phase 1 file (``mirror_phase1.pth``, ``mirror_phase1_epoch_N.pth``): the reality memory alone. It becomes a
-  memory folder (:func:`aigi.engine.train_mirror.save_memory`), the input of aigi's Phase 2 training.
+  memory folder (:func:`aigi.detectors.mirror_recipe.save_memory`), the input of aigi's Phase 2 training.
 - Phase 2 file (``checkpoint-*.pth``): the whole detector. It becomes a model folder that ``aigi detect`` and
   ``aigi eval`` load. Kept: the memory bank, the two branches and the head, and the LoRA adapters of every
   backbone layer. Not kept: the frozen backbone weights and the input normalisation stored beside them. aigi
@@ -28,10 +28,23 @@ import torch
 from safetensors.torch import load_file
 
 from aigi.backbones import BackboneSpec
-from aigi.checkpoints import WEIGHTS_NAME, ModelConfig, ModelLoadError, build_model, check_tensors, load_checked, save_model
+from aigi.checkpoints import (
+    WEIGHTS_NAME,
+    ModelConfig,
+    ModelLoadError,
+    build_model,
+    check_tensors,
+    load_checked,
+    save_model,
+)
 from aigi.data.transforms import EvalProtocol
 from aigi.detectors.memory_bank import MemoryBank
-from aigi.engine.train_mirror import MemoryConfig, MemoryRecipe, load_memory, save_memory
+from aigi.detectors.mirror_recipe import (
+    MemoryConfig,
+    MemorySettings,
+    load_memory,
+    save_memory,
+)
 
 PHASE1 = "phase1"
 PHASE2 = "phase2"
@@ -44,7 +57,9 @@ NORM_BUFFERS = ("norm.mean", "norm.std")
 
 # The reference wraps every backbone layer with peft on its own, so each LoRA key has the layer index, then
 # peft's ``base_model.model.``, then the module path inside the layer.
-_FILE_LORA = re.compile(r"^backbone\.dino\.(?:(?:model|encoder)\.)?layer\.(\d+)\.(?:base_model\.model\.)?(.+)\.lora_([AB])\.default\.weight$")
+_FILE_LORA = re.compile(
+    r"^backbone\.dino\.(?:(?:model|encoder)\.)?layer\.(\d+)\.(?:base_model\.model\.)?(.+)\.lora_([AB])\.default\.weight$"
+)
 _OUR_LORA = re.compile(r"\blayer\.(\d+)\.(.+)\.lora_([AB])\.default\.weight$")
 # DINOv2 calls its projections query/key/value in transformers 4.x and q_proj/k_proj/v_proj in 5.x.
 _QKV_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj"}
@@ -65,8 +80,10 @@ class Converted:
         s = self.settings
         if self.kind == PHASE1:
             epochs = f", {s['epochs_done']} epochs" if s.get("epochs_done") else ""
-            return (f"wrote MIRROR memory folder {self.out} ({s['slots']} slots x {s['dim']}, {s['heads']} heads, "
-                    f"top-k {s['top_k']}{epochs})")
+            return (
+                f"wrote MIRROR memory folder {self.out} ({s['slots']} slots x {s['dim']}, {s['heads']} heads, "
+                f"top-k {s['top_k']}{epochs})"
+            )
         lora = f"LoRA r={s['lora_r']} alpha={s['lora_alpha']:g}" if s["lora_r"] else "no LoRA"
         lines = [
             f"wrote model folder {self.out} (mirror: {s['slots']} slots x {s['dim']}, {s['heads']} heads, top-k {s['top_k']}, "
@@ -127,7 +144,7 @@ def _strip(name: str, prefixes: tuple[str, ...]) -> str:
         changed = False
         for p in prefixes:
             if name.startswith(p):
-                name, changed = name[len(p):], True
+                name, changed = name[len(p) :], True
     return name
 
 
@@ -151,7 +168,9 @@ def _state(obj: dict, order: tuple[str, ...], prefixes: tuple[str, ...], path: P
     for k, v in raw.items():
         name = _strip(k, prefixes)
         if name in state:
-            raise ModelLoadError(f"{path}: two tensors are both named {name!r} once the prefixes {', '.join(prefixes)} are removed")
+            raise ModelLoadError(
+                f"{path}: two tensors are both named {name!r} once the prefixes {', '.join(prefixes)} are removed"
+            )
         state[name] = v
     return state
 
@@ -200,32 +219,53 @@ def _backbone_width(spec: BackboneSpec) -> tuple[int | None, str | None]:
     return getattr(cfg, "hidden_size", None), None
 
 
-def convert_memory(pth, out, backbone: BackboneSpec, protocol: EvalProtocol | None = None,
-                   heads: int | None = None, top_k: int | None = None) -> Converted:
+def convert_memory(
+    pth,
+    out,
+    backbone: BackboneSpec,
+    protocol: EvalProtocol | None = None,
+    heads: int | None = None,
+    top_k: int | None = None,
+) -> Converted:
     """Write a memory folder from an official Phase 1 checkpoint."""
     path = Path(pth)
     return _convert_memory(read_checkpoint(path), path, Path(out), backbone, protocol, heads, top_k)
 
 
-def _convert_memory(obj: dict, path: Path, out: Path, backbone: BackboneSpec, protocol: EvalProtocol | None,
-                    heads: int | None, top_k: int | None) -> Converted:
+def _convert_memory(
+    obj: dict,
+    path: Path,
+    out: Path,
+    backbone: BackboneSpec,
+    protocol: EvalProtocol | None,
+    heads: int | None,
+    top_k: int | None,
+) -> Converted:
     protocol = protocol or EvalProtocol(format_align=True)
     state = _state(obj, PHASE1_ENVELOPES, ("module.", "memory_bank."), path)
     mem = state.get("memory")
     if mem is None:
-        raise ModelLoadError(f"{path}: missing tensor 'memory' (the K x D memory of a Phase 1 checkpoint); found: "
-                             + ", ".join(list(state)[:8]))
+        raise ModelLoadError(
+            f"{path}: missing tensor 'memory' (the K x D memory of a Phase 1 checkpoint); found: "
+            + ", ".join(list(state)[:8])
+        )
     if mem.ndim != 2:
-        raise ModelLoadError(f"{path}: tensor 'memory' has shape {tuple(mem.shape)}, expected 2 dimensions (slots x dim)")
+        raise ModelLoadError(
+            f"{path}: tensor 'memory' has shape {tuple(mem.shape)}, expected 2 dimensions (slots x dim)"
+        )
     slots, dim = (int(s) for s in mem.shape)
     mc = obj.get("memory_config")
     if mc is not None and not isinstance(mc, dict):
         raise ModelLoadError(f"{path}: memory_config is a {type(mc).__name__}, expected a dict")
     mc = mc or {}
     if "feature_dim" in mc and int(mc["feature_dim"]) != dim:
-        raise ModelLoadError(f"{path}: its memory_config has feature_dim={mc['feature_dim']}, but the memory tensor is {slots} x {dim}")
+        raise ModelLoadError(
+            f"{path}: its memory_config has feature_dim={mc['feature_dim']}, but the memory tensor is {slots} x {dim}"
+        )
     if "mem_slots" in mc and int(mc["mem_slots"]) != slots:
-        raise ModelLoadError(f"{path}: its memory_config has mem_slots={mc['mem_slots']}, but the memory tensor has {slots} slots")
+        raise ModelLoadError(
+            f"{path}: its memory_config has mem_slots={mc['mem_slots']}, but the memory tensor has {slots} slots"
+        )
     n_heads = _pick("num_heads", mc.get("num_heads"), heads, DEFAULT_HEADS, path)
     k = _pick("top_k", mc.get("top_k"), top_k, DEFAULT_TOP_K, path)
     try:
@@ -238,16 +278,23 @@ def _convert_memory(obj: dict, path: Path, out: Path, backbone: BackboneSpec, pr
     notes = []
     width, problem = _backbone_width(backbone)
     if width is not None and width != dim:
-        raise ModelLoadError(f"{path}: the memory is {dim}-dimensional but backbone {backbone.source} gives {width}-dimensional tokens")
+        raise ModelLoadError(
+            f"{path}: the memory is {dim}-dimensional but backbone {backbone.source} gives {width}-dimensional tokens"
+        )
     if problem:
         notes.append(problem)
     epoch = obj.get("epoch")
     training: dict[str, Any] = {"converted_from": str(path)}
     if isinstance(obj.get("backbone_path"), str):
         training["reference_backbone_path"] = obj["backbone_path"]
-    config = MemoryConfig(backbone=backbone, protocol=protocol, dim=dim,
-                          recipe=MemoryRecipe(slots=slots, heads=n_heads, top_k=k),
-                          epochs_done=int(epoch) if isinstance(epoch, int) else 0, training=training)
+    config = MemoryConfig(
+        backbone=backbone,
+        protocol=protocol,
+        dim=dim,
+        recipe=MemorySettings(slots=slots, heads=n_heads, top_k=k),
+        epochs_done=int(epoch) if isinstance(epoch, int) else 0,
+        training=training,
+    )
     save_memory(bank, config, out)
     written, _ = load_memory(out)
     for name, t in bank.state_dict().items():
@@ -273,24 +320,44 @@ def _backbone_key(rest: str) -> str:
 
 def _shape_params(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Head sizes read off the tensors (the reference's are MirrorParams' defaults)."""
+
     def rows(name):
         t = state.get(name)
         return int(t.shape[0]) if t is not None and t.ndim == 2 else None
 
-    found = {"perplexity_dim": rows("perplexity_mlp.0.weight"), "residual_hidden": rows("residual_mlp.0.weight"),
-             "residual_dim": rows("residual_mlp.3.weight"), "hidden": rows("head.0.weight")}
+    found = {
+        "perplexity_dim": rows("perplexity_mlp.0.weight"),
+        "residual_hidden": rows("residual_mlp.0.weight"),
+        "residual_dim": rows("residual_mlp.3.weight"),
+        "hidden": rows("head.0.weight"),
+    }
     return {k: v for k, v in found.items() if v is not None}
 
 
-def convert_detector(pth, out, backbone: BackboneSpec, protocol: EvalProtocol | None = None, heads: int | None = None,
-                     top_k: int | None = None, lora_alpha: float | None = None) -> Converted:
+def convert_detector(
+    pth,
+    out,
+    backbone: BackboneSpec,
+    protocol: EvalProtocol | None = None,
+    heads: int | None = None,
+    top_k: int | None = None,
+    lora_alpha: float | None = None,
+) -> Converted:
     """Write a model folder from an official Phase 2 checkpoint (the whole detector)."""
     path = Path(pth)
     return _convert_detector(read_checkpoint(path), path, Path(out), backbone, protocol, heads, top_k, lora_alpha)
 
 
-def _convert_detector(obj: dict, path: Path, out: Path, backbone: BackboneSpec, protocol: EvalProtocol | None,
-                      heads: int | None, top_k: int | None, lora_alpha: float | None) -> Converted:
+def _convert_detector(
+    obj: dict,
+    path: Path,
+    out: Path,
+    backbone: BackboneSpec,
+    protocol: EvalProtocol | None,
+    heads: int | None,
+    top_k: int | None,
+    lora_alpha: float | None,
+) -> Converted:
     protocol = protocol or EvalProtocol(format_align=True)
     state = _state(obj, PHASE2_ENVELOPES, ("module.",), path)
     mapped: dict[str, torch.Tensor] = {}
@@ -301,7 +368,7 @@ def _convert_detector(obj: dict, path: Path, out: Path, backbone: BackboneSpec, 
         if k.startswith("memory_bank."):
             mapped[k] = v
         elif k.startswith("detector."):
-            mapped[k[len("detector."):]] = v
+            mapped[k[len("detector.") :]] = v
         elif k in NORM_BUFFERS:
             norm[k] = v
         elif k.startswith("backbone.") and (m := _FILE_LORA.match(k)):
@@ -330,7 +397,9 @@ def _convert_detector(obj: dict, path: Path, out: Path, backbone: BackboneSpec, 
     ref_backbone = getattr(args, "backbone_path", None) if not isinstance(args, dict) else args.get("backbone_path")
     if isinstance(ref_backbone, str):
         training["reference_backbone_path"] = ref_backbone
-    config = ModelConfig(detector="mirror", params=params, backbone=backbone, protocol=protocol, threshold=0.5, training=training)
+    config = ModelConfig(
+        detector="mirror", params=params, backbone=backbone, protocol=protocol, threshold=0.5, training=training
+    )
     try:
         model = build_model(config)
     except ModelLoadError as e:
@@ -359,7 +428,9 @@ def _convert_detector(obj: dict, path: Path, out: Path, backbone: BackboneSpec, 
         load_checked(det, mapped, str(path))
     except ModelLoadError as e:
         shown = {k: params[k] for k in ("slots", "heads", "top_k", "lora_r") if k in params}
-        raise ModelLoadError(f"{e}\n  (read as a MIRROR Phase 2 checkpoint with {shown} on backbone {backbone.source})") from None
+        raise ModelLoadError(
+            f"{e}\n  (read as a MIRROR Phase 2 checkpoint with {shown} on backbone {backbone.source})"
+        ) from None
 
     checked, notes = _compare_backbone(det, base, norm)
     model.config.training["ignored_backbone_tensors"] = len(base) + len(norm)
@@ -375,11 +446,14 @@ def _convert_detector(obj: dict, path: Path, out: Path, backbone: BackboneSpec, 
 
 def _compare_backbone(det, base: dict[str, torch.Tensor], norm: dict[str, torch.Tensor]) -> tuple[int, list[str]]:
     """The file's frozen backbone against the one loaded from the backbone source: (tensors found equal, notes)."""
-    ours = {_backbone_key(k[len("backbone.model."):]): v for k, v in det.state_dict().items()
-            if k.startswith("backbone.model.") and ".lora_" not in k}
+    ours = {
+        _backbone_key(k[len("backbone.model.") :]): v
+        for k, v in det.state_dict().items()
+        if k.startswith("backbone.model.") and ".lora_" not in k
+    }
     compared, differ = 0, []
     for k, v in base.items():
-        o = ours.get(_backbone_key(k[len("backbone.dino."):])) if k.startswith("backbone.dino.") else None
+        o = ours.get(_backbone_key(k[len("backbone.dino.") :])) if k.startswith("backbone.dino.") else None
         if o is None or o.shape != v.shape:
             continue
         compared += 1
@@ -387,26 +461,41 @@ def _compare_backbone(det, base: dict[str, torch.Tensor], norm: dict[str, torch.
             differ.append(k)
     notes: list[str] = []
     if differ:
-        notes.append(f"{len(differ)} of the {compared} backbone tensors compared differ from the backbone source "
-                     f"(e.g. {differ[0]}): the checkpoint was trained on another backbone, so the converted model "
-                     "will not score like the original; check --backbone-source")
+        notes.append(
+            f"{len(differ)} of the {compared} backbone tensors compared differ from the backbone source "
+            f"(e.g. {differ[0]}): the checkpoint was trained on another backbone, so the converted model "
+            "will not score like the original; check --backbone-source"
+        )
     elif base and not compared:
-        notes.append("the checkpoint's backbone tensors could not be matched by name to the backbone source "
-                     "(another transformers layout), so they were not compared")
+        notes.append(
+            "the checkpoint's backbone tensors could not be matched by name to the backbone source "
+            "(another transformers layout), so they were not compared"
+        )
     if getattr(det.backbone, "num_prefix", 1) > 1:
-        notes.append("the reference counted the backbone's register tokens among the patch tokens; aigi leaves them out, "
-                     "so scores can differ slightly from the reference code's")
+        notes.append(
+            "the reference counted the backbone's register tokens among the patch tokens; aigi leaves them out, "
+            "so scores can differ slightly from the reference code's"
+        )
     pre = det.backbone.preprocess
     for name, want in (("norm.mean", pre.mean), ("norm.std", pre.std)):
         if name in norm and not torch.allclose(norm[name].float().flatten(), torch.tensor(want)):
-            notes.append(f"the checkpoint normalises with {name}={norm[name].flatten().tolist()}, "
-                         f"the backbone's preprocessing with {list(want)}: aigi uses the latter")
+            notes.append(
+                f"the checkpoint normalises with {name}={norm[name].flatten().tolist()}, "
+                f"the backbone's preprocessing with {list(want)}: aigi uses the latter"
+            )
     return compared - len(differ), notes
 
 
 # -------------------------------------------------------------------------------------------------------------
-def convert_mirror(pth, out, backbone: BackboneSpec, heads: int | None = None, top_k: int | None = None,
-                   lora_alpha: float | None = None, protocol: EvalProtocol | None = None) -> Converted:
+def convert_mirror(
+    pth,
+    out,
+    backbone: BackboneSpec,
+    heads: int | None = None,
+    top_k: int | None = None,
+    lora_alpha: float | None = None,
+    protocol: EvalProtocol | None = None,
+) -> Converted:
     """Read the file once, tell the phase from its contents and convert it."""
     path, out = Path(pth), Path(out)
     obj = read_checkpoint(path)

@@ -1,0 +1,454 @@
+"""One trainer for every detector. A detector brings a :class:`Recipe` (its settings with their defaults, how to set
+up, the batches of an epoch, the loss of one batch, the closed-form parts at the end); the trainer brings the rest:
+
+- the output folder: refused when it holds something else, resumed when it holds an unfinished run of the same
+  settings (``train_state/``: optimizer tensors as safetensors + JSON, never pickled);
+- seeding, and ``accelerate`` for CPU, one GPU, several (``accelerate launch -m aigi.cli train ...``; DDP) and
+  mixed precision;
+- the learning rate each step (the recipe's schedule), the finite-loss check, one progress bar with the loss;
+- ``train_log.jsonl``, one line per epoch (started afresh by a fresh run, appended to by a resumed one);
+- validation after every epoch through the normal scoring path and :mod:`aigi.engine.metrics` (AUROC, balanced
+  accuracy at the model's threshold), calibration at the end, and the typed :class:`TrainingRecord`.
+
+Recipes register themselves in :data:`RECIPES`; ``aigi train <name>`` is generated from them
+(:mod:`aigi.cli_train`), each field of a recipe's :class:`RecipeConfig` becoming an option with its description and
+bounds. A recipe with no epochs (the linear probe) only has ``finish``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aigi.errors import ConfigError, DataError, describe_validation
+from aigi.progress import notice, progress_bar
+from aigi.registry import Registry
+
+RECIPES: Registry = Registry("training recipe")
+LOG_NAME = "train_log.jsonl"
+STATE_DIR = "train_state"
+
+
+PLACES = {
+    "data",
+    "out",
+    "val",
+    "calibrate_on",
+    "target_real_acc",
+    "reference",
+    "memory",
+    "epochs",
+}  # may differ on resume
+
+
+class RecipeConfig(BaseModel):
+    """Settings every recipe has; each recipe subclasses it with its own fields (their defaults are the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path = Field(description="labelled training images (any layout `aigi eval --data` reads)")
+    out: Path = Field(description="folder to write (rerun with the same folder to resume)")
+    seed: int = Field(0, description="seed of every random draw (same seed and thread count: same weights)")
+    mixed_precision: str = Field(
+        "no",
+        pattern="^(no|fp16|bf16)$",
+        description="mixed precision on GPU: no, fp16 or bf16; "
+        "several GPUs: run under `accelerate launch -m aigi.cli train ...`",
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="detector hyper-parameters (config.json's params)")
+
+    def settings(self) -> dict:
+        """What must match for a run to resume: everything but where the data and the output are, and the epochs."""
+        return self.model_dump(mode="json", exclude=PLACES)
+
+
+class DetectorTrainConfig(RecipeConfig):
+    """A recipe whose output is a model folder: validation and calibration."""
+
+    val: Path | None = Field(None, description="labelled validation images, scored after every epoch (logged)")
+    calibrate_on: Path | None = Field(None, description="labelled images on which to choose the threshold at the end")
+    target_real_acc: float | None = Field(
+        None, ge=0.0, le=1.0, description="with calibrate_on: lowest threshold keeping this real-photo accuracy"
+    )
+
+
+class BackboneChoice(BaseModel):
+    """Which frozen backbone a recipe trains on, and the evaluation protocol its model will record."""
+
+    backbone: str = Field("efficientnet_lite0", description="backbone family: efficientnet_lite0 or hf_vit")
+    backbone_source: str | None = Field(
+        None, description="hf_vit: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP)"
+    )
+    feature_level: str | None = Field(
+        None,
+        description="efficientnet_lite0: head, stage6, stage5, stage4 or stage3 (ignored by backbones without levels)",
+    )
+    format_align: bool = Field(
+        True,
+        description="evaluation protocol: re-encode lossless inputs as JPEG q96 "
+        "(MIRROR's protocol; the shipped model's)",
+    )
+    spec: dict[str, Any] | None = Field(
+        None,
+        description="a whole backbone spec (family, source, options, preprocess); "
+        "replaces the four fields above (library use, --config)",
+    )
+    eval_protocol: dict[str, Any] | None = Field(None, description="a whole evaluation protocol; replaces format_align")
+
+    def backbone_spec(self):
+        from aigi.backbones import BackboneSpec, backbone_spec
+
+        if self.spec is not None:
+            return BackboneSpec.model_validate(self.spec)
+        return backbone_spec(self.backbone, self.backbone_source, self.feature_level)
+
+    def protocol(self):
+        from aigi.data.transforms import EvalProtocol
+
+        if self.eval_protocol is not None:
+            return EvalProtocol.model_validate(self.eval_protocol)
+        return EvalProtocol(format_align=self.format_align)
+
+
+class TrainingRecord(BaseModel):
+    """``config.json``'s ``training`` block: what a model was trained from and how (``--config`` repeats it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    recipe: str
+    config: dict[str, Any]
+    epochs_done: int = 0
+    devices: int = 1
+    skipped_files: list[str] = Field(default_factory=list)
+    last_epoch: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """What one training run holds; recipes read and fill it."""
+
+    config: RecipeConfig
+    out: Path
+    accelerator: Any
+    resume: bool
+    model: Any = None  # the Model being trained (or, for a memory, the recipe's own object)
+    module: torch.nn.Module | None = None  # what the optimizer trains (prepared by accelerate)
+    optimizer: torch.optim.Optimizer | None = None
+    loader: Iterable | None = None
+    start_epoch: int = 0
+    skipped: set[str] = field(default_factory=set)
+    record: dict[str, Any] = field(default_factory=dict)  # recipe extras for the training record
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+
+class Recipe:
+    """How one detector trains. Override what the detector needs; the defaults are a run with no epochs."""
+
+    name: ClassVar[str]
+    detector: ClassVar[str]  # the detector it trains (its Params supply param_options)
+    Config: ClassVar[type[RecipeConfig]] = RecipeConfig
+    epochs_field: ClassVar[str | None] = "epochs"  # the config field holding the number of epochs (None: no loop)
+    validates: ClassVar[bool] = True  # score config.val after each epoch
+    param_options: ClassVar[
+        tuple[str, ...]
+    ] = ()  # detector params offered as `aigi train` options (defaults: the Params')
+
+    def __init__(self, config: RecipeConfig) -> None:
+        self.config = config
+
+    def check(self) -> None:
+        """Check settings and folders before any expensive work (raise ConfigError / DataError)."""
+
+    def setup(self, run: Run) -> None:  # pragma: no cover - recipes with epochs override it
+        """Build ``run.model``, ``run.module``, ``run.optimizer`` and ``run.loader`` (not yet prepared)."""
+        raise NotImplementedError
+
+    def resume_from(self, run: Run) -> int:
+        """Load the saved weights and optimizer state of an unfinished run; return the epochs it finished."""
+        raise ConfigError(f"{run.out}: {self.name} runs cannot be resumed; use a new --out folder")
+
+    def epochs(self) -> int:
+        return int(getattr(self.config, self.epochs_field)) if self.epochs_field else 0
+
+    def start_epoch(self, run: Run, epoch: int) -> None:
+        """Before an epoch: sampler epoch, dropout seed, train mode."""
+
+    def lr(self, run: Run, epoch: int, step: int, steps: int) -> float | None:
+        """The learning rate for this step, or None to leave the optimizer's."""
+        return None
+
+    def empty(self, run: Run, batch) -> bool:
+        """True when the batch holds nothing to learn from (every file unreadable): the step is skipped."""
+        return False
+
+    def loss(self, run: Run, batch) -> tuple[torch.Tensor, int, dict]:  # pragma: no cover - as setup
+        """``(loss, items in the batch, extra numbers to average in the log)``; runs under autocast."""
+        raise NotImplementedError
+
+    def end_epoch(self, run: Run, epoch: int, record: dict) -> None:
+        """After an epoch's steps (main process): add numbers to its log record, save its state."""
+
+    def finish(self, run: Run) -> None:
+        """Closed-form parts after the epochs (a probe's fit, MDMF's bank); then the trainer calibrates and saves."""
+
+    @staticmethod
+    def describe(result, out: Path) -> str:
+        """One line for the CLI about what was written."""
+        last = result.config.training.get("last_epoch", {})
+        auroc = result.config.training.get("val_auroc", last.get("val_auroc"))
+        return f"saved {out} (threshold {result.threshold:.4f}" + (
+            f", val AUROC {auroc:.3f})" if auroc is not None else ")"
+        )
+
+    def save(self, run: Run, epoch: int | None) -> None:
+        """Write the output folder (after each epoch, and at the end with ``epoch=None``)."""
+        from aigi.checkpoints import save_model
+
+        save_model(run.model, run.out, extra_metadata=None if epoch is None else {"epoch": str(epoch)})
+
+
+def recipe_config(name: str, values: dict) -> RecipeConfig:
+    """Validate settings for recipe ``name``; one line per problem, no pydantic dump."""
+    cls = get_recipe(name)
+    try:
+        return cls.Config(**values)
+    except ValidationError as e:
+        raise ConfigError(f"invalid {name} settings: {describe_validation(e)}") from None
+
+
+def get_recipe(name: str) -> type[Recipe]:
+    _load_all()
+    return RECIPES.get(name)
+
+
+def recipe_names() -> list[str]:
+    _load_all()
+    return RECIPES.names()
+
+
+def _load_all() -> None:
+    from aigi.detectors import load_all
+
+    load_all()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_out(out: Path, resumable: bool) -> bool:
+    """True when ``out`` holds a run to resume; refuses a non-empty folder that holds none (never overwritten)."""
+    if resumable and (out / STATE_DIR).is_dir():
+        return True
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and holds no run to resume; choose a new --out folder (or delete it)")
+    return False
+
+
+def train(name: str, config: RecipeConfig | dict, progress: bool = True):
+    """Train recipe ``name`` with ``config``; returns what the recipe made (a Model, or a memory's config)."""
+    from accelerate import Accelerator
+
+    config = config if isinstance(config, RecipeConfig) else recipe_config(name, config)
+    recipe = get_recipe(name)(config)
+    out = Path(config.out)
+    resume = prepare_out(out, recipe.epochs_field is not None)
+    recipe.check()
+    seed_everything(config.seed)
+    run = Run(config=config, out=out, accelerator=Accelerator(mixed_precision=config.mixed_precision), resume=resume)
+    recipe.setup(run)
+    if resume:
+        run.start_epoch = recipe.resume_from(run)
+        if run.main:
+            notice(f"resuming from epoch {run.start_epoch} of {recipe.epochs()} in {out}")
+    elif run.main and recipe.epochs():
+        (out / LOG_NAME).unlink(missing_ok=True)  # a fresh run starts a fresh log (the folder is new or empty anyway)
+    _epochs(recipe, run, progress)
+    recipe.finish(run)
+    if run.main:
+        _calibrate_and_save(recipe, run, progress)
+    run.accelerator.wait_for_everyone()
+    return run.model
+
+
+def _epochs(recipe: Recipe, run: Run, progress: bool) -> None:
+    total = recipe.epochs()
+    if not total or run.start_epoch >= total:
+        return
+    acc = run.accelerator
+    run.module, run.optimizer, run.loader = acc.prepare(run.module, run.optimizer, run.loader)
+    steps = len(run.loader)
+    with progress_bar(
+        total=total * steps,
+        completed=run.start_epoch * steps,
+        description=f"{recipe.name} epoch",
+        enabled=progress and run.main,
+    ) as bar:
+        for epoch in range(run.start_epoch, total):
+            bar.update(description=f"{recipe.name} epoch {epoch + 1}/{total}")
+            record = _one_epoch(recipe, run, epoch, steps, bar)
+            if run.main:
+                _validate(recipe, run, record)
+                recipe.end_epoch(run, epoch, record)
+                run.record.update(epochs_done=epoch + 1, last_epoch=record)
+                _write_state(recipe, run, epoch + 1, record)
+            acc.wait_for_everyone()
+
+
+def _one_epoch(recipe: Recipe, run: Run, epoch: int, steps: int, bar) -> dict:
+    acc, opt = run.accelerator, run.optimizer
+    recipe.start_epoch(run, epoch)
+    t0, total_loss, n, extras, lr = time.perf_counter(), 0.0, 0, {}, None
+    for step, batch in enumerate(run.loader):
+        lr = recipe.lr(run, epoch, step, steps)
+        if lr is not None:
+            for g in opt.param_groups:
+                g["lr"] = lr
+        if _skip_everywhere(acc, recipe.empty(run, batch)):  # DDP: every process takes part in every step, or none does
+            continue
+        with acc.autocast():
+            loss, items, more = recipe.loss(run, batch)
+        check_finite(loss, epoch)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        opt.step()
+        total_loss, n = total_loss + loss.item() * items, n + items
+        for k, v in more.items():
+            extras[k] = extras.get(k, 0.0) + float(v) * items
+        bar.advance()
+        bar.update(status=f"loss {total_loss / n:.4g}")
+    lr = lr if lr is not None else opt.param_groups[0]["lr"]
+    record = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "loss": total_loss / max(1, n),
+        **{k: v / max(1, n) for k, v in extras.items()},
+    }
+    return {**record, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _skip_everywhere(acc, empty: bool) -> bool:
+    if acc.num_processes == 1:
+        return empty
+    return bool(acc.gather(torch.tensor([empty], device=acc.device)).any())
+
+
+def check_finite(loss: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(loss):
+        raise ConfigError(
+            f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower the learning rate. "
+            "The folder keeps the last finished epoch; rerunning resumes from it."
+        )
+
+
+def _validate(recipe: Recipe, run: Run, record: dict) -> None:
+    """AUROC and balanced accuracy at the model's threshold on config.val, through the normal scoring path."""
+    if not (recipe.validates and getattr(run.config, "val", None) is not None):
+        return
+    record.update(validation_metrics(run.model, run.config.val))
+
+
+def validation_metrics(model, data) -> dict:
+    """AUROC and balanced accuracy (at the model's threshold) over all of ``data``'s images, pooled."""
+    from aigi.data.folders import discover
+    from aigi.engine.inference import score_paths
+    from aigi.engine.metrics import binary_metrics
+
+    model.detector.eval()
+    samples = discover(data).samples
+    scores = score_paths(model, [s.path for s in samples], use_cache=False, progress=False)
+    ok = [i for i in range(len(samples)) if i not in scores.errors]
+    m = binary_metrics([samples[i].label for i in ok], scores.prob[ok], model.threshold)
+    return {} if m["auroc"] is None else {"val_auroc": m["auroc"], "val_bal_acc": m["bal_acc"]}
+
+
+def _write_state(recipe: Recipe, run: Run, epoch: int, record: dict) -> None:
+    from aigi.engine.train_state import JsonLog, save_train_state
+
+    if isinstance(run.config, DetectorTrainConfig):
+        run.model.config.training = training_record(recipe, run)
+    recipe.save(run, epoch)
+    save_train_state(run.out / STATE_DIR, run.optimizer, epoch)
+    JsonLog(run.out / LOG_NAME).write(**record)
+
+
+def _calibrate_and_save(recipe: Recipe, run: Run, progress: bool) -> None:
+    cfg = run.config
+    if isinstance(cfg, DetectorTrainConfig):
+        run.model.detector.to("cpu").eval()
+        run.model.config.training = training_record(recipe, run)
+        if cfg.calibrate_on is not None:
+            from aigi.engine.calibrate import calibrate
+
+            calibrate(run.model, cfg.calibrate_on, cfg.target_real_acc, progress=progress)
+    recipe.save(run, run.record.get("epochs_done") if recipe.epochs() else None)  # the epoch: a rerun can still resume
+
+
+def training_record(recipe: Recipe, run: Run) -> dict:
+    rec = TrainingRecord(
+        recipe=recipe.name,
+        config=run.config.model_dump(mode="json"),
+        devices=run.accelerator.num_processes,
+        skipped_files=sorted(run.skipped),
+        **run.record,
+    )
+    return rec.model_dump(mode="json")
+
+
+def labelled_or_fail(data: Path, what: str, need_both: bool = True):
+    """The labelled images of ``data``; with ``need_both`` both classes must be there."""
+    from aigi.data.folders import discover
+
+    image_set = discover(data)
+    labels = {s.label for s in image_set.samples}
+    if need_both and labels != {0, 1}:
+        raise DataError(f"{data}: {what} needs both real and generated images (found labels {sorted(labels)})")
+    return image_set
+
+
+def features_of(run: Run, image_set, what: str, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cached features of the readable images (of one ``label`` when given) and their labels; unreadable files are
+    recorded in ``run.skipped``."""
+    from aigi.engine.inference import extract_features
+
+    samples = [s for s in image_set.samples if label is None or s.label == label]
+    ext = extract_features(run.model, [s.path for s in samples], progress=run.main, description=f"features: {what}")
+    if not ext.ok:
+        raise DataError(f"{image_set.root}: none of the {len(samples)} images could be read")
+    run.skipped.update(f"{samples[i].path}: {r}" for i, r in ext.errors.items())
+    return ext.stacked(ext.ok), np.array([samples[i].label for i in ext.ok])
+
+
+def resume_model(run: Run) -> int:
+    """Resume a model-folder run: the saved settings must be this run's; loads the weights and the optimizer state
+    and returns the epochs finished."""
+    from aigi.checkpoints import (
+        WEIGHTS_NAME,
+        load_checked,
+        read_config,
+        read_safetensors,
+    )
+    from aigi.engine.train_state import load_train_state
+
+    prev = read_config(run.out).training
+    before = {k: v for k, v in prev.get("config", {}).items() if k not in PLACES}
+    if before != run.config.settings():
+        raise ConfigError(f"{run.out} holds a run with other settings; use a new --out folder")
+    state, metadata = read_safetensors(run.out / WEIGHTS_NAME)
+    load_checked(run.model.detector, state, str(run.out / WEIGHTS_NAME))
+    run.skipped.update(prev.get("skipped_files", []))
+    run.record.update({k: v for k, v in prev.items() if k not in TrainingRecord.model_fields})
+    return load_train_state(run.out / STATE_DIR, run.optimizer, metadata.get("epoch"))
