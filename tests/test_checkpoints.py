@@ -103,20 +103,9 @@ def test_missing_files_and_pickles_are_refused(fitted, tmp_path):
 
 
 def test_hf_backbone_folder_round_trip(tmp_path):
-    from transformers import Dinov2Config, Dinov2Model
+    from tiny import tiny_vit_folder
 
-    torch.manual_seed(0)
-    hf = Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=56,
-            patch_size=14,
-        )
-    )
-    hf.save_pretrained(tmp_path / "tiny-dinov2")
+    tiny_vit_folder(tmp_path)
     spec = BackboneSpec(family="hf_vit", source=str(tmp_path / "tiny-dinov2"))
     model = build_model(ModelConfig(detector="univfd", backbone=spec))
     model.detector.fit(np.random.default_rng(1).normal(size=(20, 32)), np.array([0, 1] * 10))

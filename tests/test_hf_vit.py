@@ -8,36 +8,17 @@ import time
 import pytest
 import torch
 import transformers
+from tiny import TINY_VIT, tiny_vit
 
 from aigi.backbones import BackboneSpec, build_backbone, hf_vit
 from aigi.backbones.hf_vit import BackboneLoadError, HFViTBackbone
 from aigi.errors import ModelLoadError
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-
 
 def tiny_model(kind: str) -> tuple[torch.nn.Module, int]:
     """A tiny random model of one family and its patch size."""
-    torch.manual_seed(0)
-    if kind == "dinov2":
-        model = transformers.Dinov2Model(transformers.Dinov2Config(**TINY, image_size=56, patch_size=14))
-        return model.eval(), 14
-    if kind == "dinov2_with_registers":
-        cfg = transformers.Dinov2WithRegistersConfig(**TINY, image_size=56, patch_size=14, num_register_tokens=4)
-        return transformers.Dinov2WithRegistersModel(cfg).eval(), 14
-    if kind == "dinov3_vit":
-        cfg = transformers.DINOv3ViTConfig(**TINY, image_size=32, patch_size=8, num_register_tokens=4)
-        return transformers.DINOv3ViTModel(cfg).eval(), 8
-    if kind == "clip_vision_model":
-        cfg = transformers.CLIPVisionConfig(**TINY, image_size=32, patch_size=8)
-        return transformers.CLIPVisionModel(cfg).eval(), 8
-    if kind == "siglip_vision_model":
-        cfg = transformers.SiglipVisionConfig(**TINY, image_size=32, patch_size=8)
-        return transformers.SiglipVisionModel(cfg).eval(), 8
-    if kind == "siglip_no_head":
-        cfg = transformers.SiglipVisionConfig(**TINY, image_size=32, patch_size=8, vision_use_head=False)
-        return transformers.SiglipVisionModel(cfg).eval(), 8
-    raise AssertionError(kind)
+    model, patch, _ = tiny_vit(kind)
+    return model, patch
 
 
 FAMILIES = [
@@ -162,9 +143,9 @@ def test_dtype_option(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["CLIP", "Siglip"])
 def test_full_checkpoint_loads_its_vision_tower(name: str, tmp_path) -> None:
     torch.manual_seed(0)
-    text = dict(**TINY, vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    text = dict(**TINY_VIT, vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
     cfg = getattr(transformers, f"{name}Config")(
-        text_config=text, vision_config=dict(**TINY, image_size=32, patch_size=8)
+        text_config=text, vision_config=dict(**TINY_VIT, image_size=32, patch_size=8)
     )
     full = getattr(transformers, f"{name}Model")(cfg).eval()
     full.save_pretrained(tmp_path)
@@ -189,7 +170,7 @@ def test_missing_folder_is_a_clear_error(tmp_path) -> None:
 
 def test_unknown_model_type_is_a_clear_error(tmp_path) -> None:
     torch.manual_seed(0)
-    vit = transformers.ViTModel(transformers.ViTConfig(**TINY, image_size=32, patch_size=8))
+    vit = transformers.ViTModel(transformers.ViTConfig(**TINY_VIT, image_size=32, patch_size=8))
     vit.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"model_type 'vit'.*supported: dinov2"):
         HFViTBackbone.from_spec(BackboneSpec(family="hf_vit", source=str(tmp_path)))

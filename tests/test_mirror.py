@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tiny import EFFNET_SPEC, EFFNET_STAGE4, SMALL_PROTOCOL, tiny_vit
 
-from aigi.backbones import BackboneSpec, Preprocess
+from aigi.backbones import BackboneSpec
 from aigi.backbones.efficientnet import EfficientNetLite0Backbone
 from aigi.backbones.hf_vit import HFViTBackbone
 from aigi.checkpoints import (
@@ -28,7 +28,7 @@ from aigi.checkpoints import (
     load_model,
     save_model,
 )
-from aigi.data.transforms import EvalProtocol, TrainAugment
+from aigi.data.transforms import TrainAugment
 from aigi.detectors.memory_bank import MemoryBank, dense_perplexity, topk_select
 from aigi.detectors.mirror import Mirror, MirrorParams
 from aigi.detectors.mirror_recipe import load_memory, param_groups
@@ -36,26 +36,10 @@ from aigi.engine.inference import score_paths
 from aigi.engine.trainer import LOG_NAME, train
 
 ATOL = 1e-5  # fast path vs reference formulation, fp32
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-EFFNET_STAGE4 = {"feature_level": "stage4", "pretrained": False}  # 112-d tokens, a 4x4 grid at 64 px
 
 
 def close(a: torch.Tensor, b: torch.Tensor, atol: float = ATOL) -> None:
     torch.testing.assert_close(a, b, rtol=0.0, atol=atol)
-
-
-def tiny_vit(kind: str) -> tuple[torch.nn.Module, int, int]:
-    """A tiny random transformers model, its patch size and its number of register tokens."""
-    torch.manual_seed(0)
-    if kind == "dinov2":
-        return transformers.Dinov2Model(transformers.Dinov2Config(**TINY, image_size=56, patch_size=14)).eval(), 14, 0
-    if kind == "dinov2_with_registers":
-        cfg = transformers.Dinov2WithRegistersConfig(**TINY, image_size=56, patch_size=14, num_register_tokens=4)
-        return transformers.Dinov2WithRegistersModel(cfg).eval(), 14, 4
-    if kind == "dinov3_vit":
-        cfg = transformers.DINOv3ViTConfig(**TINY, image_size=32, patch_size=8, num_register_tokens=4)
-        return transformers.DINOv3ViTModel(cfg).eval(), 8, 4
-    raise AssertionError(kind)
 
 
 def tiny_backbone(kind: str):
@@ -589,9 +573,7 @@ def test_missing_tensor_is_named(saved, key) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # 8. Phase 1 and Phase 2 on a tiny folder
 # ---------------------------------------------------------------------------------------------------------------
-SMALL = Preprocess(size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-SPEC = BackboneSpec(options=dict(EFFNET_STAGE4), preprocess=SMALL)
-PROTOCOL = EvalProtocol(max_short_side=None, crop=64)
+SPEC, PROTOCOL = EFFNET_SPEC, SMALL_PROTOCOL
 AUGMENT = TrainAugment(crop=64, rescale_short_range=(64, 96))
 
 

@@ -161,44 +161,22 @@ def detect(
     the run carries on; the exit code is non-zero only when no image at all could be read."""
     from aigi import api
 
-    image_set = _image_inputs(inputs)
-    m = _load(model)
-    results = api.detect(
-        m,
-        [s.path for s in image_set.samples],
-        threshold=threshold,
-        provenance=not no_provenance,
-        explain=explain,
-        use_cache=not no_cache,
-        batch_size=batch_size,
-        progress=not as_json,
-    )
+    image_set, m = _image_inputs(inputs), _load(model)
+    options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
+    results = api.detect(m, [s.path for s in image_set.samples], batch_size=batch_size, progress=not as_json, **options)
     n_maps = _write_heatmaps(results, explain_dir) if explain else 0
     t = m.threshold if threshold is None else threshold
     if as_json:
-        payload = {
-            "model": m.config.detector,
-            "threshold": t,
-            "results": [d.to_dict() for d in results],
-            "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped],
-        }
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        show.detections_json(m.config.detector, t, results, image_set.skipped)
     else:
-        show.detections(
-            results,
-            f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}",
-            not no_provenance,
-        )
-        show.skipped(image_set.skipped)
-        if n_maps:
-            show.say(f"wrote {n_maps} heatmaps to {explain_dir}")
-        if n_bad := sum(d.verdict == "error" for d in results):
-            show.note(f"{n_bad} of {len(results)} files could not be read (reasons above)", prefix="")
+        title = f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}"
+        show.detections(results, title, not no_provenance)
+        show.batch_notes(results, image_set.skipped, n_maps, explain_dir)
     if all(d.verdict == "error" for d in results):
         raise typer.Exit(1)
 
 
-def _eval_mode(data, benchmarks_root, benchmarks, real, fake, extra: list[str]) -> str:
+def _eval_mode(data, benchmarks_root, benchmarks, real, fake, extra: list[str], perturbed: bool) -> str:
     """Which of eval's three inputs was given: ``data`` (--data), ``pooled`` (--real + --fake) or ``suites``."""
     if real is not None or fake:
         if real is None or not fake:
@@ -216,6 +194,8 @@ def _eval_mode(data, benchmarks_root, benchmarks, real, fake, extra: list[str]) 
         raise ConfigError("--benchmarks needs --benchmarks-root, not --data")
     if data is not None and extra:
         raise ConfigError(f"unexpected argument(s): {' '.join(extra)}")
+    if benchmarks_root is not None and perturbed:
+        raise ConfigError("--perturb works with --data or --real/--fake, not --benchmarks-root")
     if benchmarks_root is not None and not [*(benchmarks or []), *extra]:
         raise ConfigError("--benchmarks-root needs --benchmarks NAME ... (e.g. --benchmarks Chameleon GenImage)")
     return "data" if data is not None else "suites"
@@ -233,9 +213,7 @@ def _eval_images(mode: str, data: Optional[Path], real: Optional[Path], fakes: l
     return image_set, f"real {real} vs " + ", ".join(map(str, fakes))
 
 
-def _eval_suites(
-    m, root: Path, names: list[str], out_dir: Path, threshold, batch_size: int, use_cache: bool, model_name: str
-) -> None:
+def _eval_suites(model: Optional[Path], root: Path, names: list[str], out_dir: Path, scoring: dict) -> None:
     """--benchmarks-root: MIRROR's suites, one CSV and one report folder each."""
     from aigi.engine.benchmarks import plan_suites, run_suites
 
@@ -245,18 +223,8 @@ def _eval_suites(
             show.note(text)
     if all(r.skipped for r in suites):
         raise DataError(f"none of the named suites has labelled images under {root}")
-    run_suites(m, suites, out_dir, threshold, batch_size, use_cache, model_name=model_name)
-    for r in (r for r in suites if r.report is not None):
-        show.report(
-            r.report, f"aigi eval — {r.name} ({r.suite.name}: {r.report.data}, threshold {r.report.threshold:.3f})"
-        )
-        if r.report.skipped:
-            show.note(
-                f"{r.name}: {len(r.report.skipped)} file(s) skipped (outside label folders or not images), "
-                f"listed in {r.files['json']}",
-                prefix="",
-            )
-        show.say(f"wrote {r.csv} and {r.files['json'].parent}/")
+    run_suites(_load(model), suites, out_dir, model_name=str(model or "default"), **scoring)
+    show.suites(suites)
     if all(len(r.report.errors) == len(r.image_set.samples) for r in suites if r.report is not None):
         raise NothingScoredError("no image could be read")
 
@@ -330,39 +298,20 @@ def evaluate(
     Three inputs: --data (any labelled layout or a CSV manifest); --real with --fake (one subset per generator folder,
     each with all the real images); --benchmarks-root with --benchmarks (MIRROR's suites, one CSV each)."""
     from aigi import api
-    from aigi.engine.evaluate import format_table
 
-    mode, perturbation = _eval_mode(data, benchmarks_root, benchmarks, real, fake, ctx.args), _perturbation(perturb)
+    perturbation = _perturbation(perturb)
+    mode = _eval_mode(data, benchmarks_root, benchmarks, real, fake, ctx.args, perturbation is not None)
     _out_folder(out_dir)
+    scoring = dict(threshold=threshold, use_cache=not no_cache, batch_size=batch_size)
     if mode == "suites":
-        if perturbation is not None:
-            raise ConfigError("--perturb works with --data or --real/--fake, not --benchmarks-root")
-        return _eval_suites(
-            _load(model),
-            benchmarks_root,
-            [*(benchmarks or []), *ctx.args],
-            out_dir or Path("results"),
-            threshold,
-            batch_size,
-            not no_cache,
-            str(model or "default"),
-        )
+        names = [*(benchmarks or []), *ctx.args]
+        return _eval_suites(model, benchmarks_root, names, out_dir or Path("results"), scoring)
     image_set, source = _eval_images(mode, data, real, [*(fake or []), *map(Path, ctx.args)])
+    name = str(model or "default")
     report = api.evaluate(
-        _load(model),
-        image_set,
-        threshold=threshold,
-        perturbation=perturbation,
-        use_cache=not no_cache,
-        batch_size=batch_size,
-        model_name=str(model or "default"),
-        data_name=source,
+        _load(model), image_set, perturbation=perturbation, model_name=name, data_name=source, **scoring
     )
-    show.metrics(f"aigi eval — {report.data} (threshold {report.threshold:.3f})", format_table(report))
-    show.unreadable(report.errors)
-    show.skipped(image_set.skipped)
-    if out_dir:
-        show.say("wrote " + ", ".join(str(p) for p in report.write(out_dir).values()))
+    show.evaluation(report, image_set.skipped, out_dir)
     if len(report.errors) == len(image_set.samples):
         raise NothingScoredError("no image could be read")
 
@@ -438,11 +387,7 @@ def inspect(inputs: InputsArg, as_json: JsonOpt = False) -> None:
     image_set = _image_inputs(inputs)
     results = [inspect_file(s.path) for s in image_set.samples]
     if as_json:
-        payload = {
-            "results": [r.to_dict() for r in results],
-            "skipped": [{"path": str(p), "reason": r} for p, r in image_set.skipped],
-        }
-        sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+        show.provenance_json(results, image_set.skipped)
     else:
         show.provenance(results)
         show.skipped(image_set.skipped)
@@ -465,6 +410,21 @@ def _feature_detector(kind: str) -> tuple[str, Optional[str]]:
         if RECIPES.get(r).detector == kinds[kind] and "feature_level" in RECIPES.get(r).Config.model_fields
     ]
     return kinds[kind], (levels[0] if levels else None)
+
+
+def _cache_model(kind: str, family: str, source: Optional[str], level: Optional[str], format_align: bool):
+    """A throwaway model of the detector that caches ``kind``: its cache namespace is the one training uses."""
+    from aigi.backbones import backbone_spec
+    from aigi.checkpoints import ModelConfig, build_model
+    from aigi.data.transforms import EvalProtocol
+    from aigi.detectors import get_detector
+
+    detector, default_level = _feature_detector(kind)
+    spec = backbone_spec(family, source, level or default_level)
+    params = dict(get_detector(detector).cache_variant)
+    return build_model(
+        ModelConfig(detector=detector, params=params, backbone=spec, protocol=EvalProtocol(format_align=format_align))
+    )
 
 
 def _feature_images(data: Path) -> list[Path]:
@@ -517,26 +477,13 @@ def features(
 
     The cache is keyed as the detectors key it (backbone, preprocessing, protocol, feature kind, file contents).
     Unreadable files get a reason and the run carries on; the exit code is 1 only when no image could be read."""
-    from aigi.backbones import backbone_spec
-    from aigi.checkpoints import ModelConfig, build_model
-    from aigi.data.transforms import EvalProtocol
-    from aigi.detectors import get_detector
     from aigi.engine.inference import extract_features, feature_cache_for
 
     kind, paths = kind.lower(), _feature_images(data)
-    detector, default_level = _feature_detector(kind)
-    spec = backbone_spec(backbone, backbone_source, feature_level or default_level)
-    level = spec.options.get("feature_level")
-    m = build_model(
-        ModelConfig(
-            detector=detector,
-            params=dict(get_detector(detector).cache_variant),  # the cache namespace training uses
-            backbone=spec,
-            protocol=EvalProtocol(format_align=format_align),
-        )
-    )
+    m = _cache_model(kind, backbone, backbone_source, feature_level, format_align)
     ext = extract_features(m, paths, use_cache=True, batch_size=batch_size, description=f"{kind} features")
     show.unreadable({"path": str(paths[i]), "reason": r} for i, r in sorted(ext.errors.items()))
+    level = m.config.backbone.options.get("feature_level")
     show.say(
         f"{kind} features ({backbone + (f', {level}' if level else '')}): {len(ext.ok) - ext.cache_hits} computed, "
         f"{ext.cache_hits} already cached, {len(ext.errors)} unreadable"

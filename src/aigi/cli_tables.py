@@ -3,6 +3,7 @@ into the library plus one printer."""
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,6 +59,26 @@ def detections(results, title: str, provenance: bool) -> None:
     out.print(table)
 
 
+def detections_json(detector: str, threshold: float, results, skipped_files) -> None:
+    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, and the skipped files."""
+    payload = {
+        "model": detector,
+        "threshold": threshold,
+        "results": [d.to_dict() for d in results],
+        "skipped": [{"path": str(p), "reason": r} for p, r in skipped_files],
+    }
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def batch_notes(results, skipped_files, n_maps: int, explain_dir) -> None:
+    """What a table run of `aigi detect` says under its table: skipped files, heatmaps written, unreadable count."""
+    skipped(skipped_files)
+    if n_maps:
+        say(f"wrote {n_maps} heatmaps to {explain_dir}")
+    if n_bad := sum(d.verdict == "error" for d in results):
+        note(f"{n_bad} of {len(results)} files could not be read (reasons above)", prefix="")
+
+
 def metrics(title: str, rows: list[list[str]]) -> None:
     """A report's metrics: one row per subset and MEAN."""
     from aigi.engine.metrics import COLUMNS, DISPLAY
@@ -77,6 +98,31 @@ def report(report, title: str) -> None:
     rows = format_table(report)
     metrics(title, rows if len(rows) > 2 else rows[:-1])  # one subset: its MEAN row repeats it
     unreadable(report.errors)
+
+
+def evaluation(report, skipped_files, out_dir) -> None:
+    """`aigi eval --data` / `--real --fake`: the table, unreadable and skipped files, and the files written."""
+    from aigi.engine.evaluate import format_table
+
+    metrics(f"aigi eval — {report.data} (threshold {report.threshold:.3f})", format_table(report))
+    unreadable(report.errors)
+    skipped(skipped_files)
+    if out_dir:
+        say("wrote " + ", ".join(str(p) for p in report.write(out_dir).values()))
+
+
+def suites(results) -> None:
+    """`aigi eval --benchmarks-root`: a table per suite and where its files went."""
+    for r in (r for r in results if r.report is not None):
+        rep = r.report
+        report(rep, f"aigi eval — {r.name} ({r.suite.name}: {rep.data}, threshold {rep.threshold:.3f})")
+        if rep.skipped:
+            note(
+                f"{r.name}: {len(rep.skipped)} file(s) skipped (outside label folders or not images), listed in "
+                f"{r.files['json']}",
+                prefix="",
+            )
+        say(f"wrote {r.csv} and {r.files['json'].parent}/")
 
 
 def _f(v) -> str:
@@ -99,6 +145,14 @@ def robustness(rows: list[dict], perturbations, data) -> None:
                 str(r["errors"]),
             )
     out.print(table)
+
+
+def provenance_json(results, skipped_files) -> None:
+    payload = {
+        "results": [r.to_dict() for r in results],
+        "skipped": [{"path": str(p), "reason": r} for p, r in skipped_files],
+    }
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def provenance(results) -> None:

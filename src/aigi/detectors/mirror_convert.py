@@ -243,6 +243,29 @@ def _convert_memory(
 ) -> Converted:
     protocol = protocol or EvalProtocol(format_align=True)
     state = _state(obj, PHASE1_ENVELOPES, ("module.", "memory_bank."), path)
+    slots, dim = (int(s) for s in _memory_tensor(state, path).shape)
+    mc = _memory_config(obj, path, slots, dim)
+    n_heads = _pick("num_heads", mc.get("num_heads"), heads, DEFAULT_HEADS, path)
+    k = _pick("top_k", mc.get("top_k"), top_k, DEFAULT_TOP_K, path)
+    bank = _load_bank(state, path, dim, slots, n_heads, k)
+    notes = _check_width(backbone, dim, path)
+    epoch = obj.get("epoch")
+    config = MemoryConfig(
+        backbone=backbone,
+        protocol=protocol,
+        dim=dim,
+        recipe=MemorySettings(slots=slots, heads=n_heads, top_k=k),
+        epochs_done=int(epoch) if isinstance(epoch, int) else 0,
+        training=_memory_training(obj, path),
+    )
+    save_memory(bank, config, out)
+    _verify_memory(bank, out)
+    settings = {**config.bank(), "epochs_done": config.epochs_done}
+    return Converted(PHASE1, out, settings, notes=notes)
+
+
+def _memory_tensor(state: dict[str, torch.Tensor], path: Path) -> torch.Tensor:
+    """The K x D ``memory`` tensor of a Phase 1 state dict."""
     mem = state.get("memory")
     if mem is None:
         raise ModelLoadError(
@@ -253,7 +276,11 @@ def _convert_memory(
         raise ModelLoadError(
             f"{path}: tensor 'memory' has shape {tuple(mem.shape)}, expected 2 dimensions (slots x dim)"
         )
-    slots, dim = (int(s) for s in mem.shape)
+    return mem
+
+
+def _memory_config(obj: dict, path: Path, slots: int, dim: int) -> dict:
+    """The file's ``memory_config`` (empty when absent), checked against the memory tensor's shape."""
     mc = obj.get("memory_config")
     if mc is not None and not isinstance(mc, dict):
         raise ModelLoadError(f"{path}: memory_config is a {type(mc).__name__}, expected a dict")
@@ -266,42 +293,41 @@ def _convert_memory(
         raise ModelLoadError(
             f"{path}: its memory_config has mem_slots={mc['mem_slots']}, but the memory tensor has {slots} slots"
         )
-    n_heads = _pick("num_heads", mc.get("num_heads"), heads, DEFAULT_HEADS, path)
-    k = _pick("top_k", mc.get("top_k"), top_k, DEFAULT_TOP_K, path)
+    return mc
+
+
+def _load_bank(state: dict[str, torch.Tensor], path: Path, dim: int, slots: int, heads: int, top_k: int) -> MemoryBank:
     try:
-        bank = MemoryBank(dim, slots, n_heads, k)
+        bank = MemoryBank(dim, slots, heads, top_k)
     except ValueError as e:
         raise ModelLoadError(f"{path}: {e}") from None
     check_tensors(bank.state_dict(), state, str(path), "MIRROR memory")
     bank.load_state_dict(state)
+    return bank
 
-    notes = []
+
+def _check_width(backbone: BackboneSpec, dim: int, path: Path) -> list[str]:
+    """Refuse a backbone whose tokens are not ``dim`` wide; a width that cannot be read becomes a note."""
     width, problem = _backbone_width(backbone)
     if width is not None and width != dim:
         raise ModelLoadError(
             f"{path}: the memory is {dim}-dimensional but backbone {backbone.source} gives {width}-dimensional tokens"
         )
-    if problem:
-        notes.append(problem)
-    epoch = obj.get("epoch")
+    return [problem] if problem else []
+
+
+def _memory_training(obj: dict, path: Path) -> dict[str, Any]:
     training: dict[str, Any] = {"converted_from": str(path)}
     if isinstance(obj.get("backbone_path"), str):
         training["reference_backbone_path"] = obj["backbone_path"]
-    config = MemoryConfig(
-        backbone=backbone,
-        protocol=protocol,
-        dim=dim,
-        recipe=MemorySettings(slots=slots, heads=n_heads, top_k=k),
-        epochs_done=int(epoch) if isinstance(epoch, int) else 0,
-        training=training,
-    )
-    save_memory(bank, config, out)
+    return training
+
+
+def _verify_memory(bank: MemoryBank, out: Path) -> None:
     written, _ = load_memory(out)
     for name, t in bank.state_dict().items():
         if not torch.equal(written.state_dict()[name], t):
             raise ModelLoadError(f"{out}: tensor {name} did not survive the round trip")  # pragma: no cover
-    settings = {**config.bank(), "epochs_done": config.epochs_done}
-    return Converted(PHASE1, out, settings, notes=notes)
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -360,6 +386,32 @@ def _convert_detector(
 ) -> Converted:
     protocol = protocol or EvalProtocol(format_align=True)
     state = _state(obj, PHASE2_ENVELOPES, ("module.",), path)
+    mapped, lora, base, norm = _split_state(state)
+    params = _detector_params(mapped, lora, path, heads, top_k, lora_alpha)
+    config = ModelConfig(
+        detector="mirror",
+        params=params,
+        backbone=backbone,
+        protocol=protocol,
+        threshold=0.5,
+        training=_detector_training(obj, path),
+    )
+    model = _build_detector(config, path)
+    det = model.detector
+    _map_lora(lora, det.trainable_state_dict(), mapped, path)
+    _load_detector(det, mapped, params, backbone, path)
+    checked, notes = _compare_backbone(det, base, norm)
+    model.config.training["ignored_backbone_tensors"] = len(base) + len(norm)
+    save_model(model, out)
+    _verify_weights(out, mapped)
+    p = model.config.params
+    settings = {"dim": det.backbone.dim, **{k: p[k] for k in ("slots", "heads", "top_k", "lora_r", "lora_alpha")}}
+    return Converted(PHASE2, out, settings, ignored=len(base) + len(norm), checked=checked, notes=notes)
+
+
+def _split_state(state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict, dict]:
+    """Sort a Phase 2 state dict into (tensors for the detector, the backbone's LoRA adapters by file name with
+    their layer, module path and A/B, the frozen backbone weights, the input normalisation)."""
     mapped: dict[str, torch.Tensor] = {}
     lora: dict[str, tuple[int, str, str, torch.Tensor]] = {}
     base: dict[str, torch.Tensor] = {}
@@ -377,7 +429,18 @@ def _convert_detector(
             base[k] = v
         else:  # an adapter of another layout, or a module MIRROR does not have: reported as unexpected below
             mapped[k] = v
+    return mapped, lora, base, norm
 
+
+def _detector_params(
+    mapped: dict[str, torch.Tensor],
+    lora: dict[str, tuple[int, str, str, torch.Tensor]],
+    path: Path,
+    heads: int | None,
+    top_k: int | None,
+    lora_alpha: float | None,
+) -> dict[str, Any]:
+    """The detector's params: sizes read off the tensors, the rest from the arguments or the defaults."""
     params: dict[str, Any] = _shape_params(mapped)
     mem = mapped.get("memory_bank.memory")
     if mem is not None and mem.ndim == 2:
@@ -389,7 +452,10 @@ def _convert_detector(
         raise ModelLoadError(f"{path}: its LoRA adapters have different ranks {ranks}; aigi uses one rank for all")
     params["lora_r"] = ranks[0] if ranks else 0
     params["lora_alpha"] = float(lora_alpha if lora_alpha is not None else DEFAULT_LORA_ALPHA)
+    return params
 
+
+def _detector_training(obj: dict, path: Path) -> dict[str, Any]:
     training: dict[str, Any] = {"converted_from": str(path), "format": "MIRROR Phase 2 checkpoint"}
     if isinstance(obj.get("epoch"), (int, str)):
         training["epoch"] = obj["epoch"]
@@ -397,19 +463,26 @@ def _convert_detector(
     ref_backbone = getattr(args, "backbone_path", None) if not isinstance(args, dict) else args.get("backbone_path")
     if isinstance(ref_backbone, str):
         training["reference_backbone_path"] = ref_backbone
-    config = ModelConfig(
-        detector="mirror", params=params, backbone=backbone, protocol=protocol, threshold=0.5, training=training
-    )
+    return training
+
+
+def _build_detector(config: ModelConfig, path: Path):
     try:
-        model = build_model(config)
+        return build_model(config)
     except ModelLoadError as e:
         raise ModelLoadError(f"{path}: {e}") from None
     except ValueError as e:  # e.g. heads not dividing the width, top_k above the slots
         raise ModelLoadError(f"{path}: cannot build the detector it describes ({e})") from None
-    det = model.detector
-    expected = det.trainable_state_dict()
 
-    # LoRA: same layer index and module; exact path first, else the projection's name (query == q_proj, ...).
+
+def _map_lora(
+    lora: dict[str, tuple[int, str, str, torch.Tensor]],
+    expected: dict[str, torch.Tensor],
+    mapped: dict[str, torch.Tensor],
+    path: Path,
+) -> None:
+    """Add the file's LoRA tensors to ``mapped`` under aigi's names. Same layer index and module; exact path first,
+    else the projection's name (query == q_proj, ...). One with no match keeps its own name (reported as unexpected)."""
     exact, by_leaf = {}, {}
     for name in expected:
         if m := _OUR_LORA.search(name):
@@ -424,6 +497,12 @@ def _convert_detector(
         if target in mapped:
             raise ModelLoadError(f"{path}: two LoRA tensors map to {target}")
         mapped[target] = v
+
+
+def _load_detector(
+    det, mapped: dict[str, torch.Tensor], params: dict[str, Any], backbone: BackboneSpec, path: Path
+) -> None:
+    """Load ``mapped`` into the detector; a mismatch is reported with the sizes the file was read with."""
     try:
         load_checked(det, mapped, str(path))
     except ModelLoadError as e:
@@ -432,16 +511,12 @@ def _convert_detector(
             f"{e}\n  (read as a MIRROR Phase 2 checkpoint with {shown} on backbone {backbone.source})"
         ) from None
 
-    checked, notes = _compare_backbone(det, base, norm)
-    model.config.training["ignored_backbone_tensors"] = len(base) + len(norm)
-    save_model(model, out)
+
+def _verify_weights(out: Path, mapped: dict[str, torch.Tensor]) -> None:
     saved = load_file(str(out / WEIGHTS_NAME))
     for name, t in mapped.items():
         if not torch.equal(saved[name], t.to(saved[name].dtype)):
             raise ModelLoadError(f"{out}: tensor {name} did not survive the round trip")  # pragma: no cover
-    p = model.config.params
-    settings = {"dim": det.backbone.dim, **{k: p[k] for k in ("slots", "heads", "top_k", "lora_r", "lora_alpha")}}
-    return Converted(PHASE2, out, settings, ignored=len(base) + len(norm), checked=checked, notes=notes)
 
 
 def _compare_backbone(det, base: dict[str, torch.Tensor], norm: dict[str, torch.Tensor]) -> tuple[int, list[str]]:

@@ -86,89 +86,91 @@ def _clean(value, limit: int = 300) -> str:
 
 # -- EXIF ---------------------------------------------------------------------------------------------------------
 def exif_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
+    fields = _exif_fields(im, problems)
+    if not fields:
+        return []
+    out = []
+    camera = _camera_finding(fields)
+    if camera is not None:
+        out.append(camera)
+    for key in ("Software", "ImageDescription", "UserComment", "Artist"):
+        if key in fields:
+            finding = _exif_text_finding(key, fields, problems)
+            if finding is not None:
+                out.append(finding)
+    return out
+
+
+def _exif_fields(im: Image.Image, problems: list[str]) -> dict:
+    """The EXIF fields by tag name (the base IFD, then the Exif IFD); empty when absent, too large or unreadable."""
     raw = im.info.get("exif")
     if raw and len(raw) > MAX_BLOCK_BYTES:
         problems.append(f"metadata unreadable: EXIF block of {len(raw)} bytes is over the {MAX_BLOCK_BYTES}-byte limit")
-        return []
+        return {}
     if im.format == "PNG" and "exif" not in im.info:
-        return []  # an eXIf chunk after the image data would make PIL decode every pixel to reach it: not read
+        return {}  # an eXIf chunk after the image data would make PIL decode every pixel to reach it: not read
     try:
         exif = im.getexif()
         fields = {ExifTags.TAGS.get(k, str(k)): v for k, v in exif.items()}
         fields.update({ExifTags.TAGS.get(k, str(k)): v for k, v in exif.get_ifd(ExifTags.IFD.Exif).items()})
     except Exception as e:  # noqa: BLE001 - a malformed EXIF block is a finding about the file, not a crash
         problems.append(f"metadata unreadable: EXIF ({type(e).__name__}: {e})")
-        return []
-    if not fields:
-        return []
-    out = []
+        return {}
+    return fields
+
+
+def _camera_finding(fields: dict) -> Finding | None:
     camera = {k: _clean(fields[k], 80) for k in CAMERA_FIELDS if k in fields and _clean(fields[k], 80)}
-    if "Make" in camera or "Model" in camera:
-        exposure = [k for k in ("ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength") if k in camera]
-        who = " ".join(v for v in (camera.get("Make"), camera.get("Model")) if v)
-        out.append(
-            Finding(
-                "exif",
-                "captured",
-                "weak",
-                f"camera EXIF: {who}" + (f" ({', '.join(exposure)})" if exposure else ""),
-                camera,
-            )
+    if "Make" not in camera and "Model" not in camera:
+        return None
+    exposure = [k for k in ("ExposureTime", "FNumber", "ISOSpeedRatings", "FocalLength") if k in camera]
+    who = " ".join(v for v in (camera.get("Make"), camera.get("Model")) if v)
+    summary = f"camera EXIF: {who}" + (f" ({', '.join(exposure)})" if exposure else "")
+    return Finding("exif", "captured", "weak", summary, camera)
+
+
+def _exif_text_finding(key: str, fields: dict, problems: list[str]) -> Finding | None:
+    """What one text field (Software, ImageDescription, UserComment, Artist) says, if anything."""
+    text = _clean(fields[key], 20000)
+    params = parse_a1111(text) if key in ("UserComment", "ImageDescription") else {}
+    if params:  # AUTOMATIC1111 writes its parameters into JPEG/WebP UserComment
+        return Finding(
+            "exif",
+            "generated",
+            "weak",
+            f"AUTOMATIC1111 parameters in EXIF {key} (model {params.get('model') or 'not named'})",
+            {"field": key, **params},
         )
-    for key in ("Software", "ImageDescription", "UserComment", "Artist"):
-        if key in fields:
-            text = _clean(fields[key], 20000)
-            params = parse_a1111(text) if key in ("UserComment", "ImageDescription") else {}
-            if params:  # AUTOMATIC1111 writes its parameters into JPEG/WebP UserComment
-                out.append(
-                    Finding(
-                        "exif",
-                        "generated",
-                        "weak",
-                        f"AUTOMATIC1111 parameters in EXIF {key} (model {params.get('model') or 'not named'})",
-                        {"field": key, **params},
-                    )
-                )
-            elif (
-                key == "UserComment" and text.startswith("{") and '"prompt"' in text.lower()
-            ):  # Fooocus: JSON parameters
-                try:
-                    meta = _json(text)
-                except ValueError as e:
-                    problems.append(f"metadata unreadable: EXIF UserComment ({e})")
-                    continue
-                out.append(
-                    Finding(
-                        "exif",
-                        "generated",
-                        "weak",
-                        "generation parameters (JSON) in EXIF UserComment",
-                        {
-                            "field": key,
-                            "generator": _clean(fields.get("Software", "unknown"), 80),
-                            "prompt": meta.get("prompt") or meta.get("Prompt"),
-                            "model": meta.get("base_model") or meta.get("Base Model"),
-                        },
-                    )
-                )
-            elif text and GENERATOR_NAMES.search(text):
-                claim = "generated" if key in TOOL_FIELDS else "info"
-                out.append(
-                    Finding(
-                        "exif",
-                        claim,
-                        "weak",
-                        f"EXIF {key} names a generator: {_clean(text, 120)}",
-                        {"field": key, "value": _clean(text, 2000)},
-                    )
-                )
-            elif key == "Software" and text:
-                out.append(
-                    Finding(
-                        "exif", "info", "weak", f"EXIF Software: {_clean(text, 120)}", {"field": key, "value": text}
-                    )
-                )
-    return out
+    if key == "UserComment" and text.startswith("{") and '"prompt"' in text.lower():  # Fooocus: JSON parameters
+        return _exif_json_finding(text, fields, problems)
+    if text and GENERATOR_NAMES.search(text):
+        claim = "generated" if key in TOOL_FIELDS else "info"
+        summary = f"EXIF {key} names a generator: {_clean(text, 120)}"
+        return Finding("exif", claim, "weak", summary, {"field": key, "value": _clean(text, 2000)})
+    if key == "Software" and text:
+        return Finding("exif", "info", "weak", f"EXIF Software: {_clean(text, 120)}", {"field": key, "value": text})
+    return None
+
+
+def _exif_json_finding(text: str, fields: dict, problems: list[str]) -> Finding | None:
+    """Fooocus's JSON parameters in the UserComment; a comment that is not valid JSON becomes a problem."""
+    try:
+        meta = _json(text)
+    except ValueError as e:
+        problems.append(f"metadata unreadable: EXIF UserComment ({e})")
+        return None
+    return Finding(
+        "exif",
+        "generated",
+        "weak",
+        "generation parameters (JSON) in EXIF UserComment",
+        {
+            "field": "UserComment",
+            "generator": _clean(fields.get("Software", "unknown"), 80),
+            "prompt": meta.get("prompt") or meta.get("Prompt"),
+            "model": meta.get("base_model") or meta.get("Base Model"),
+        },
+    )
 
 
 # -- XMP and IPTC ---------------------------------------------------------------------------------------------------
@@ -346,6 +348,88 @@ def parse_comfyui(prompt_json: str) -> dict:
     }
 
 
+# Each generation tool's own chunk format: one parser per format, taking the chunk's text and all the chunks, giving
+# the finding's summary and details.
+def _fooocus(text: str, info: dict) -> tuple[str, dict]:
+    params = _json(text)  # Fooocus writes JSON into 'parameters'
+    return "Fooocus parameters", {
+        "generator": "Fooocus",
+        "prompt": params.get("prompt") or params.get("Prompt"),
+        "model": params.get("base_model") or params.get("Base Model"),
+        "raw_keys": sorted(params)[:40],
+    }
+
+
+def _a1111(text: str, info: dict) -> tuple[str, dict]:
+    parsed = parse_a1111(text)
+    if parsed:
+        return f"AUTOMATIC1111 parameters (model {parsed.get('model') or 'not named'})", parsed
+    return "generation parameters", {"generator": "unknown (a 'parameters' chunk)", "text": _clean(text, 2000)}
+
+
+def _comfyui(text: str, info: dict) -> tuple[str, dict]:
+    parsed = parse_comfyui(text)
+    return f"ComfyUI workflow (model {parsed['model'] or 'not named'})", parsed
+
+
+def _comfyui_editor(text: str, info: dict) -> tuple[str, dict]:
+    return "ComfyUI workflow (editor graph only)", {"generator": "ComfyUI", "nodes": len(_json(text).get("nodes", []))}
+
+
+def _invokeai(text: str, info: dict) -> tuple[str, dict]:
+    meta = _json(text) if text.lstrip().startswith("{") else {"text": _clean(text, 2000)}
+    model = meta.get("model") or meta.get("model_weights")
+    return "InvokeAI metadata", {
+        "generator": "InvokeAI",
+        "model": model.get("name") if isinstance(model, dict) else model,
+        "prompt": meta.get("positive_prompt") or meta.get("prompt") or (meta.get("image") or {}).get("prompt"),
+    }
+
+
+def _novelai(text: str, info: dict) -> tuple[str, dict]:
+    comment = _json(_text(info["Comment"])) if "Comment" in info else {}
+    return "NovelAI metadata", {
+        "generator": "NovelAI",
+        "source": _clean(info.get("Source", ""), 200),
+        "prompt": comment.get("prompt"),
+        "settings": {k: comment[k] for k in ("steps", "sampler", "seed", "scale") if k in comment},
+    }
+
+
+def _midjourney(text: str, info: dict) -> tuple[str, dict]:
+    return "Midjourney description (prompt and Job ID)", {"generator": "Midjourney", "description": _clean(text, 2000)}
+
+
+def _is_json(text: str, info: dict) -> bool:
+    return text.lstrip().startswith("{")
+
+
+# (chunk keys, a further condition on the text and the other chunks or None, parser), tried in this order: the first
+# match wins. A 'workflow' chunk counts only without a 'prompt' chunk, which holds the same graph in a better form.
+TOOL_CHUNKS = (
+    (("parameters",), _is_json, _fooocus),
+    (("parameters",), None, _a1111),
+    (("prompt",), _is_json, _comfyui),
+    (("workflow",), lambda text, info: "prompt" not in info and _is_json(text, info), _comfyui_editor),
+    (("invokeai_metadata", "sd-metadata", "Dream", "invokeai_graph"), None, _invokeai),
+    (("Software",), lambda text, info: "novelai" in text.lower(), _novelai),
+    (
+        ("Description", "comment", "Comment"),
+        lambda text, info: "Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I),
+        _midjourney,
+    ),
+)
+# Plain fields where a generator's name alone is worth reporting, when no tool's own format was found.
+GENERIC_FIELDS = ("Software", "Source", "comment", "Comment", "Title", "Author")
+
+
+def _tool_chunk(key: str, text: str, info: dict) -> tuple[str, dict] | None:
+    for keys, condition, parse in TOOL_CHUNKS:
+        if key in keys and (condition is None or condition(text, info)):
+            return parse(text, info)
+    return None
+
+
 def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     """PNG tEXt/iTXt/zTXt chunks (and the JPEG / WebP comment) written by generation tools."""
     info = {
@@ -353,97 +437,22 @@ def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
         for k, v in im.info.items()
         if isinstance(v, (str, bytes)) and k not in ("exif", "xmp", "icc_profile", "XML:com.adobe.xmp")
     }
+    source = "png-text" if im.format == "PNG" else "comment"
     out, generic = [], []  # generic: a generator named in a plain field, kept only when no tool's own format was found
-
-    def found(summary: str, details: dict) -> None:
-        out.append(Finding("png-text" if im.format == "PNG" else "comment", "generated", "weak", summary, details))
-
     for key, value in info.items():
         text = _text(value)
         if len(text) > MAX_JSON_BYTES:
             problems.append(f"metadata unreadable: text chunk {key!r} of {len(text)} bytes is over the limit")
             continue
         try:
-            if key == "parameters":
-                if text.lstrip().startswith("{"):  # Fooocus writes JSON here
-                    params = _json(text)
-                    found(
-                        "Fooocus parameters",
-                        {
-                            "generator": "Fooocus",
-                            "prompt": params.get("prompt") or params.get("Prompt"),
-                            "model": params.get("base_model") or params.get("Base Model"),
-                            "raw_keys": sorted(params)[:40],
-                        },
-                    )
-                else:
-                    parsed = parse_a1111(text)
-                    found(
-                        f"AUTOMATIC1111 parameters (model {parsed.get('model') or 'not named'})"
-                        if parsed
-                        else "generation parameters",
-                        parsed or {"generator": "unknown (a 'parameters' chunk)", "text": _clean(text, 2000)},
-                    )
-            elif key == "prompt" and text.lstrip().startswith("{"):
-                parsed = parse_comfyui(text)
-                found(f"ComfyUI workflow (model {parsed['model'] or 'not named'})", parsed)
-            elif key == "workflow" and "prompt" not in info and text.lstrip().startswith("{"):
-                found(
-                    "ComfyUI workflow (editor graph only)",
-                    {"generator": "ComfyUI", "nodes": len(_json(text).get("nodes", []))},
-                )
-            elif key in ("invokeai_metadata", "sd-metadata", "Dream", "invokeai_graph"):
-                meta = _json(text) if text.lstrip().startswith("{") else {"text": _clean(text, 2000)}
-                model = meta.get("model") or meta.get("model_weights")
-                found(
-                    "InvokeAI metadata",
-                    {
-                        "generator": "InvokeAI",
-                        "model": model.get("name") if isinstance(model, dict) else model,
-                        "prompt": meta.get("positive_prompt")
-                        or meta.get("prompt")
-                        or (meta.get("image") or {}).get("prompt"),
-                    },
-                )
-            elif key == "Software" and "novelai" in text.lower():
-                comment = _json(_text(info["Comment"])) if "Comment" in info else {}
-                found(
-                    "NovelAI metadata",
-                    {
-                        "generator": "NovelAI",
-                        "source": _clean(info.get("Source", ""), 200),
-                        "prompt": comment.get("prompt"),
-                        "settings": {k: comment[k] for k in ("steps", "sampler", "seed", "scale") if k in comment},
-                    },
-                )
-            elif key in ("Description", "comment", "Comment") and (
-                "Job ID:" in text or re.search(r"\bmidjourney\b", text, re.I)
-            ):
-                found(
-                    "Midjourney description (prompt and Job ID)",
-                    {"generator": "Midjourney", "description": _clean(text, 2000)},
-                )
-            elif key in ("Software", "Source", "comment", "Comment", "Title", "Author") and GENERATOR_NAMES.search(
-                text
-            ):
-                generic.append(
-                    (
-                        key in TOOL_FIELDS,
-                        f"{key} names a generator: {_clean(text, 120)}",
-                        {"field": key, "value": _clean(text, 2000)},
-                    )
-                )
+            tool = _tool_chunk(key, text, info)
+            if tool is not None:
+                summary, details = tool
+                out.append(Finding(source, "generated", "weak", summary, details))
+            elif key in GENERIC_FIELDS and GENERATOR_NAMES.search(text):
+                claim = "generated" if key in TOOL_FIELDS else "info"
+                summary = f"{key} names a generator: {_clean(text, 120)}"
+                generic.append(Finding(source, claim, "weak", summary, {"field": key, "value": _clean(text, 2000)}))
         except Exception as e:  # noqa: BLE001 - incl. RecursionError from deeply nested JSON: this chunk only
             problems.append(f"metadata unreadable: text chunk {key!r} ({type(e).__name__}: {str(e)[:200]})")
-    if not out:
-        for is_tool, summary, details in generic:
-            out.append(
-                Finding(
-                    "png-text" if im.format == "PNG" else "comment",
-                    "generated" if is_tool else "info",
-                    "weak",
-                    summary,
-                    details,
-                )
-            )
-    return out
+    return out or generic

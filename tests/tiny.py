@@ -1,0 +1,49 @@
+"""Tiny, randomly initialised backbones shared by the tests: one place for the configs every test file builds on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+from aigi.backbones import BackboneSpec, Preprocess
+from aigi.data.transforms import EvalProtocol
+
+TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+EFFNET_STAGE4 = {"feature_level": "stage4", "pretrained": False}  # 112-d tokens, a 4x4 grid at 64 px
+SMALL = Preprocess(size=64, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+EFFNET_SPEC = BackboneSpec(options=dict(EFFNET_STAGE4), preprocess=SMALL)  # random weights: no package weights read
+SMALL_PROTOCOL = EvalProtocol(max_short_side=None, crop=64)
+
+# kind -> (config class, model class, extra config, patch size, register tokens)
+VIT_KINDS = {
+    "dinov2": ("Dinov2Config", "Dinov2Model", dict(image_size=56), 14, 0),
+    "dinov2_with_registers": (
+        "Dinov2WithRegistersConfig",
+        "Dinov2WithRegistersModel",
+        dict(image_size=56, num_register_tokens=4),
+        14,
+        4,
+    ),
+    "dinov3_vit": ("DINOv3ViTConfig", "DINOv3ViTModel", dict(image_size=32, num_register_tokens=4), 8, 4),
+    "clip_vision_model": ("CLIPVisionConfig", "CLIPVisionModel", dict(image_size=32), 8, 0),
+    "siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", dict(image_size=32), 8, 0),
+    "siglip_no_head": ("SiglipVisionConfig", "SiglipVisionModel", dict(image_size=32, vision_use_head=False), 8, 0),
+}
+
+
+def tiny_vit(kind: str, seed: int = 0) -> tuple[torch.nn.Module, int, int]:
+    """A tiny random transformers vision model of one family, its patch size and its number of register tokens."""
+    config_cls, model_cls, extra, patch, registers = VIT_KINDS[kind]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_cls)(**TINY_VIT, patch_size=patch, **extra)
+    return getattr(transformers, model_cls)(config).eval(), patch, registers
+
+
+def tiny_vit_folder(root: Path, kind: str = "dinov2") -> Path:
+    """A tiny random model saved as a local Hugging Face folder (what `--backbone-source FOLDER` reads)."""
+    folder = Path(root) / f"tiny-{kind}"
+    if not (folder / "config.json").is_file():
+        tiny_vit(kind)[0].save_pretrained(folder)
+    return folder
