@@ -46,7 +46,7 @@ def describe_validation(error: ValidationError) -> str:
     """A pydantic error as one line: ``field: message; other.field: message`` (no URLs, no input dumps)."""
     parts = []
     for e in error.errors():
-        where = ".".join(str(p) for p in e.get("loc", ())) or "value"
+        where = ".".join(str(p) for p in e.get("loc", ()))
         msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}")
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)

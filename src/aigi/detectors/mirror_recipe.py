@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -107,6 +107,12 @@ class MemorySettings(BaseModel):
         1, ge=1, description="crops per image whose tokens are cached: the evaluation crop, then views-1 augmented ones"
     )
     seed: int = RecipeConfig.model_fields["seed"]
+
+    @model_validator(mode="after")
+    def _top_k_within_slots(self) -> "MemorySettings":
+        if self.top_k > self.slots:
+            raise ValueError(f"top_k ({self.top_k}) cannot exceed slots ({self.slots})")
+        return self
 
 
 class MemoryConfig(BaseModel):
@@ -199,31 +205,6 @@ def _read_memory(folder) -> tuple[MemoryBank, MemoryConfig, dict[str, str]]:
                 f"{folder}: a model folder, not a MIRROR memory folder (make one with `aigi train mirror-memory`)"
             ) from None
         raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config ({describe_validation(e)})") from None
-    except ValueError as e:
-        raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config: {e}") from None
-    try:
-        bank = MemoryBank(**config.bank())
-    except ValueError as e:
-        raise ModelLoadError(f"{folder / CONFIG_NAME}: impossible memory settings: {e}") from None
-    state, metadata = read_safetensors(folder / MEMORY_WEIGHTS)
-    check_metadata(bank.metadata(), metadata, str(folder / MEMORY_WEIGHTS))
-    check_tensors(bank.state_dict(), state, str(folder / MEMORY_WEIGHTS), "MIRROR memory")
-    bank.load_state_dict(state)
-    return bank, config, metadata
-
-
-def _read_memory(folder) -> tuple[MemoryBank, MemoryConfig, dict[str, str]]:
-    folder = Path(folder)
-    try:
-        config = MemoryConfig.model_validate(read_json(folder / CONFIG_NAME))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{folder}: not a MIRROR memory folder (missing {CONFIG_NAME})") from None
-    except ValidationError as e:
-        if "detector" in read_json(folder / CONFIG_NAME):
-            raise ModelLoadError(
-                f"{folder}: a model folder, not a MIRROR memory folder (make one with `aigi train mirror-memory`)"
-            ) from None
-        raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config ({describe_validation(e)})") from None
     except (ValueError, OSError) as e:
         raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config: {e}") from None
     try:
@@ -261,6 +242,9 @@ class MemoryRecipe(Recipe):
     def check(self) -> None:
         cfg, out = self.config, Path(self.config.out)
         self.samples = real_samples(cfg.data)
+        dim = build_backbone(cfg.backbone_spec()).dim  # settings the tokens' width decides, before the extraction
+        if dim % cfg.heads:
+            raise ConfigError(f"--heads {cfg.heads} does not divide the backbone's {dim}-d tokens")
         if (out / STATE_DIR).is_dir():  # resuming: the settings must be the saved ones (checked before the extraction)
             _, prev, _ = _read_memory(out)
             mine = cfg.settings_record().model_copy(update={"epochs": prev.recipe.epochs})
