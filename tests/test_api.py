@@ -148,3 +148,29 @@ def test_train_univfd_aligns_formats_by_default_like_the_shipped_model(labelled_
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "m" / "config.json").read_text())["protocol"]["format_align"] is True
     assert api.load().config.protocol.format_align is True
+
+
+def test_train_help_lists_every_recipe_and_an_unknown_one_gets_a_suggestion():
+    from aigi.engine.trainer import recipe_names
+
+    res = runner.invoke(app, ["train", "--help"])
+    assert res.exit_code == 0 and all(name in res.output for name in recipe_names())
+    res = runner.invoke(app, ["train", "mdmff"])
+    assert res.exit_code == 2 and "did you mean 'mdmf'" in res.output
+
+
+def test_generated_options_carry_the_recipe_defaults():
+    res = runner.invoke(app, ["train", "mdmf", "--help"], env={"COLUMNS": "240"})
+    assert res.exit_code == 0 and "(default: 1000)" in res.output and "--steps" in res.output
+
+
+def test_config_repeats_a_run_from_its_model_folder(labelled_images, tmp_path):
+    first = ["train", "univfd", "--data", str(labelled_images), "--out", str(tmp_path / "a"), "--C", "0.1"]
+    assert runner.invoke(app, first).exit_code == 0
+    res = runner.invoke(app, ["train", "univfd", "--config", str(tmp_path / "a"), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    a, b = (json.loads((tmp_path / d / "config.json").read_text()) for d in "ab")
+    assert a["threshold"] == b["threshold"] and a["params"] == b["params"] and b["params"]["C"] == 0.1
+    assert {**a["training"]["config"], "out": None} == {**b["training"]["config"], "out": None}
+    res = runner.invoke(app, ["train", "mdmf", "--config", str(tmp_path / "a"), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "not from `aigi train mdmf`" in res.output

@@ -12,30 +12,13 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
-from typer.core import TyperGroup
 
 from aigi import cli_tables as show
 from aigi._version import __version__
-from aigi.cli_train import add_train_commands
-from aigi.errors import AigiError, ConfigError, DataError, NothingScoredError
-
-
-class AigiGroup(TyperGroup):
-    """Runs a command; an :class:`AigiError` or ``OSError`` becomes one ``error:`` line and its exit code."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except AigiError as e:
-            show.error_line(str(e).replace("\n", " "))
-            raise typer.Exit(e.exit_code) from None
-        except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            show.error_line(f"{where}{e.strerror or e}")
-            raise typer.Exit(2) from None
-
+from aigi.cli_errors import AigiGroup
+from aigi.cli_train import TrainGroup
+from aigi.errors import ConfigError, DataError, NothingScoredError
 
 app = typer.Typer(
     cls=AigiGroup,
@@ -45,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 train_app = typer.Typer(
-    cls=AigiGroup, help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True
+    cls=TrainGroup, help="Train a detector on labelled folders and save a model folder.", no_args_is_help=True
 )
 app.add_typer(train_app, name="train")
 
@@ -521,9 +504,6 @@ def calibrate(
         f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
         f"generated acc {f(rec['fake_acc'])} on {data}"
     )
-
-
-add_train_commands(train_app)
 
 
 @app.command()

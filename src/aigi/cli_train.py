@@ -19,18 +19,38 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from aigi import cli_tables as show
+from aigi.cli_errors import AigiGroup
 from aigi.errors import ConfigError
 
 SKIPPED = {"params"}  # filled from the detector's parameter options instead
 CONFIG_HELP = "Settings of an earlier run to repeat: a model or memory folder (or its config.json), or a JSON object; options given here override it."
 
 
-def add_train_commands(train_app: typer.Typer) -> None:
-    from aigi.engine.trainer import get_recipe, recipe_names
+class TrainGroup(AigiGroup):
+    """`aigi train`: its commands are made from the recipe registry when first asked for, so that other commands
+    (and `aigi --help`) do not import every detector at start-up."""
 
-    for name in recipe_names():
+    def list_commands(self, ctx):
+        from aigi.engine.trainer import recipe_names
+
+        return recipe_names()
+
+    def get_command(self, ctx, name):
+        from aigi.engine.trainer import get_recipe
+
+        if name not in self.list_commands(ctx):
+            return None
         recipe = get_recipe(name)
-        train_app.command(name, help=(recipe.__doc__ or "").strip())(_command(name, recipe))
+        single = typer.Typer()
+        single.command(name, help=(recipe.__doc__ or "").strip())(_command(name, recipe))
+        return typer.main.get_command(single)
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.list_commands(ctx):
+            from aigi.engine.trainer import get_recipe
+
+            get_recipe(args[0])  # an unknown name: "did you mean" from the registry, as one error line
+        return super().resolve_command(ctx, args)
 
 
 def _command(name: str, recipe) -> Any:
