@@ -168,3 +168,30 @@ def test_score_form_log_for_trained_models_linear_for_older_folders():
         assert torch.allclose(det.score(x).logit, (mmd2 - 0.01) / 0.002)
         det.params.score_form = "log"
         assert torch.allclose(det.score(x).logit, (torch.log(mmd2) - 0.01) / 0.002)
+
+
+def test_an_interrupted_mdmf_run_resumes_to_the_same_weights(labelled_images, tmp_path):
+    """Steps are logged in epochs of log_every; a rerun with more steps continues (sampler and optimizer restored)."""
+    import json
+
+    from aigi.backbones import BackboneSpec
+    from aigi.checkpoints import load_model
+    from aigi.engine.trainer import train
+
+    params = {"pool": 2, "proj_hidden": 16, "proj_dim": 4, "rff_features": 32, "bank_patches": 16}
+    base = dict(
+        data=labelled_images,
+        spec=BackboneSpec(**SPEC).model_dump(),
+        params=params,
+        log_every=2,
+        images_per_side=2,
+        patches_per_side=16,
+    )
+    straight = train("mdmf", {**base, "out": tmp_path / "straight", "steps": 4}, progress=False)
+    train("mdmf", {**base, "out": tmp_path / "resumed", "steps": 2}, progress=False)
+    resumed = train("mdmf", {**base, "out": tmp_path / "resumed", "steps": 4}, progress=False)
+    a, b = straight.detector.trainable_state_dict(), resumed.detector.trainable_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(x) for x in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert load_model(tmp_path / "resumed").config.training["epochs_done"] == 2

@@ -242,7 +242,14 @@ class MDMFRecipe(Recipe):
         atomic_write(run.out / STATE_DIR / "sampler.safetensors", lambda tmp: save_file(state, tmp))
 
     def resume_from(self, run: Run) -> int:
-        epoch = resume_model(run)
+        from aigi.checkpoints import read_config
+
+        done = read_config(run.out).training["config"]["steps"]
+        if (
+            done % self.config.log_every and self.config.steps > done
+        ):  # its last epoch was short: steps would be skipped
+            raise ConfigError(f"{run.out}: a run of {done} steps (not a multiple of log_every) cannot be extended")
+        epoch = resume_model(run, length_field="steps")
         self.g.set_state(load_file(str(run.out / STATE_DIR / "sampler.safetensors"))["generator"])
         return epoch
 

@@ -432,7 +432,7 @@ def features_of(run: Run, image_set, what: str, label: int | None = None) -> tup
     return ext.stacked(ext.ok), np.array([samples[i].label for i in ext.ok])
 
 
-def resume_model(run: Run) -> int:
+def resume_model(run: Run, length_field: str = "epochs") -> int:
     """Resume a model-folder run: the saved settings must be this run's; loads the weights and the optimizer state
     and returns the epochs finished."""
     from aigi.checkpoints import (
@@ -444,8 +444,11 @@ def resume_model(run: Run) -> int:
     from aigi.engine.train_state import load_train_state
 
     prev = read_config(run.out).training
-    before = {k: v for k, v in prev.get("config", {}).items() if k not in PLACES}
-    if before != run.config.settings():
+    before = {k: v for k, v in prev.get("config", {}).items() if k not in PLACES | {length_field}}
+    now = {
+        k: v for k, v in run.config.settings().items() if k != length_field
+    }  # a longer run may continue a shorter one
+    if before != now:
         raise ConfigError(f"{run.out} holds a run with other settings; use a new --out folder")
     state, metadata = read_safetensors(run.out / WEIGHTS_NAME)
     load_checked(run.model.detector, state, str(run.out / WEIGHTS_NAME))
