@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set everything up, then run the test suite (offline; a few minutes on 2 cores).
+# Set everything up, then lint (ruff) and run the test suite (offline; about two minutes on 2 cores once installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

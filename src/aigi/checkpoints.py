@@ -114,7 +114,7 @@ def model_card(cfg: ModelConfig) -> str:
         f"- decision threshold on P(generated): {cfg.threshold:.4f}"
         + (f" ({cfg.calibration.get('rule')})" if cfg.calibration else ""),
         f"- evaluation protocol: {cfg.protocol.model_dump()}",
-        f"- trained on: {cfg.training.get('data', 'unknown')}",
+        f"- trained on: {cfg.training.get('data') or cfg.training.get('config', {}).get('data', 'unknown')}",
         "",
         "Load with `aigi detect --model <this folder>`; weights in model.safetensors, settings in config.json.",
     ]

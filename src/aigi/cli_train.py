@@ -41,7 +41,7 @@ class TrainGroup(AigiGroup):
         if name not in self.list_commands(ctx):
             return None
         recipe = get_recipe(name)
-        single = typer.Typer()
+        single = typer.Typer(rich_markup_mode=None)  # plain help: rich's table cuts long option names at 80 columns
         single.command(name, help=(recipe.__doc__ or "").strip())(_command(name, recipe))
         return typer.main.get_command(single)
 
@@ -113,8 +113,8 @@ def _parameter(field_name: str, info: FieldInfo) -> inspect.Parameter:
                 bounds[key] = getattr(m, attr)
     required = info.is_required()
     help_text = (info.description or "").rstrip(".") + (f" (one of: {', '.join(map(str, choices))})" if choices else "")
-    if not required and info.default is not None and kind is not bool:
-        help_text += f" (default: {info.default})"
+    if not required and info.default is not None:
+        help_text += f" (default: {'on' if info.default is True else 'off' if info.default is False else info.default})"
     flag = "--" + field_name.replace("_", "-")
     decls = [flag] if kind is not bool else [f"{flag}/--no-{flag[2:]}"]
     decls += {"data": ["-d"], "out": ["-o"]}.get(field_name, [])
@@ -141,11 +141,25 @@ def run_recipe(name: str, recipe, given: dict[str, Any]) -> None:
             values["params"][key] = value
         elif value is not None:
             values[key] = value
+    _check_params(recipe, values["params"])
     missing = [k for k, info in recipe.Config.model_fields.items() if info.is_required() and k not in values]
     if missing:
         raise ConfigError(", ".join("--" + k.replace("_", "-") for k in missing) + " required (or --config)")
     result = train(name, recipe_config(name, values))
     show.say(recipe.describe(result, Path(values["out"])))
+
+
+def _check_params(recipe, params: dict) -> None:
+    """Detector parameters given as options are checked first, and named as the options they came from."""
+    from pydantic import ValidationError
+
+    if not recipe.param_options:
+        return
+    try:
+        _detector_params(recipe)(**params)
+    except ValidationError as e:
+        problems = [f"--{'.'.join(map(str, x['loc'])).replace('_', '-')}: {x['msg']}" for x in e.errors()]
+        raise ConfigError("; ".join(problems)) from None
 
 
 def settings_from_file(path: Path, name: str) -> dict:

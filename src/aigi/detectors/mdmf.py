@@ -41,7 +41,9 @@ class MDMFParams(DetectorParams):
     sigma_phi: float = Field(1.0, gt=0, description="initial kernel bandwidth on projected patches (learned)")
     sigma_q: float = Field(10.0, gt=0, description="initial kernel bandwidth on raw tokens (learned)")
     eps: float = Field(0.1, gt=0, lt=1, description="initial weight of the raw-token kernel alone (learned)")
-    estimator: Literal["fast", "exact"] = "fast"
+    estimator: Literal["fast", "exact"] = Field(
+        "fast", description="fast: the bank's random-feature mean embedding; exact: kernel sums against a bank sample"
+    )
     rff_features: int = Field(2048, ge=16, description="random Fourier features per kernel component (fast estimator)")
     rff_seed: int = 0
     bank_patches: int = Field(4096, ge=2, description="reference patches kept for the exact estimator")

@@ -119,7 +119,7 @@ class MDMFTrainConfig(DetectorTrainConfig, BackboneChoice):
     steps: int = Field(1000, ge=1, description="optimisation steps of the test-power criterion")
     log_every: int = Field(50, ge=1, description="steps per logged epoch (a resumed run continues from the last one)")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     images_per_side: int = Field(16, ge=2, description="real and generated training images drawn per step")
     patches_per_side: int = Field(512, ge=2, description="reference-bank patches drawn per step")
     lam: float = Field(1e-8, gt=0, description="variance regulariser of the power criterion")
@@ -135,7 +135,7 @@ class _Steps:
         self.steps, self.per_epoch, self.epoch = steps, per_epoch, 0
 
     def __len__(self) -> int:
-        return self.per_epoch
+        return min(self.per_epoch, self.steps)
 
     def __iter__(self):
         first = self.epoch * self.per_epoch
@@ -150,6 +150,7 @@ class MDMFRecipe(Recipe):
     detector = "mdmf"
     Config = MDMFTrainConfig
     param_options = ("pool", "estimator", "bank_patches")
+    epochs_field = "steps"  # what sets the run's length (epochs() turns it into logged epochs of log_every steps)
     validates = False  # the score needs the bank, summarised after the last step: validated once, in finish()
 
     def epochs(self) -> int:
@@ -249,7 +250,7 @@ class MDMFRecipe(Recipe):
             done % self.config.log_every and self.config.steps > done
         ):  # its last epoch was short: steps would be skipped
             raise ConfigError(f"{run.out}: a run of {done} steps (not a multiple of log_every) cannot be extended")
-        epoch = resume_model(run, length_field="steps")
+        epoch = resume_model(run, length_field=self.epochs_field)
         self.g.set_state(load_file(str(run.out / STATE_DIR / "sampler.safetensors"))["generator"])
         return epoch
 

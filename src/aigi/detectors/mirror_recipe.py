@@ -101,7 +101,7 @@ class MemorySettings(BaseModel):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(128, ge=1, description="token sets per step")
     lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     ortho_weight: float = Field(0.01, ge=0, description="weight of || norm(M) norm(M)^T - I ||_F")
     views: int = Field(
         1, ge=1, description="crops per image whose tokens are cached: the evaluation crop, then views-1 augmented ones"
@@ -328,7 +328,7 @@ class MirrorTrainConfig(DetectorTrainConfig):
     blr: float = Field(5e-4, gt=0, description="base learning rate: lr = blr * total batch / 256")
     min_lr: float = Field(1e-6, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (none on biases and 1-D weights)")
     smoothing: float = Field(0.1, ge=0, lt=1, description="label smoothing of the cross-entropy")
     augment: TrainAugment = Field(default_factory=TrainAugment)
     num_workers: int = Field(1, ge=0, description="data-loading worker processes")

@@ -158,7 +158,7 @@ class Recipe:
     name: ClassVar[str]
     detector: ClassVar[str]  # the detector it trains (its Params supply param_options)
     Config: ClassVar[type[RecipeConfig]] = RecipeConfig
-    epochs_field: ClassVar[str | None] = "epochs"  # the config field holding the number of epochs (None: no loop)
+    epochs_field: ClassVar[str | None] = "epochs"  # the config field that sets the run's length (None: no epochs)
     validates: ClassVar[bool] = True  # score config.val after each epoch
     param_options: ClassVar[
         tuple[str, ...]
@@ -253,6 +253,8 @@ def prepare_out(out: Path, resumable: bool) -> bool:
     """True when ``out`` holds a run to resume; refuses a non-empty folder that holds none (never overwritten)."""
     if resumable and (out / STATE_DIR).is_dir():
         return True
+    if (out / "config.json").is_file():
+        raise ConfigError(f"{out} already holds a finished model; choose a new --out folder (or delete it)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} already exists and holds no run to resume; choose a new --out folder (or delete it)")
     return False
@@ -266,6 +268,8 @@ def train(name: str, config: RecipeConfig | dict, progress: bool = True):
     recipe = get_recipe(name)(config)
     out = Path(config.out)
     resume = prepare_out(out, recipe.epochs_field is not None)
+    if resume and (out / "config.json").is_file() and isinstance(config, DetectorTrainConfig):
+        check_same_settings(out, config, recipe.epochs_field)  # before any feature extraction
     recipe.check()
     seed_everything(config.seed)
     run = Run(config=config, out=out, accelerator=Accelerator(mixed_precision=config.mixed_precision), resume=resume)
@@ -432,6 +436,17 @@ def features_of(run: Run, image_set, what: str, label: int | None = None) -> tup
     return ext.stacked(ext.ok), np.array([samples[i].label for i in ext.ok])
 
 
+def check_same_settings(out: Path, config: RecipeConfig, length_field: str) -> None:
+    """A run may resume only with the settings it was started with (its length, where the data is, may change)."""
+    from aigi.checkpoints import read_config
+
+    prev = read_config(out).training
+    before = {k: v for k, v in prev.get("config", {}).items() if k not in PLACES | {length_field}}
+    now = {k: v for k, v in config.settings().items() if k != length_field}  # a longer run may continue a shorter one
+    if before != now:
+        raise ConfigError(f"{out} holds a run with other settings; use a new --out folder")
+
+
 def resume_model(run: Run, length_field: str = "epochs") -> int:
     """Resume a model-folder run: the saved settings must be this run's; loads the weights and the optimizer state
     and returns the epochs finished."""
@@ -443,13 +458,8 @@ def resume_model(run: Run, length_field: str = "epochs") -> int:
     )
     from aigi.engine.train_state import load_train_state
 
+    check_same_settings(run.out, run.config, length_field)
     prev = read_config(run.out).training
-    before = {k: v for k, v in prev.get("config", {}).items() if k not in PLACES | {length_field}}
-    now = {
-        k: v for k, v in run.config.settings().items() if k != length_field
-    }  # a longer run may continue a shorter one
-    if before != now:
-        raise ConfigError(f"{run.out} holds a run with other settings; use a new --out folder")
     state, metadata = read_safetensors(run.out / WEIGHTS_NAME)
     load_checked(run.model.detector, state, str(run.out / WEIGHTS_NAME))
     run.skipped.update(prev.get("skipped_files", []))
