@@ -174,3 +174,22 @@ def test_config_repeats_a_run_from_its_model_folder(labelled_images, tmp_path):
     assert {**a["training"]["config"], "out": None} == {**b["training"]["config"], "out": None}
     res = runner.invoke(app, ["train", "mdmf", "--config", str(tmp_path / "a"), "--out", str(tmp_path / "c")])
     assert res.exit_code == 2 and "not from `aigi train mdmf`" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["features", "--backbone", "hf_vit", "--data", "{img}"], "needs a source"),
+        (
+            ["train", "univfd", "--data", "{data}", "--out", "{tmp}/o", "--target-real-acc", "0.9"],
+            "needs --calibrate-on",
+        ),
+        (["train", "univfd", "--config", "{img}", "--out", "{tmp}/o"], "not a JSON text file"),
+        (["train", "univfd", "--data", "{data}", "--out", "{tmp}/o", "--calibrate-on", "{tmp}/nowhere"], "no such"),
+    ],
+)
+def test_more_bad_settings_are_one_line(args, expected, labelled_images, tmp_path):
+    img = next((labelled_images / "0_real").iterdir())
+    filled = [a.format(img=img, data=labelled_images, tmp=tmp_path) for a in args]
+    assert expected in _one_error_line(runner.invoke(app, filled))
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -127,8 +127,16 @@ def test_a_backbone_tensor_the_detector_trains_is_saved(model, tmp_path):
     """A detector that unfreezes part of its backbone (a fine-tuned stage) keeps it, with its norm statistics."""
     det = model.detector
     name, param = next((n, p) for n, p in det.backbone.named_parameters() if p.ndim == 1 and ".lora_" not in n)
-    param.requires_grad_(True)
+    param.requires_grad_(True)  # as a constructor that unfreezes it would
+    det.settle()
     assert f"backbone.{name}" in det.trainable_state_dict()
+
+
+def test_what_is_saved_is_fixed_when_the_model_is_built(model):
+    """Freezing everything afterwards (to export, say) must not drop trained tensors from a save."""
+    before = set(model.detector.trainable_state_dict())
+    model.detector.requires_grad_(False)
+    assert set(model.detector.trainable_state_dict()) == before
 
 
 def test_unknown_params_are_refused(model):

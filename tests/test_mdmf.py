@@ -195,3 +195,7 @@ def test_an_interrupted_mdmf_run_resumes_to_the_same_weights(labelled_images, tm
     log = [json.loads(x) for x in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4]
     assert load_model(tmp_path / "resumed").config.training["epochs_done"] == 2
+    train("mdmf", {**base, "out": tmp_path / "resumed", "steps": 4}, progress=False)  # nothing left: kept as it was
+    assert load_model(tmp_path / "resumed").config.training["epochs_done"] == 2
+    train("mdmf", {**base, "out": tmp_path / "resumed", "steps": 6}, progress=False)  # and it can still go on
+    assert load_model(tmp_path / "resumed").config.training["epochs_done"] == 3

@@ -91,6 +91,7 @@ def build_model(config: ModelConfig) -> Model:
         raise ModelLoadError(
             f"invalid {config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone: {e}"
         ) from None
+    detector.settle()
     return Model(detector, config)
 
 

@@ -22,7 +22,13 @@ from aigi import cli_tables as show
 from aigi.cli_errors import AigiGroup
 from aigi.errors import ConfigError
 
-SKIPPED = {"params"}  # filled from the detector's parameter options instead
+SKIPPED = {"params"}
+BACKBONE_OPTIONS = (
+    "backbone",
+    "backbone_source",
+    "feature_level",
+    "format_align",
+)  # filled from the detector's parameter options instead
 CONFIG_HELP = "Settings of an earlier run to repeat: a model or memory folder (or its config.json), or a JSON object; options given here override it."
 
 
@@ -135,7 +141,10 @@ def run_recipe(name: str, recipe, given: dict[str, Any]) -> None:
 
     options = _options(recipe)
     values = settings_from_file(given.pop("config_file"), name) if given.get("config_file") else {}
-    values.setdefault("params", {})
+    if any(given.get(k) is not None for k in BACKBONE_OPTIONS):  # options typed now beat a recorded whole spec
+        values.pop("spec", None), values.pop("eval_protocol", None)
+    if not isinstance(values.setdefault("params", {}), dict):
+        raise ConfigError("--config: 'params' must be a JSON object of detector parameters")
     for key, value in given.items():
         if value is not None and options[key][1] == "params":
             values["params"][key] = value

@@ -57,7 +57,10 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a syntax error names the file."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a JSON text file (not UTF-8)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -33,7 +33,7 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import get_session
 
 from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
-from aigi.errors import ModelLoadError
+from aigi.errors import ConfigError, ModelLoadError
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -136,7 +136,7 @@ FAMILIES = {
 
 def _family(model_type: str, source: str) -> Family:
     if model_type not in FAMILIES:
-        raise ValueError(
+        raise ConfigError(
             f"backbone '{source}' has model_type {model_type!r}, which hf_vit does not support "
             f"(supported: {', '.join(FAMILIES)})"
         )
@@ -187,14 +187,14 @@ class HFViTBackbone(Backbone):
     def from_spec(cls, spec: BackboneSpec) -> "HFViTBackbone":
         source = spec.source
         if not source:
-            raise ValueError("hf_vit backbone needs a source: a Hugging Face model id or a local folder")
+            raise ConfigError("hf_vit backbone needs a source: a Hugging Face model id or a local folder")
         opts = dict(spec.options)
         unknown = set(opts) - {"dtype"}
         if unknown:
-            raise ValueError(f"unknown hf_vit options {sorted(unknown)}; supported: ['dtype']")
+            raise ConfigError(f"unknown hf_vit options {sorted(unknown)}; supported: ['dtype']")
         dtype_name = opts.get("dtype", "float32")
         if dtype_name not in DTYPES:
-            raise ValueError(f"unknown hf_vit dtype {dtype_name!r}; choose from {list(DTYPES)}")
+            raise ConfigError(f"unknown hf_vit dtype {dtype_name!r}; choose from {list(DTYPES)}")
 
         folder = Path(source).expanduser()
         if not folder.is_dir() and (folder.is_absolute() or source.startswith((".", "~"))):

@@ -79,7 +79,16 @@ class Detector(nn.Module):
         stored in the safetensors header and checked against config.json when a model folder is loaded."""
         return {}
 
+    def settle(self) -> None:
+        """Fix what a model folder stores to what the constructor left trainable (:func:`aigi.checkpoints.build_model`
+        calls it): a later ``requires_grad_(False)``, e.g. to export, must not drop the adapters from a save."""
+        self.__dict__["_frozen_names"] = self._find_frozen()
+
     def frozen_names(self) -> set[str]:
+        """``state_dict`` keys of the frozen backbone: the only tensors a model folder leaves out (see ``settle``)."""
+        return self.__dict__.get("_frozen_names") or self._find_frozen()
+
+    def _find_frozen(self) -> set[str]:
         """``state_dict`` keys of the frozen backbone: the only tensors a model folder leaves out.
 
         A backbone tensor is trained, and so saved, when it is a parameter that requires gradients after the

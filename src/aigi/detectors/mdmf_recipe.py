@@ -32,8 +32,9 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from aigi.checkpoints import read_safetensors
 from aigi.detectors.mmd import mmd2_unbiased, mmd2_variance
 from aigi.engine.trainer import (
     RECIPES,
@@ -45,9 +46,12 @@ from aigi.engine.trainer import (
     features_of,
     labelled_or_fail,
     resume_model,
+    validation_metrics,
 )
 from aigi.errors import ConfigError
 from aigi.io import atomic_write
+
+SAMPLER = "sampler.safetensors"  # the step sampler's random state, beside the optimizer's
 
 CRITERIA = {
     "image": "(mean s_fake - mean s_real) / sqrt(var s_fake + var s_real + lam), s = per-image MMD^2_b to a reference-bank sample",
@@ -163,6 +167,8 @@ class MDMFRecipe(Recipe):
             labelled_or_fail(cfg.reference, "the reference bank", need_both=False) if cfg.reference else None
         )
         self.val_set = labelled_or_fail(cfg.val, "validation", need_both=False) if cfg.val else None
+        if cfg.mixed_precision != "no":  # the power ratio's variance floor (lam=1e-8) underflows in half precision
+            raise ConfigError("MDMF trains in full precision: leave --mixed-precision at no")
 
     def setup(self, run: Run) -> None:
         from aigi.checkpoints import ModelConfig, build_model
@@ -239,8 +245,14 @@ class MDMFRecipe(Recipe):
                 eps=float(k.eps),
             )
         run.record["final_test_power"] = record["test_power"]
-        state = {"generator": self.g.get_state()}
-        atomic_write(run.out / STATE_DIR / "sampler.safetensors", lambda tmp: save_file(state, tmp))
+        self.sampler_state = self.g.get_state()  # as the epoch ends (finish() draws from it again for the bank)
+
+    def save(self, run: Run, epoch: int | None) -> None:
+        """The model folder, then the sampler's state tagged with the same epoch (checked on resume)."""
+        super().save(run, epoch)
+        if epoch is not None:
+            state, meta = {"generator": self.sampler_state}, {"epoch": str(epoch)}
+            atomic_write(run.out / STATE_DIR / SAMPLER, lambda tmp: save_file(state, tmp, metadata=meta))
 
     def resume_from(self, run: Run) -> int:
         from aigi.checkpoints import read_config
@@ -251,7 +263,14 @@ class MDMFRecipe(Recipe):
         ):  # its last epoch was short: steps would be skipped
             raise ConfigError(f"{run.out}: a run of {done} steps (not a multiple of log_every) cannot be extended")
         epoch = resume_model(run, length_field=self.epochs_field)
-        self.g.set_state(load_file(str(run.out / STATE_DIR / "sampler.safetensors"))["generator"])
+        state, meta = read_safetensors(run.out / STATE_DIR / SAMPLER)
+        if meta.get("epoch") != str(epoch):
+            raise ConfigError(
+                f"{run.out}: the last save was cut short (sampler from epoch {meta.get('epoch')}, weights "
+                f"from epoch {epoch}); use a new --out folder"
+            )
+        self.g.set_state(state["generator"])
+        self.sampler_state = state["generator"]
         return epoch
 
     def finish(self, run: Run) -> None:
@@ -265,11 +284,9 @@ class MDMFRecipe(Recipe):
         det.score_center.fill_(center)
         det.score_scale.fill_(scale)
         if self.val_set is not None:
-            from aigi.api import evaluate
-
-            report = evaluate(run.model, self.val_set, progress=False)
-            if report.mean.get("auroc") is not None:
-                run.record["val_auroc"] = report.mean["auroc"]
+            run.record.update(
+                {k: v for k, v in validation_metrics(run.model, self.config.val).items() if k == "val_auroc"}
+            )
 
 
 def _scores(det, tokens: torch.Tensor, chunk: int = 64) -> np.ndarray:

@@ -263,7 +263,7 @@ class MemoryRecipe(Recipe):
                 cfg.views,
                 cfg.seed,
                 None,
-                run.main,
+                run.progress,
                 acc.device,
             )
         run.skipped.update(bad)
@@ -353,14 +353,6 @@ class _TrainImages(Dataset):
             return None, int(s.label), f"{s.path}: {e.reason}"
         except Exception as e:  # noqa: BLE001 - one bad file must not stop training
             return None, int(s.label), f"{s.path}: could not prepare image ({type(e).__name__}: {e})"
-
-
-def _collate(items):
-    ok = [(x, y) for x, y, err in items if x is not None]
-    errors = [err for x, y, err in items if x is None]
-    if not ok:
-        return None, None, errors
-    return torch.stack([x for x, _ in ok]), torch.tensor([y for _, y in ok]), errors
 
 
 def _collate(items):

@@ -69,7 +69,8 @@ def extract_features(
     description: str = "extracting features",
 ) -> Extracted:
     det, device = model.detector, model.device
-    cache = feature_cache_for(model, cache_dir) if (use_cache and det.cacheable) else None
+    uploads = any(isinstance(p, InMemoryImage) for p in paths)  # nothing about an upload is kept
+    cache = feature_cache_for(model, cache_dir) if (use_cache and det.cacheable and not uploads) else None
     return extract(
         paths,
         lambda px: det.features(px.to(device)),

@@ -146,6 +146,7 @@ class Run:
     start_epoch: int = 0
     skipped: set[str] = field(default_factory=set)
     record: dict[str, Any] = field(default_factory=dict)  # recipe extras for the training record
+    progress: bool = True  # bars for feature extraction and epochs (main process only)
 
     @property
     def main(self) -> bool:
@@ -270,9 +271,17 @@ def train(name: str, config: RecipeConfig | dict, progress: bool = True):
     resume = prepare_out(out, recipe.epochs_field is not None)
     if resume and (out / "config.json").is_file() and isinstance(config, DetectorTrainConfig):
         check_same_settings(out, config, recipe.epochs_field)  # before any feature extraction
+    _check_calibration(config)
     recipe.check()
     seed_everything(config.seed)
-    run = Run(config=config, out=out, accelerator=Accelerator(mixed_precision=config.mixed_precision), resume=resume)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    run = Run(
+        config=config,
+        out=out,
+        accelerator=accelerator,
+        resume=resume,
+        progress=progress and accelerator.is_main_process,
+    )
     recipe.setup(run)
     if resume:
         run.start_epoch = recipe.resume_from(run)
@@ -286,6 +295,15 @@ def train(name: str, config: RecipeConfig | dict, progress: bool = True):
         _calibrate_and_save(recipe, run, progress)
     run.accelerator.wait_for_everyone()
     return run.model
+
+
+def _check_calibration(config: RecipeConfig) -> None:
+    if not isinstance(config, DetectorTrainConfig):
+        return
+    if config.target_real_acc is not None and config.calibrate_on is None:
+        raise ConfigError("--target-real-acc needs --calibrate-on (the images on which to keep that accuracy)")
+    if config.calibrate_on is not None:
+        labelled_or_fail(config.calibrate_on, "calibration")
 
 
 def _epochs(recipe: Recipe, run: Run, progress: bool) -> None:
@@ -353,8 +371,8 @@ def _skip_everywhere(acc, empty: bool) -> bool:
 def check_finite(loss: torch.Tensor, epoch: int) -> None:
     if not torch.isfinite(loss):
         raise ConfigError(
-            f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower the learning rate. "
-            "The folder keeps the last finished epoch; rerunning resumes from it."
+            f"training diverged in epoch {epoch + 1} (loss {loss.item()}); train again with a lower learning rate "
+            "into a new --out folder (this one keeps the last finished epoch)"
         )
 
 
@@ -373,8 +391,10 @@ def validation_metrics(model, data) -> dict:
 
     model.detector.eval()
     samples = discover(data).samples
-    scores = score_paths(model, [s.path for s in samples], use_cache=False, progress=False)
-    ok = [i for i in range(len(samples)) if i not in scores.errors]
+    scores = score_paths(model, [s.path for s in samples], progress=False)  # cached only if the features are frozen
+    ok = [i for i in range(len(samples)) if i not in scores.errors]  # non-finite scores are errors already
+    if not ok:
+        return {}
     m = binary_metrics([samples[i].label for i in ok], scores.prob[ok], model.threshold)
     return {} if m["auroc"] is None else {"val_auroc": m["auroc"], "val_bal_acc": m["bal_acc"]}
 
@@ -398,7 +418,8 @@ def _calibrate_and_save(recipe: Recipe, run: Run, progress: bool) -> None:
             from aigi.engine.calibrate import calibrate
 
             calibrate(run.model, cfg.calibrate_on, cfg.target_real_acc, progress=progress)
-    recipe.save(run, run.record.get("epochs_done") if recipe.epochs() else None)  # the epoch: a rerun can still resume
+    done = run.record.get("epochs_done", run.start_epoch)
+    recipe.save(run, done if recipe.epochs() else None)  # with the epoch: a rerun can still resume
 
 
 def training_record(recipe: Recipe, run: Run) -> dict:
@@ -429,7 +450,7 @@ def features_of(run: Run, image_set, what: str, label: int | None = None) -> tup
     from aigi.engine.inference import extract_features
 
     samples = [s for s in image_set.samples if label is None or s.label == label]
-    ext = extract_features(run.model, [s.path for s in samples], progress=run.main, description=f"features: {what}")
+    ext = extract_features(run.model, [s.path for s in samples], progress=run.progress, description=f"features: {what}")
     if not ext.ok:
         raise DataError(f"{image_set.root}: none of the {len(samples)} images could be read")
     run.skipped.update(f"{samples[i].path}: {r}" for i, r in ext.errors.items())
@@ -460,8 +481,12 @@ def resume_model(run: Run, length_field: str = "epochs") -> int:
 
     check_same_settings(run.out, run.config, length_field)
     prev = read_config(run.out).training
+    stale = {"val_auroc"}  # measured again at the end of this run when --val is given
     state, metadata = read_safetensors(run.out / WEIGHTS_NAME)
     load_checked(run.model.detector, state, str(run.out / WEIGHTS_NAME))
     run.skipped.update(prev.get("skipped_files", []))
-    run.record.update({k: v for k, v in prev.items() if k not in TrainingRecord.model_fields})
+    carried = {"epochs_done", "last_epoch"}  # a rerun with nothing left to train keeps its record
+    run.record.update(
+        {k: v for k, v in prev.items() if (k in carried or k not in TrainingRecord.model_fields) and k not in stale}
+    )
     return load_train_state(run.out / STATE_DIR, run.optimizer, metadata.get("epoch"))
