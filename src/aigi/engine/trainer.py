@@ -46,7 +46,8 @@ PLACES = {
     "reference",
     "memory",
     "epochs",
-}  # may differ on resume
+    "num_workers",
+}  # may differ when a run resumes: where things are, how long it runs, how data is loaded (not what it learns)
 
 
 class RecipeConfig(BaseModel):
