@@ -164,7 +164,7 @@ def evaluate(
         progress=progress,
         perturbation=perturbation,
     )
-    name = data_name if data_name is not None else str(data if not isinstance(data, ImageSet) else image_set.root or "")
+    name = data_name if data_name is not None else str(image_set.root if isinstance(data, ImageSet) else data)
     if perturbation is not None and perturbation.kind != "none":
         name += f" ({perturbation.name})"
     return build_report(image_set, scores.prob, t, scores.errors, model=model_name, data=name)

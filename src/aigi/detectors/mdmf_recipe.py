@@ -262,7 +262,7 @@ class MDMFRecipe(Recipe):
             done % self.config.log_every and self.config.steps > done
         ):  # its last epoch was short: steps would be skipped
             raise ConfigError(f"{run.out}: a run of {done} steps (not a multiple of log_every) cannot be extended")
-        epoch = resume_model(run, length_field=self.epochs_field)
+        epoch = resume_model(run)
         state, meta = read_safetensors(run.out / STATE_DIR / SAMPLER)
         if meta.get("epoch") != str(epoch):
             raise ConfigError(

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 from aigi.checkpoints import Model
-from aigi.data.folders import discover
-from aigi.engine.inference import score_paths
+from aigi.engine.inference import labelled_scores
 from aigi.engine.metrics import binary_metrics, threshold_for
 
 
@@ -15,11 +14,7 @@ def calibrate(
     model: Model, data: str | os.PathLike, target_real_acc: float | None = None, progress: bool = True
 ) -> dict:
     """Score ``data`` (any labelled layout), pick the threshold, store it in ``model.config``; return the record."""
-    image_set = discover(data)
-    scores = score_paths(model, [s.path for s in image_set.samples], progress=progress)
-    ok = [i for i in range(len(image_set.samples)) if i not in scores.errors]
-    y = [image_set.samples[i].label for i in ok]
-    p = scores.prob[ok]
+    y, p = labelled_scores(model, data, progress)
     t, rule = threshold_for(y, p, target_real_acc)
     at = binary_metrics(y, p, t)
     record = {

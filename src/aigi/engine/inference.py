@@ -141,3 +141,14 @@ def to_scores(ext: Extracted, to_prob) -> Scores:
             prob[i] = np.nan
             errors[i] = "the model produced a non-finite score (check the model's weights and preprocessing)"
     return Scores(prob=prob, errors=errors, cache_hits=ext.cache_hits)
+
+
+def labelled_scores(model: Model, data: str | os.PathLike, progress: bool = True) -> tuple[list[int], np.ndarray]:
+    """Labels and P(generated) of the readable images of a labelled folder or manifest, pooled over its subsets
+    (what calibration and per-epoch validation measure on; non-finite scores count as unreadable)."""
+    from aigi.data.folders import discover
+
+    samples = discover(data).samples
+    scores = score_paths(model, [s.path for s in samples], progress=progress)
+    ok = [i for i in range(len(samples)) if i not in scores.errors]
+    return [samples[i].label for i in ok], scores.prob[ok]

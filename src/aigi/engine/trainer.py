@@ -252,7 +252,8 @@ def seed_everything(seed: int) -> None:
 
 
 def prepare_out(out: Path, resumable: bool) -> bool:
-    """True when ``out`` holds a run to resume; refuses a non-empty folder that holds none (never overwritten)."""
+    """True when ``out`` holds a run to resume; refuses a non-empty folder that holds none (never overwritten), so a
+    fresh run always starts in an empty folder, with a fresh log."""
     if resumable and (out / STATE_DIR).is_dir():
         return True
     if (out / "config.json").is_file():
@@ -288,8 +289,6 @@ def train(name: str, config: RecipeConfig | dict, progress: bool = True):
         run.start_epoch = recipe.resume_from(run)
         if run.main:
             notice(f"resuming from epoch {run.start_epoch} of {recipe.epochs()} in {out}")
-    elif run.main and recipe.epochs():
-        (out / LOG_NAME).unlink(missing_ok=True)  # a fresh run starts a fresh log (the folder is new or empty anyway)
     _epochs(recipe, run, progress)
     recipe.finish(run)
     if run.main:
@@ -386,17 +385,14 @@ def _validate(recipe: Recipe, run: Run, record: dict) -> None:
 
 def validation_metrics(model, data) -> dict:
     """AUROC and balanced accuracy (at the model's threshold) over all of ``data``'s images, pooled."""
-    from aigi.data.folders import discover
-    from aigi.engine.inference import score_paths
+    from aigi.engine.inference import labelled_scores
     from aigi.engine.metrics import binary_metrics
 
     model.detector.eval()
-    samples = discover(data).samples
-    scores = score_paths(model, [s.path for s in samples], progress=False)  # cached only if the features are frozen
-    ok = [i for i in range(len(samples)) if i not in scores.errors]  # non-finite scores are errors already
-    if not ok:
+    y, p = labelled_scores(model, data, progress=False)  # features cached only if they are the frozen backbone's
+    if not y:
         return {}
-    m = binary_metrics([samples[i].label for i in ok], scores.prob[ok], model.threshold)
+    m = binary_metrics(y, p, model.threshold)
     return {} if m["auroc"] is None else {"val_auroc": m["auroc"], "val_bal_acc": m["bal_acc"]}
 
 
@@ -469,9 +465,9 @@ def check_same_settings(out: Path, config: RecipeConfig, length_field: str) -> N
         raise ConfigError(f"{out} holds a run with other settings; use a new --out folder")
 
 
-def resume_model(run: Run, length_field: str = "epochs") -> int:
-    """Resume a model-folder run: the saved settings must be this run's; loads the weights and the optimizer state
-    and returns the epochs finished."""
+def resume_model(run: Run) -> int:
+    """Resume a model-folder run (``train`` has checked that its settings are this run's): load the weights and the
+    optimizer state, carry the training record over, and return the epochs finished."""
     from aigi.checkpoints import (
         WEIGHTS_NAME,
         load_checked,
@@ -480,8 +476,7 @@ def resume_model(run: Run, length_field: str = "epochs") -> int:
     )
     from aigi.engine.train_state import load_train_state
 
-    check_same_settings(run.out, run.config, length_field)
-    prev = read_config(run.out).training
+    prev = read_config(run.out).training  # its settings were checked by train() before any extraction
     stale = {"val_auroc"}  # measured again at the end of this run when --val is given
     state, metadata = read_safetensors(run.out / WEIGHTS_NAME)
     load_checked(run.model.detector, state, str(run.out / WEIGHTS_NAME))
