@@ -31,6 +31,7 @@ from aigi.data.folders import ImageSet, discover
 from aigi.data.perturb import Perturbation
 from aigi.engine.evaluate import Report, build_report
 from aigi.engine.inference import Scores, score_paths
+from aigi.names import shown
 from aigi.provenance import inspect_file
 from aigi.provenance.findings import Provenance
 from aigi.provenance.fusion import fuse
@@ -61,14 +62,15 @@ class Detection:
 
     def to_dict(self, heatmap_base64: bool = False) -> dict:
         """The one JSON schema of a verdict. ``heatmap`` (with explain) is where the PNG was written, or the PNG
-        itself in base64 when ``heatmap_base64``."""
+        itself in base64 when ``heatmap_base64``. File names (and texts that may quote a file) are as
+        :func:`aigi.names.shown` shows them: control characters, bidi controls and non-UTF-8 bytes escaped."""
         d = {
-            "path": self.path,
+            "path": shown(self.path),
             "verdict": self.verdict,
-            "basis": self.basis,
+            "basis": shown(self.basis),
             "prob_generated": None if self.prob_generated is None else round(self.prob_generated, 4),
             "detector_verdict": self.detector_verdict,
-            "error": self.error,
+            "error": None if self.error is None else shown(self.error),
         }
         if self.provenance is not None:
             d["provenance"] = {
@@ -77,7 +79,8 @@ class Detection:
             }
         if self.explained:
             png = self.heatmap_png
-            d["heatmap"] = (base64.b64encode(png).decode() if png else None) if heatmap_base64 else self.heatmap_path
+            where = None if self.heatmap_path is None else shown(self.heatmap_path)
+            d["heatmap"] = (base64.b64encode(png).decode() if png else None) if heatmap_base64 else where
         return d
 
 

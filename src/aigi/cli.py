@@ -184,12 +184,12 @@ def _eval_mode(data, benchmarks_root, benchmarks, real, fake, extra: list[str], 
     return "data" if data is not None else "suites"
 
 
-def _eval_images(mode: str, data: Optional[Path], real: Optional[Path], fakes: list[Path]):
+def _eval_images(mode: str, data: Optional[Path], real: Optional[Path], fakes: list[Path], confine: bool):
     """The labelled images of --data or of --real/--fake, and how to name them in the report."""
     from aigi.data.folders import discover, pooled_real
 
     if mode == "data":
-        return discover(data), str(data)
+        return discover(data, confine=confine), str(data)
     image_set, notes = pooled_real(real, fakes)
     for text in notes:
         show.note(text)
@@ -275,6 +275,14 @@ def evaluate(
             help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75.",
         ),
     ] = None,
+    confine: Annotated[
+        bool,
+        typer.Option(
+            "--confine",
+            help="A --data CSV manifest may list only files inside its own folder (symbolic links resolved); rows "
+            "outside are skipped, each with its line number. For manifests you did not write.",
+        ),
+    ] = False,
 ) -> None:
     """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
 
@@ -284,12 +292,14 @@ def evaluate(
 
     perturbation = _perturbation(perturb)
     mode = _eval_mode(data, benchmarks_root, benchmarks, real, fake, ctx.args, perturbation is not None)
+    if confine and mode != "data":
+        raise ConfigError("--confine is for a CSV manifest given with --data")
     _out_folder(out_dir)
     scoring = dict(threshold=threshold, use_cache=not no_cache, batch_size=batch_size)
     if mode == "suites":
         names = [*(benchmarks or []), *ctx.args]
         return _eval_suites(model, benchmarks_root, names, out_dir or Path("results"), scoring)
-    image_set, source = _eval_images(mode, data, real, [*(fake or []), *map(Path, ctx.args)])
+    image_set, source = _eval_images(mode, data, real, [*(fake or []), *map(Path, ctx.args)], confine)
     name = str(model or "default")
     report = api.evaluate(
         _load(model), image_set, perturbation=perturbation, model_name=name, data_name=source, **scoring

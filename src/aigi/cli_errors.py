@@ -8,6 +8,7 @@ from typer.core import TyperGroup
 
 from aigi import cli_tables as show
 from aigi.errors import AigiError
+from aigi.names import shown
 
 
 class AigiGroup(TyperGroup):
@@ -20,6 +21,6 @@ class AigiGroup(TyperGroup):
             show.error_line(str(e).replace("\n", " "))
             raise typer.Exit(e.exit_code) from None
         except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
+            where = f"{shown(e.filename)}: " if e.filename else ""
             show.error_line(f"{where}{e.strerror or e}")
             raise typer.Exit(2) from None

@@ -1,5 +1,9 @@
 """What the CLI prints: rich tables and one-line notes, kept apart from the commands so each command stays a call
-into the library plus one printer."""
+into the library plus one printer.
+
+Every text that can hold a file name (or anything else a file's author chose) goes through :func:`aigi.names.shown`
+before it reaches the terminal, so control characters, bidi controls and non-UTF-8 bytes are shown escaped, never
+acted on; and through rich's ``escape`` so that ``[brackets]`` in it are not read as markup."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from aigi.names import shown
+
 # Wide enough for the metrics table when output is piped to a file or a log.
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -23,16 +29,21 @@ PROVENANCE_CAPTION = (
 )
 
 
+def cell(text: str) -> str:
+    """``text`` safe to print and to put in a rich table or title: escaped as a file name, brackets not markup."""
+    return escape(shown(text))
+
+
 def say(text: str) -> None:
-    out.print(escape(text), highlight=False, soft_wrap=True)
+    out.print("\n".join(map(cell, text.split("\n"))), highlight=False, soft_wrap=True)
 
 
 def note(text: str, prefix: str = "note: ") -> None:
-    err.print(escape(prefix + text), highlight=False, soft_wrap=True)
+    err.print(cell(prefix + text), highlight=False, soft_wrap=True)
 
 
 def error_line(text: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {cell(text)}", highlight=False, soft_wrap=True)
 
 
 def skipped(entries: Iterable[tuple[Path, str]]) -> None:
@@ -47,7 +58,7 @@ def unreadable(errors: Iterable[dict]) -> None:
 
 def detections(results, title: str, provenance: bool) -> None:
     """The verdict table of `aigi detect`."""
-    table = Table(title=title, caption=PROVENANCE_CAPTION if provenance else None)
+    table = Table(title=cell(title), caption=PROVENANCE_CAPTION if provenance else None)
     table.add_column("file", overflow="fold")
     table.add_column("verdict")
     table.add_column("P(generated)", justify="right")
@@ -55,7 +66,7 @@ def detections(results, title: str, provenance: bool) -> None:
     for d in results:
         prob = "" if d.prob_generated is None else f"{d.prob_generated:.3f}"
         basis = d.basis if d.verdict != "error" else d.error
-        table.add_row(escape(d.path), f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]", prob, escape(basis or ""))
+        table.add_row(cell(d.path), f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]", prob, cell(basis or ""))
     out.print(table)
 
 
@@ -65,9 +76,13 @@ def detections_json(detector: str, threshold: float, results, skipped_files) -> 
         "model": detector,
         "threshold": threshold,
         "results": [d.to_dict() for d in results],
-        "skipped": [{"path": str(p), "reason": r} for p, r in skipped_files],
+        "skipped": skipped_json(skipped_files),
     }
     sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+
+
+def skipped_json(skipped_files) -> list[dict]:
+    return [{"path": shown(p), "reason": shown(r)} for p, r in skipped_files]
 
 
 def batch_notes(results, skipped_files, n_maps: int, explain_dir) -> None:
@@ -83,11 +98,11 @@ def metrics(title: str, rows: list[list[str]]) -> None:
     """A report's metrics: one row per subset and MEAN."""
     from aigi.engine.metrics import COLUMNS, DISPLAY
 
-    table = Table(title=title)
+    table = Table(title=cell(title))
     for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
         table.add_column(c, justify="left" if c == "Dataset" else "right")
     for row in rows:
-        table.add_row(*map(escape, row))
+        table.add_row(*map(cell, row))
     out.print(table)
 
 
@@ -130,14 +145,16 @@ def _f(v) -> str:
 
 
 def robustness(rows: list[dict], perturbations, data) -> None:
-    table = Table(title=f"aigi robustness — {data} (mean AUROC over subsets; accuracies at each model's threshold)")
+    table = Table(
+        title=cell(f"aigi robustness — {data} (mean AUROC over subsets; accuracies at each model's threshold)")
+    )
     for c in ["perturbation", "model", "AUROC", "AP", "Real_Acc", "Fake_Acc", "unreadable"]:
         table.add_column(c, justify="left" if c in ("perturbation", "model") else "right")
     for p in perturbations:
         for r in (r for r in rows if r["perturbation"] == p.name):
             table.add_row(
                 p.name,
-                escape(r["model"]),
+                cell(r["model"]),
                 _f(r["mean_auroc"]),
                 _f(r["mean_ap"]),
                 _f(r["real_acc"]),
@@ -149,8 +166,8 @@ def robustness(rows: list[dict], perturbations, data) -> None:
 
 def provenance_json(results, skipped_files) -> None:
     payload = {
-        "results": [r.to_dict() for r in results],
-        "skipped": [{"path": str(p), "reason": r} for p, r in skipped_files],
+        "results": [{**r.to_dict(), "path": shown(r.path)} for r in results],
+        "skipped": skipped_json(skipped_files),
     }
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
@@ -163,9 +180,9 @@ def provenance(results) -> None:
     for col in ("file", "source", "claim", "strength", "finding"):
         table.add_column(col, overflow="fold")
     for r in results:
-        rows = [(f.source, f.claim, f.strength, escape(f.summary)) for f in r.findings]
+        rows = [(f.source, f.claim, f.strength, cell(f.summary)) for f in r.findings]
         rows = rows or ([] if r.problems else [("", "", "", "nothing declared")])
-        rows += [("", "", "", f"[yellow]{escape(p)}[/]") for p in r.problems]
+        rows += [("", "", "", f"[yellow]{cell(p)}[/]") for p in r.problems]
         for j, (src, claim, strength, text) in enumerate(rows):
-            table.add_row(escape(r.path) if j == 0 else "", src, claim, strength, text)
+            table.add_row(cell(r.path) if j == 0 else "", src, claim, strength, text)
     out.print(table)

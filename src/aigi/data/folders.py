@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,10 +62,38 @@ class ImageSet:
         return "; ".join(parts)
 
 
+FILE_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISDIR, "folder"),
+)
+
+
+def not_a_file_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an image file without opening it (a FIFO would block), or None if it is a
+    regular file. A missing file is left to the reader, which reports it per file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in FILE_KINDS if test(mode)), "special file")
+    return f"not a regular file ({kind})"
+
+
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     files, skipped = [], []
     seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: symlink cycles are walked once
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def unreadable_folder(e: OSError) -> None:
+        skipped.append((Path(e.filename), f"cannot read folder ({e.strerror or e})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=True):
         st = os.stat(dirpath)
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
@@ -76,10 +105,11 @@ def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             if name.startswith("."):
                 continue
             p = Path(dirpath) / name
-            if is_image_path(p):
+            reason = not_a_file_reason(p) if is_image_path(p) else "not an image file extension"
+            if reason is None:
                 files.append(p)
             else:
-                skipped.append((p, "not an image file extension"))
+                skipped.append((p, reason))
     return files, skipped
 
 
@@ -92,6 +122,8 @@ def collect_files(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[tup
             f, s = _walk(p)
             files += f
             skipped += s
+        elif (reason := not_a_file_reason(p)) is not None:
+            skipped.append((p, reason))
         else:
             files.append(p)  # named explicitly: try it whatever its extension; errors are reported per file
     return files, skipped
@@ -108,14 +140,15 @@ def _label_of(parts: tuple[str, ...]) -> tuple[int | None, int]:
     return None, -1
 
 
-def discover(root: str | os.PathLike) -> ImageSet:
-    """Labelled images under ``root`` (a folder or a CSV manifest), grouped into subsets."""
+def discover(root: str | os.PathLike, confine: bool = False) -> ImageSet:
+    """Labelled images under ``root`` (a folder or a CSV manifest), grouped into subsets. ``confine``: a manifest
+    may list only files inside its own folder (see :func:`read_manifest`)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     if root.is_file():
         if root.suffix.lower() == ".csv":
-            return read_manifest(root)
+            return read_manifest(root, confine=confine)
         raise DataError(f"{root}: expected a folder of images or a CSV manifest")
     files, skipped = _walk(root)
     samples: list[Sample] = []
@@ -178,10 +211,17 @@ def parse_label(value: str, where: str) -> int:
     return LABEL_WORDS[v]
 
 
-def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") -> ImageSet:
+def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset", confine: bool = False) -> ImageSet:
     """A CSV with columns ``path``, ``label`` and optionally ``subset`` (names matched ignoring case and spaces;
-    a UTF-8 byte-order mark, as spreadsheet programs write, is fine)."""
+    a UTF-8 byte-order mark, as spreadsheet programs write, is fine).
+
+    A manifest names files anywhere, which is right for one you wrote. With ``confine`` (for manifests from others,
+    as an upload to a server), a row whose path leads outside the manifest's folder, once ``..`` and symbolic links
+    are resolved, is not read: it becomes a ``skipped`` entry with the same reason whether that file exists or not,
+    so the reasons tell nothing about files outside."""
     csv_path = Path(csv_path)
+    inside = Path(os.path.realpath(csv_path.parent)) if confine else None
+    samples, subsets, skipped = [], defaultdict(list), []
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
@@ -189,7 +229,6 @@ def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") ->
             col = {name: header.index(name) for name in ("path", "label", subset_column) if name in header}
             if "path" not in col or "label" not in col:
                 raise DataError(f"{csv_path}: a manifest needs the columns 'path' and 'label' (found {header})")
-            samples, subsets = [], defaultdict(list)
             for cells in reader:
                 if not any(c.strip() for c in cells):
                     continue
@@ -197,10 +236,11 @@ def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") ->
                 cell = lambda name: cells[col[name]].strip() if name in col and col[name] < len(cells) else ""  # noqa: E731
                 if not cell("path"):
                     raise DataError(f"{where}: no path")
-                p = Path(cell("path"))
-                if not p.is_absolute():
-                    p = csv_path.parent / p
+                p = csv_path.parent / cell("path")  # an absolute path stays as it is
                 label = parse_label(cell("label"), where)
+                if inside is not None and not Path(os.path.realpath(p)).is_relative_to(inside):  # a loop: unreadable
+                    skipped.append((p, f"outside the manifest's folder (line {reader.line_num}; --confine)"))
+                    continue
                 subsets[cell(subset_column) or csv_path.stem].append(len(samples))
                 samples.append(Sample(p, label))
     except UnicodeDecodeError as e:
@@ -208,8 +248,9 @@ def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset") ->
     except csv.Error as e:
         raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
     if not samples:
-        raise DataError(f"{csv_path}: the manifest lists no images")
-    return ImageSet(samples=samples, subsets=dict(subsets), root=csv_path.parent)
+        outside = f" inside its folder ({len(skipped)} outside refused)" if skipped else ""
+        raise DataError(f"{csv_path}: the manifest lists no images{outside}")
+    return ImageSet(samples=samples, subsets=dict(subsets), root=csv_path.parent, skipped=skipped)
 
 
 def unlabelled(inputs: list[str | os.PathLike]) -> ImageSet:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from aigi.data.decode import ImageInput, load_image
 from aigi.engine.features import Extracted, extract
 from aigi.engine.inference import Scores, to_scores
 from aigi.errors import ConfigError
+from aigi.names import shown
 
 
 class NoPatchMapError(ConfigError):
@@ -63,14 +65,15 @@ def explain_inputs(
         except Exception as e:  # noqa: BLE001 - the score stands even if the picture cannot be drawn
             scores.errors[i] = f"scored, but the heatmap could not be drawn ({e})"
             continue
-        title = Path(str(ext.inputs[i])).name
+        title = shown(Path(str(ext.inputs[i])).name)
         pngs[i] = render(crop, ext.features[i][1:].reshape(grid), scores.prob[i], title, det.patch_map_label)
     return scores, pngs
 
 
 def heatmap_file_name(path: str) -> str:
-    """A file name for an image's heatmap, unique per input path: ``<stem>_<8 hex digits>.png``."""
-    return f"{Path(path).stem}_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}.png"
+    """A file name for an image's heatmap, unique per input path: ``<stem>_<8 hex digits>.png`` (the stem's bytes
+    as they are, non-UTF-8 ones included: the name is for the file system, which took them for the image)."""
+    return f"{Path(path).stem}_{hashlib.sha256(os.fsencode(path)).hexdigest()[:8]}.png"
 
 
 def render(crop, patch_map: np.ndarray, prob: float, title: str, label: str = "per-patch evidence") -> bytes:

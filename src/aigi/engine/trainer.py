@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aigi.errors import ConfigError, DataError, describe_validation
+from aigi.names import shown
 from aigi.progress import notice, progress_bar
 from aigi.registry import Registry
 
@@ -450,7 +451,7 @@ def features_of(run: Run, image_set, what: str, label: int | None = None) -> tup
     ext = extract_features(run.model, [s.path for s in samples], progress=run.progress, description=f"features: {what}")
     if not ext.ok:
         raise DataError(f"{image_set.root}: none of the {len(samples)} images could be read")
-    run.skipped.update(f"{samples[i].path}: {r}" for i, r in ext.errors.items())
+    run.skipped.update(f"{shown(samples[i].path)}: {r}" for i, r in ext.errors.items())
     return ext.stacked(ext.ok), np.array([samples[i].label for i in ext.ok])
 
 
