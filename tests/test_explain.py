@@ -1,6 +1,7 @@
 """`aigi detect --explain`: one heatmap PNG per readable image, scores equal to plain detect."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from aigi.checkpoints import ModelConfig, build_model, save_model
 from aigi.cli import app
+from aigi.names import shown
 
 runner = CliRunner()
 
@@ -71,3 +73,19 @@ def test_explain_needs_a_model_with_a_patch_map(images, tmp_path):
     assert res.exit_code == 2
     assert "no per-patch map" in res.output
     assert not (tmp_path / "h").exists()
+
+
+def test_explain_with_a_non_utf8_and_escape_file_name(mirror_dir, tmp_path):
+    d = tmp_path / "odd"
+    d.mkdir()
+    name = os.path.join(os.fsencode(d), b"caf\xe9\x1b[2J.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 150, 3), dtype=np.uint8)).save(os.fsdecode(name))
+    heat = tmp_path / "heat"
+    res = runner.invoke(
+        app, ["detect", "--model", str(mirror_dir), "--json", "--explain", "--explain-dir", str(heat), str(d)]
+    )
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)["results"]
+    assert row["path"] == f"{d}/caf\\xe9\\x1b[2J.jpg" and row["verdict"] != "error"
+    (png,) = heat.iterdir()  # named after the image's own bytes, as the file system took them
+    assert os.fsencode(png.name).startswith(b"caf\xe9\x1b[2J_") and row["heatmap"] == shown(png)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -272,3 +274,86 @@ def test_root_that_is_itself_a_label_folder(tmp_path):
     s = discover(reals)
     assert [x.label for x in s.samples] == [0, 0]
     assert sum(len(v) for v in s.subsets.values()) == 2
+
+
+# -- what a walk meets: special files, unreadable and too-long folders; confined manifests ---------------------------
+def test_fifo_and_socket_are_skipped_as_what_they_are(tmp_path, monkeypatch):
+    import socket
+
+    root = tree(tmp_path / "d", ["ok.png"])
+    os.mkfifo(root / "pipe.png")
+    monkeypatch.chdir(root)  # a socket's path must be short: bind it by its relative name
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("sock.png")
+        os.mkfifo(tmp_path / "named.jpg")
+        s = unlabelled([root, tmp_path / "named.jpg"])  # would block for ever if it opened a FIFO
+    assert [x.path.name for x in s.samples] == ["ok.png"]
+    assert {p.name: reason for p, reason in s.skipped} == {
+        "pipe.png": "not a regular file (FIFO)",
+        "sock.png": "not a regular file (socket)",
+        "named.jpg": "not a regular file (FIFO)",
+    }
+
+
+def test_named_missing_file_still_gets_its_row(tmp_path):
+    s = unlabelled([tmp_path / "missing.jpg"])
+    assert [x.path.name for x in s.samples] == ["missing.jpg"] and s.skipped == []  # the reader says "file not found"
+
+
+def test_unreadable_sub_folder_is_a_skipped_entry(tmp_path, monkeypatch):
+    root = tree(tmp_path / "d", ["0_real/r.png", "1_fake/f.png", "1_fake/locked/x.png"])
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):  # root reads anything: refuse the way a chmod 000 folder would
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    s = discover(root)
+    assert by_name(s) == {"r.png": 0, "f.png": 1}
+    assert s.skipped == [(root / "1_fake" / "locked", "cannot read folder (Permission denied)")]
+
+
+def test_folder_deeper_than_path_max_is_a_skipped_entry(tmp_path, monkeypatch):
+    root = tree(tmp_path / "d", ["a.png"])
+    monkeypatch.chdir(root)
+    for _ in range(os.pathconf(root, "PC_PATH_MAX") // 200 + 1):  # each step is a short relative path
+        os.mkdir("x" * 200)
+        os.chdir("x" * 200)
+    img(Path("deep.png"))
+    s = unlabelled([root])
+    assert [x.path.name for x in s.samples] == ["a.png"]
+    ((where, reason),) = s.skipped
+    assert reason == "cannot read folder (File name too long)" and str(where).startswith(str(root / ("x" * 200)))
+
+
+def _manifest_with_outside_rows(tmp_path) -> Path:
+    folder = tmp_path / "shared"
+    img(folder / "in.png")
+    img(tmp_path / "secret.png")
+    (folder / "link.png").symlink_to(tmp_path / "secret.png")
+    rows = ["in.png,real", "../secret.png,fake", "../missing.png,fake", f"{tmp_path / 'secret.png'},fake", "link.png,1"]
+    (folder / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    return folder / "m.csv"
+
+
+def test_manifest_reads_any_path_unless_confined(tmp_path):
+    csv = _manifest_with_outside_rows(tmp_path)
+    assert len(read_manifest(csv).samples) == 5  # a trusted manifest: as before
+    s = discover(csv, confine=True)
+    assert [x.path.name for x in s.samples] == ["in.png"]
+    reasons = [(p.name, r) for p, r in s.skipped]
+    assert reasons == [
+        ("secret.png", "outside the manifest's folder (line 3; --confine)"),
+        ("missing.png", "outside the manifest's folder (line 4; --confine)"),  # same reason: existence not told
+        ("secret.png", "outside the manifest's folder (line 5; --confine)"),
+        ("link.png", "outside the manifest's folder (line 6; --confine)"),  # symbolic links are resolved
+    ]
+
+
+def test_confined_manifest_with_nothing_inside_is_a_data_error(tmp_path):
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label\n/etc/passwd,real\n")
+    with pytest.raises(DataError, match=r"lists no images inside its folder \(1 outside refused\)"):
+        read_manifest(csv, confine=True)
