@@ -357,3 +357,14 @@ def test_confined_manifest_with_nothing_inside_is_a_data_error(tmp_path):
     csv.write_text("path,label\n/etc/passwd,real\n")
     with pytest.raises(DataError, match=r"lists no images inside its folder \(1 outside refused\)"):
         read_manifest(csv, confine=True)
+
+
+def test_unreadable_root_is_named_as_the_reason(tmp_path, monkeypatch):
+    root = tree(tmp_path / "d", ["0_real/r.png", "1_fake/f.png"])
+
+    def scandir(path="."):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError, match=r"d: cannot read folder \(Permission denied\)$"):
+        discover(root)

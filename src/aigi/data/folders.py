@@ -6,9 +6,11 @@
   (``forensynths_thumbs/biggan/{0_real,1_fake}`` -> subset ``biggan``).
 - A pooled real folder scored against one folder per generator: ``test/0_real`` (flat) beside
   ``test/1_fake/<generator>/`` gives one subset per generator, each with all the pooled reals.
-- A CSV manifest with columns ``path``, ``label`` and optionally ``subset`` (paths relative to the CSV).
+- A CSV manifest with columns ``path``, ``label`` and optionally ``subset`` (paths relative to the CSV); with
+  ``confine``, only files inside the manifest's folder (see :func:`read_manifest`).
 
-Files without an image extension are listed in ``skipped`` (with the reason), never dropped silently.
+Files without an image extension, files that are not regular files (FIFO, socket, device: never opened, so a walk
+cannot block) and folders that cannot be read are listed in ``skipped`` with the reason, never dropped silently.
 """
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def discover(root: str | os.PathLike, confine: bool = False) -> ImageSet:
         groups[parts[:i]][label][sub].append(len(samples))
         samples.append(Sample(f, label))
     if not samples:
+        unreadable_root = next((reason for p, reason in skipped if p == root), None)
+        if unreadable_root is not None:
+            raise DataError(f"{root}: {unreadable_root}")
         raise DataError(
             f"{root}: found no labelled images (looked for folders named 0_real/1_fake, real/fake or nature/ai"
             f"; {len(files)} image files, {unlabelled} outside label folders)"
