@@ -84,3 +84,36 @@ def read_only(monkeypatch, root: Path) -> None:
         monkeypatch.setattr(os, name, guard(getattr(os, name)))
     for name in ("replace", "rename", "link"):
         monkeypatch.setattr(os, name, guard(getattr(os, name)))
+
+
+# -- shared by the fault tests and the processes they start ----------------------------------------------------------
+def toy_report(root: Path, threshold: float = 0.5):
+    """A small scored ImageSet (no model needed) and its report: (report, image_set, prob)."""
+    import numpy as np
+
+    from aigi.data.folders import ImageSet, Sample
+    from aigi.engine.evaluate import build_report
+
+    samples = [
+        Sample(Path(root) / f"{kind}_{i}.png", label) for label, kind in enumerate(("real", "fake")) for i in range(6)
+    ]
+    prob = np.linspace(0.05, 0.95, len(samples))
+    image_set = ImageSet(samples=samples, subsets={"toy": list(range(len(samples)))}, root=Path(root))
+    return build_report(image_set, prob, threshold, {}, model=f"toy@{threshold}"), image_set, prob
+
+
+def mean_colour(pixels):
+    """A tiny deterministic 'model': each image's mean per channel."""
+    return pixels.mean((2, 3))
+
+
+def fill_cache(paths, cache_root, barrier, results) -> None:
+    """One of several processes filling one cache folder at once (started with multiprocessing's spawn)."""
+    from aigi.backbones.base import Preprocess
+    from aigi.data.transforms import EvalProtocol
+    from aigi.engine.features import FeatureCache, extract
+
+    cache = FeatureCache(cache_root, {"model": "mean-colour"})
+    barrier.wait(timeout=120)
+    ext = extract(paths, mean_colour, Preprocess(size=32), EvalProtocol(crop=32), cache, 2, 0, progress=False)
+    results.put([None if f is None else f.tolist() for f in ext.features])
