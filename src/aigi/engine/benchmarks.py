@@ -21,9 +21,9 @@ from pathlib import Path
 
 from aigi.checkpoints import Model
 from aigi.data.folders import DataError, ImageSet, discover
-from aigi.engine.evaluate import Report, build_report, write_report
+from aigi.engine.evaluate import Report, build_report, report_files
 from aigi.engine.inference import score_paths
-from aigi.io import write_text
+from aigi.io import text_writer, write_set
 from aigi.registry import UnknownNameError
 
 
@@ -233,10 +233,20 @@ def run_suites(
         errors = {j: scores.errors[i] for j, i in enumerate(idx) if i in scores.errors}
         r.report = build_report(r.image_set, prob, t, errors, model=model_name, data=str(r.image_set.root))
         r.report.extra = {"suite": r.suite.name, "name": r.name, "timestamp": stamp, "notes": r.notes}
-        stem = f"{r.name.replace('/', '_')}_{stamp}"  # the name as typed (a folder name may hold a slash)
-        r.csv = write_text(out / f"{stem}.csv", suite_csv(r.report))
-        r.files = write_report(r.report, out / stem, r.image_set, prob)
+        write_suite(r, out, f"{r.name.replace('/', '_')}_{stamp}")  # the name as typed (may hold a slash)
     return stamp
+
+
+def write_suite(result: SuiteResult, out: Path, stem: str) -> None:
+    """``{stem}.csv`` and the report files in ``{stem}/``, as one set (:func:`aigi.io.write_set`): a failure leaves
+    neither, and other files in ``out`` (other suites, earlier runs) are left alone."""
+    report = result.report
+    files = report_files(report, result.image_set, report.prob, "report")
+    written = write_set(
+        out, {f"{stem}.csv": text_writer(suite_csv(report)), **{f"{stem}/{n}": w for n, w in files.values()}}
+    )
+    result.csv = written[f"{stem}.csv"]
+    result.files = {key: written[f"{stem}/{name}"] for key, (name, _) in files.items()}
 
 
 def evaluate_suites(

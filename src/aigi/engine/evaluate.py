@@ -1,5 +1,5 @@
 """Evaluation reports: one row per subset plus a MEAN row, as CSV and JSON with the same numbers, per-image
-scores, an ROC-curve PNG and a score-histogram PNG. Every file is written atomically."""
+scores, an ROC-curve PNG and a score-histogram PNG, written together as one set (:func:`aigi.io.write_set`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from aigi.data.folders import ImageSet
 from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics, mean_row
-from aigi.io import write_bytes, write_json, write_text
+from aigi.io import Writer, bytes_writer, json_writer, text_writer, write_bytes, write_set
 
 
 @dataclass
@@ -99,13 +99,28 @@ def report_json(report: Report) -> dict:
 def write_report(
     report: Report, out_dir: str | os.PathLike, image_set: ImageSet, prob: np.ndarray, stem: str = "report"
 ) -> dict[str, Path]:
-    """Write ``{stem}.csv``, ``{stem}.json``, ``{stem}_scores.csv``, ``{stem}_roc.png`` and ``{stem}_hist.png``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": write_text(out / f"{stem}.csv", report_csv(report)),
-        "json": write_json(out / f"{stem}.json", report_json(report)),
+    """Write ``{stem}.csv``, ``{stem}.json``, ``{stem}_scores.csv``, ``{stem}_roc.png`` and ``{stem}_hist.png`` as one
+    set (:func:`aigi.io.write_set`): readers see the earlier set or this one, never a mix; a write failure raises
+    :class:`aigi.io.WriteError` and leaves an earlier set whole; other files in ``out_dir`` are left alone."""
+    files = report_files(report, image_set, prob, stem)
+    written = write_set(out_dir, {name: write for name, write in files.values()})
+    return {key: written[name] for key, (name, _) in files.items()}
+
+
+def report_files(report: Report, image_set: ImageSet, prob: np.ndarray, stem: str) -> dict[str, tuple[str, Writer]]:
+    """What :func:`write_report` writes, each made in memory first: key -> (file name, writer)."""
+    roc, hist = plot_pngs(report, image_set, prob)
+    return {
+        "csv": (f"{stem}.csv", text_writer(report_csv(report))),
+        "json": (f"{stem}.json", json_writer(report_json(report))),
+        "scores": (f"{stem}_scores.csv", text_writer(scores_csv(report, image_set, prob))),
+        "roc": (f"{stem}_roc.png", bytes_writer(roc)),
+        "hist": (f"{stem}_hist.png", bytes_writer(hist)),
     }
+
+
+def scores_csv(report: Report, image_set: ImageSet, prob: np.ndarray) -> str:
+    """One row per sample: path, label, P(generated) (empty where unreadable) and the reason it was unreadable."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", "prob_generated", "error"])
@@ -115,12 +130,11 @@ def write_report(
         w.writerow(
             [str(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err]
         )
-    paths["scores"] = write_text(out / f"{stem}_scores.csv", buf.getvalue())
-    paths["roc"], paths["hist"] = write_plots(report, image_set, prob, out, stem)
-    return paths
+    return buf.getvalue()
 
 
-def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path, stem: str) -> tuple[Path, Path]:
+def plot_pngs(report: Report, image_set: ImageSet, prob: np.ndarray) -> tuple[bytes, bytes]:
+    """The ROC-curve and score-histogram PNGs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +161,7 @@ def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path
     if len(ax.get_lines()) > 1:  # curves besides the diagonal
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    roc = save_figure(fig, out / f"{stem}_roc.png")
+    roc = figure_png(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     labels = np.array([s.label if s.label is not None else -1 for s in image_set.samples])
@@ -159,17 +173,21 @@ def write_plots(report: Report, image_set: ImageSet, prob: np.ndarray, out: Path
     ax.set(xlabel="P(generated)", ylabel="images", title=f"Scores: {report.model}")
     ax.legend()
     fig.tight_layout()
-    hist = save_figure(fig, out / f"{stem}_hist.png")
-    return roc, hist
+    return roc, figure_png(fig)
 
 
-def save_figure(fig, path: Path) -> Path:
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path: Path) -> Path:
+    return write_bytes(path, figure_png(fig))
 
 
 def format_table(report: Report) -> list[list[str]]:

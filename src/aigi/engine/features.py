@@ -3,16 +3,23 @@
 ``extract`` is the one loop every command uses: read each file, decode it, apply the evaluation protocol, run a
 function over batches of pixels, and collect one array per image, or the reason the image could not be used.
 
-The cache stores one ``.npy`` per image under a namespace that hashes the backbone spec, the preprocessing, the
+The cache stores one entry per image under a namespace that hashes the backbone spec, the preprocessing, the
 protocol and the feature kind; inside it, the key is the SHA-256 of the file's bytes, so renamed or copied files
-hit the cache and an edited file does not. Writes are atomic; ``np.load(allow_pickle=False)`` reads them.
+hit the cache and an edited file does not. Each entry is sealed to its namespace and key (:class:`FeatureCache`),
+so a planted or copied entry is recomputed, never trusted; a shared cache folder is a trust boundary (whoever can
+write it can change verdicts). Writes are atomic, so processes may fill one cache folder at once; entries are read
+with ``np.load(allow_pickle=False)``. A cache that cannot be written (full, read-only) is warned about once and the
+run continues uncached.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import io
 import json
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from aigi.backbones.base import Preprocess
 from aigi.data.decode import ImageDecodeError, as_input, decode_bytes, read_bytes
 from aigi.data.transforms import EvalProtocol
-from aigi.io import atomic_write
-from aigi.progress import progress_iter
+from aigi.io import WriteError, write_bytes, write_text
+from aigi.progress import notice, progress_iter
 
 
 def default_cache_dir() -> Path:
@@ -36,37 +43,90 @@ def default_cache_dir() -> Path:
     return Path(base) / "aigi" / "features"
 
 
+ENTRY_MAGIC = b"AIGI-FEATURES-1\n"  # first bytes of a cache entry; then the 32-byte seal, then the array as .npy
+_SEAL_BYTES = 32
+MAX_ENTRY_BYTES = 1 << 30  # a larger file under an entry's name is not read
+_UNWRITABLE: set[Path] = set()  # cache folders this process failed to write: warned about once, then left alone
+
+
 class FeatureCache:
+    """One namespace of the on-disk feature cache (see the module's docstring).
+
+    Each entry is sealed to its place: ``ENTRY_MAGIC``, then an HMAC-SHA256 of the array's ``.npy`` bytes keyed by
+    the full namespace hash and the image's SHA-256, then those bytes. An entry that was planted, damaged, copied
+    from another image or another namespace, or written by an older version fails the check and is recomputed.
+
+    Trust boundary: the seal holds no secret, so it stops accidents and copies, not a deliberate forger. Anyone who
+    can write the cache folder can make a chosen image score as they wish; keep the cache private to its user (the
+    default, under ``~/.cache``) and never point ``AIGI_CACHE_DIR`` at a folder others can write.
+
+    The cache is only an optimisation: when an entry cannot be written (a full disk, a read-only folder) one warning
+    names the folder and the reason, and this process stops writing there; the run carries on uncached."""
+
     def __init__(self, root: str | os.PathLike | None = None, namespace_parts: dict | None = None) -> None:
         self.root = Path(root) if root else default_cache_dir()
         blob = json.dumps(namespace_parts or {}, sort_keys=True, default=str)
-        self.namespace = hashlib.sha256(blob.encode()).hexdigest()[:20]
+        digest = hashlib.sha256(blob.encode())
+        self.namespace = digest.hexdigest()[:20]
         self.dir = self.root / self.namespace
-        self._blob = blob
+        self._blob, self._key = blob, digest.digest()
 
     def _path(self, sha: str) -> Path:
         return self.dir / sha[:2] / f"{sha}.npy"
 
+    def _seal(self, sha: str, payload: bytes) -> bytes:
+        return hmac.new(self._key + sha.encode(), payload, hashlib.sha256).digest()
+
     def get(self, sha: str) -> np.ndarray | None:
-        p = self._path(sha)
-        if not p.is_file():
+        """The entry for the image with SHA-256 ``sha``, or None when there is none or it fails the check."""
+        data = _read_regular_file(self._path(sha), MAX_ENTRY_BYTES)
+        head = len(ENTRY_MAGIC) + _SEAL_BYTES
+        if data is None or len(data) < head or not data.startswith(ENTRY_MAGIC):
+            return None
+        payload = data[head:]
+        if not hmac.compare_digest(data[len(ENTRY_MAGIC) : head], self._seal(sha, payload)):
             return None
         try:
-            return np.load(p, allow_pickle=False)
-        except (OSError, ValueError):  # a damaged entry is recomputed, not trusted
+            return np.load(io.BytesIO(payload), allow_pickle=False)
+        except (OSError, ValueError, EOFError):
             return None
 
     def put(self, sha: str, arr: np.ndarray) -> None:
-        p = self._path(sha)
-        if not (self.dir / "namespace.json").exists():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.dir / "namespace.json", lambda t: Path(t).write_text(self._blob))
+        """Store ``arr`` for the image with SHA-256 ``sha``; a write failure warns once and turns writing off."""
+        if self.root in _UNWRITABLE:
+            return
+        buf = io.BytesIO()
+        np.save(buf, arr, allow_pickle=False)
+        payload = buf.getvalue()
+        try:
+            if not (self.dir / "namespace.json").exists():
+                write_text(self.dir / "namespace.json", self._blob)
+            write_bytes(self._path(sha), ENTRY_MAGIC + self._seal(sha, payload) + payload)
+        except WriteError as e:
+            _UNWRITABLE.add(self.root)
+            notice(f"warning: feature cache {self.root} not written ({e}); carrying on without caching")
 
-        def w(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
 
-        atomic_write(p, w)
+# not through a symbolic link, never waiting on a pipe, bytes as they are (Windows)
+_NO_LINKS_NO_WAIT = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (not a link, a pipe or a device) of at most ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_LINKS_NO_WAIT)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -4,7 +4,9 @@ Each (model, perturbation) gives a full report (per-subset AUROC, AP, accuracies
 sweep keeps the rows users compare: the mean AUROC over subsets, the real and generated accuracy, per-subset AUROC.
 Results are written as ``robustness.json``, ``robustness.csv`` and a plot ``robustness.png`` (AUROC against each
 perturbation's level, one panel per kind, one line per model); a finished (model, perturbation) is kept in the
-JSON as it completes, so an interrupted sweep resumes where it stopped.
+JSON as it completes, so an interrupted sweep resumes where it stopped. At the end the three files are written as
+one set (:func:`aigi.io.write_set`): a failure to write them (a full disk) is one error naming the file, leaves the
+CSV and plot of the earlier run whole, and keeps every measured row in the JSON for the next run.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pathlib import Path
 from aigi.checkpoints import Model
 from aigi.data.folders import ImageSet
 from aigi.data.perturb import Perturbation
-from aigi.engine.evaluate import build_report, save_figure
+from aigi.engine.evaluate import build_report, figure_png
 from aigi.engine.inference import score_paths
-from aigi.io import read_json, write_json, write_text
+from aigi.io import bytes_writer, json_writer, read_json, text_writer, write_bytes, write_json, write_set
 from aigi.progress import progress_bar
 
 FIELDS = [
@@ -153,9 +155,8 @@ def run_sweep(
             if on_row is not None:
                 on_row(row)
         bar.update(description="robustness")
-    write_json(state_path, {"rows": list(index.values())})
-    write_text(out / "robustness.csv", rows_csv(rows))
-    plot(rows, out / "robustness.png")
+    files = {"robustness.csv": text_writer(rows_csv(rows)), "robustness.png": bytes_writer(plot_png(rows))}
+    write_set(out, {"robustness.json": json_writer({"rows": list(index.values())}), **files})
     return rows
 
 
@@ -174,6 +175,12 @@ def rows_csv(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, metric: str = "mean_auroc") -> Path:
+    """Write :func:`plot_png` to ``path``."""
+    return write_bytes(path, plot_png(rows, metric))
+
+
+def plot_png(rows: list[dict], metric: str = "mean_auroc") -> bytes:
+    """AUROC (or ``metric``) against each perturbation's level: one panel per kind, one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,4 +216,4 @@ def plot(rows: list[dict], path: Path, metric: str = "mean_auroc") -> Path:
     axes[0][0].set_ylabel({"mean_auroc": "mean AUROC over subsets"}.get(metric, metric.replace("_", " ")))
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return figure_png(fig)

@@ -1,0 +1,265 @@
+"""Faults while writing: a full disk, a read-only folder, a process killed mid-write, a failing rename, two processes
+on one cache. Each ends in one clear error (or completes), and never in a mixed or corrupted set of files."""
+
+import errno
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from faults import FullDisk, fill_cache, mean_colour, read_only, toy_report
+from PIL import Image
+from typer.testing import CliRunner
+
+from aigi.backbones.base import Preprocess
+from aigi.data.transforms import EvalProtocol
+from aigi.engine.evaluate import write_report
+from aigi.engine.features import FeatureCache, extract
+from aigi.errors import AigiError
+from aigi.io import STAGING_PREFIX, WriteError, atomic_write, write_set, write_text
+
+TESTS = Path(__file__).parent
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones too) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def earlier_set(tmp_path):
+    """An --out folder holding an earlier report set and files that are not this report."""
+    out = tmp_path / "out"
+    report, image_set, prob = toy_report(tmp_path, threshold=0.5)
+    write_report(report, out, image_set, prob)
+    (out / "my_notes.txt").write_text("the user's own file")
+    write_text(out / "Chameleon_20240101_000000.csv", "another report stem\n")
+    return out, _snapshot(out)
+
+
+def test_full_disk_part_way_through_a_set_keeps_the_earlier_set(earlier_set, tmp_path, monkeypatch):
+    out, before = earlier_set
+    report, image_set, prob = toy_report(tmp_path, threshold=0.9)
+    FullDisk(monkeypatch, out, budget=3000)  # the tables fit, the plots do not
+    with pytest.raises(WriteError) as caught:
+        write_report(report, out, image_set, prob)
+    monkeypatch.undo()
+    err = caught.value
+    assert isinstance(err, AigiError) and isinstance(err, OSError) and err.errno == errno.ENOSPC
+    assert str(err).startswith(f"cannot write {out}/report_") and str(err).endswith("No space left on device")
+    assert _snapshot(out) == before  # the earlier set whole, nothing new beside it, no temporaries
+    paths = write_report(report, out, image_set, prob)  # space again: the new set replaces the old one
+    assert json.loads(paths["json"].read_text())["threshold"] == 0.9
+    assert (out / "my_notes.txt").read_text() == "the user's own file"
+    assert sorted(_snapshot(out)) == sorted(before)
+
+
+def test_read_only_out_folder_is_one_error_naming_it(earlier_set, tmp_path, monkeypatch):
+    out, before = earlier_set
+    report, image_set, prob = toy_report(tmp_path, threshold=0.9)
+    read_only(monkeypatch, out)
+    with pytest.raises(WriteError) as caught:
+        write_report(report, out, image_set, prob)
+    monkeypatch.undo()
+    assert str(caught.value) == f"cannot write {out}: Read-only file system"
+    assert _snapshot(out) == before
+
+
+def test_an_exception_in_the_middle_of_a_set_leaves_the_earlier_set(earlier_set, tmp_path, monkeypatch):
+    out, before = earlier_set
+    report, image_set, prob = toy_report(tmp_path, threshold=0.9)
+    import aigi.engine.evaluate as ev
+
+    def crash(data):
+        def write(tmp):
+            Path(tmp).write_bytes(data[:10])
+            raise KeyboardInterrupt  # e.g. Ctrl-C while the plots are written
+
+        return write
+
+    monkeypatch.setattr(ev, "bytes_writer", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(report, out, image_set, prob)
+    assert _snapshot(out) == before
+
+
+def test_a_failed_rename_puts_the_earlier_files_back(earlier_set, tmp_path, monkeypatch):
+    out, before = earlier_set
+    report, image_set, prob = toy_report(tmp_path, threshold=0.9)
+    real_replace, calls = os.replace, []
+
+    def third_fails(src, dst):
+        if Path(dst).parent == out:
+            calls.append(dst)
+            if len(calls) == 3:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", third_fails)
+    with pytest.raises(WriteError, match="Input/output error"):
+        write_report(report, out, image_set, prob)
+    monkeypatch.undo()
+    assert _snapshot(out) == before
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from faults import toy_report
+import aigi.engine.evaluate as ev
+
+out, marker = Path(sys.argv[2]), Path(sys.argv[3])
+plain = ev.bytes_writer
+
+def stalling(data):  # the first PNG is written, then the process hangs until it is killed
+    def write(tmp):
+        plain(data)(tmp)
+        marker.write_text("in the middle of the set")
+        time.sleep(300)
+    return write
+
+ev.bytes_writer = stalling
+report, image_set, prob = toy_report(out.parent, threshold=0.9)
+ev.write_report(report, out, image_set, prob)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="SIGKILL")
+def test_killed_mid_write_leaves_the_earlier_set_and_a_rerun_completes(earlier_set, tmp_path):
+    out, before = earlier_set
+    marker = tmp_path / "marker"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(TESTS), str(out), str(marker)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the writer never reached the middle of the set"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    after = _snapshot(out)
+    assert {k: v for k, v in after.items() if not k.startswith(STAGING_PREFIX)} == before
+    assert any(k.startswith(STAGING_PREFIX) for k in after)  # killed while staging, not before
+    report, image_set, prob = toy_report(tmp_path, threshold=0.9)
+    paths = write_report(report, out, image_set, prob)
+    assert json.loads(paths["json"].read_text())["threshold"] == 0.9
+    assert sorted(_snapshot(out)) == sorted(before)  # the abandoned staging folder is gone
+
+
+def test_safetensors_write_failure_is_a_write_error(tmp_path):
+    from safetensors.torch import save_file
+
+    target = tmp_path / "model" / "model.safetensors"
+    with pytest.raises(WriteError) as caught:  # safetensors' own error (no such folder), not an OSError
+        atomic_write(target, lambda tmp: save_file({"w": torch.zeros(2)}, f"{tmp}.d/x"))
+    assert str(caught.value) == f"cannot write {target}: No such file or directory"
+    assert list(target.parent.iterdir()) == []
+
+
+def test_model_folder_set_keeps_other_files(tmp_path, monkeypatch):
+    """What save_model should do: weights, config and card as one set; the trainer's log and state untouched."""
+    folder = tmp_path / "model"
+    write_set(
+        folder,
+        {"model.safetensors": lambda t: Path(t).write_bytes(b"old"), "config.json": lambda t: Path(t).write_text("{}")},
+    )
+    (folder / "train_log.jsonl").write_text('{"epoch": 1}\n')
+    before = _snapshot(folder)
+    FullDisk(monkeypatch, folder, budget=5)
+    with pytest.raises(WriteError, match="config.json: No space left on device"):
+        write_set(folder, {"model.safetensors": lambda t: open(t, "wb").close(), "config.json": _big_json})
+    monkeypatch.undo()
+    assert _snapshot(folder) == before
+
+
+def _big_json(tmp):
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps({"threshold": 0.25, "pad": "x" * 100}))
+
+
+def test_eval_out_on_a_full_disk_is_one_error_line(labelled_images, tmp_path, monkeypatch):
+    from aigi.cli import app
+
+    out = tmp_path / "rep"
+    runner = CliRunner()
+    first = runner.invoke(app, ["eval", "--data", str(labelled_images), "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    before = _snapshot(out)
+    FullDisk(monkeypatch, out, budget=0)
+    res = runner.invoke(app, ["eval", "--data", str(labelled_images), "--out", str(out), "--threshold", "0.9"])
+    monkeypatch.undo()
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"cannot write {out}/report" in lines[0] and "No space left on device" in lines[0]
+    assert _snapshot(out) == before
+
+
+def test_robustness_outputs_on_a_full_disk_keep_measured_rows(labelled_images, tmp_path, monkeypatch):
+    import aigi.engine.robustness as rob
+    from aigi.data.folders import discover
+    from aigi.data.perturb import Perturbation
+
+    monkeypatch.setattr(rob, "model_id", lambda model: f"id-{model}")
+    monkeypatch.setattr(
+        rob,
+        "sweep_row",
+        lambda m, name, s, p, *a: {
+            "model": name,
+            "perturbation": p.name,
+            "kind": p.kind,
+            "level": p.level,
+            "mean_auroc": 0.8,
+            "errors": 0,
+            "subsets": {},
+        },
+    )
+    out, image_set = tmp_path / "rob", discover(labelled_images)
+    rob.run_sweep({"a": "m1"}, image_set, [Perturbation(kind="none", level=0)], out)
+    before = _snapshot(out)
+    disk = FullDisk(monkeypatch, out, budget=10_000)  # room for the state after each row, not for the final set
+    with pytest.raises(WriteError, match="robustness"):
+        rob.run_sweep({"a": "m1"}, image_set, [Perturbation(kind="jpeg", level=50)], out)
+    monkeypatch.undo()
+    assert disk.budget == 0
+    state = json.loads((out / "robustness.json").read_text())
+    assert [r["perturbation"] for r in state["rows"]] == ["none", "jpeg:50"]  # nothing measured is lost
+    for name in ("robustness.csv", "robustness.png"):
+        assert (out / name).read_bytes() == before[name]  # the earlier CSV and plot, whole
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_two_processes_fill_one_cache(tmp_path):
+    images = []
+    for i in range(12):
+        rgb = np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(tmp_path / f"{i}.png")
+        images.append(str(tmp_path / f"{i}.png"))
+    root = tmp_path / "shared-cache"
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=fill_cache, args=(images, str(root), barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    truth = extract(images, mean_colour, Preprocess(size=32), EvalProtocol(crop=32), progress=False).features
+    for features in got:
+        np.testing.assert_allclose(np.array(features), np.stack(truth), rtol=0, atol=0)
+    cache = FeatureCache(root, {"model": "mean-colour"})
+    entries = [p for p in cache.dir.rglob("*") if p.is_file() and p.name != "namespace.json"]
+    assert len(entries) == len(images)  # one valid entry per image, no temporaries
+    import hashlib
+
+    for path, expected in zip(images, truth):
+        np.testing.assert_array_equal(cache.get(hashlib.sha256(Path(path).read_bytes()).hexdigest()), expected)
