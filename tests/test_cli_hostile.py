@@ -99,6 +99,48 @@ def test_eval_table_escapes_subset_and_file_names(tmp_path):
     assert f"skipped {shown(stray)}: not an image file extension" in res.output
 
 
+def _hostile_bench(root: Path) -> bytes:
+    gen = os.path.join(os.fsencode(root), b"gen\x1b[8m\xff")
+    for label, seed, smooth in ((b"0_real", 0, True), (b"1_fake", 10, False)):
+        folder = os.path.join(gen, label)
+        os.makedirs(folder)
+        for i, name in enumerate(HOSTILE):
+            _save(Path(os.fsdecode(folder)), name, seed + i, smooth)
+    Path(os.fsdecode(os.path.join(gen, b"0_real", b"broken\xff.png"))).write_bytes(b"not a png")
+    return gen
+
+
+def test_eval_out_writes_every_file_with_names_escaped(tmp_path):
+    gen = _hostile_bench(tmp_path / "bench")
+    out = tmp_path / "report"
+    res = runner.invoke(app, ["eval", "--data", str(tmp_path / "bench"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report.csv",
+        "report.json",
+        "report_hist.png",
+        "report_roc.png",
+        "report_scores.csv",
+    ]
+    scores = (out / "report_scores.csv").read_text(encoding="utf-8")
+    _assert_clean(scores)
+    assert shown(os.path.join(gen, b"0_real", RAW_NAME)) in scores
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["rows"][0]["subset"] == "gen\\x1b[8m\\xff"
+    assert report["errors"][0]["path"] == shown(os.path.join(gen, b"0_real", b"broken\xff.png"))
+    _assert_clean(json.dumps(report, ensure_ascii=False) + (out / "report.csv").read_text(encoding="utf-8"))
+
+
+def test_robustness_keeps_non_utf8_names(tmp_path):
+    _hostile_bench(tmp_path / "bench")
+    out = tmp_path / "rob"
+    res = runner.invoke(
+        app, ["robustness", "--data", str(tmp_path / "bench"), "--perturb", "jpeg:90", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    _assert_clean(res.output + (out / "robustness.csv").read_text(encoding="utf-8"))
+
+
 def test_error_line_escapes_the_name(tmp_path):
     empty = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"empty\x1b[2J\xff")))
     empty.mkdir()

@@ -14,6 +14,7 @@ import numpy as np
 
 from aigi.data.folders import ImageSet
 from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics, mean_row
+from aigi.names import shown
 from aigi.io import Writer, bytes_writer, json_writer, text_writer, write_bytes, write_set
 
 
@@ -48,15 +49,15 @@ def build_report(
     for name, idx in image_set.subsets.items():
         idx = [i for i in idx if not math.isnan(prob[i])]
         labels = [image_set.samples[i].label for i in idx]
-        rows.append({"subset": name, **binary_metrics(labels, prob[idx], threshold)})
+        rows.append({"subset": shown(name), **binary_metrics(labels, prob[idx], threshold)})
     rows.append({"subset": "MEAN", **mean_row(rows)})
-    errs = [{"path": str(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
-    skipped = [{"path": str(p), "reason": r} for p, r in image_set.skipped]
+    errs = [{"path": shown(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
+    skipped = [{"path": shown(p), "reason": r} for p, r in image_set.skipped]
     return Report(
         rows=rows,
         threshold=threshold,
         model=model,
-        data=data,
+        data=shown(data),
         errors=errs,
         skipped=skipped,
         image_set=image_set,
@@ -120,15 +121,15 @@ def report_files(report: Report, image_set: ImageSet, prob: np.ndarray, stem: st
 
 
 def scores_csv(report: Report, image_set: ImageSet, prob: np.ndarray) -> str:
-    """One row per sample: path, label, P(generated) (empty where unreadable) and the reason it was unreadable."""
+    """One row per sample: path (as :func:`aigi.names.shown` writes it), label, P(generated) (empty where unreadable) and the reason it was unreadable."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", "prob_generated", "error"])
     reasons = {e["path"]: e["reason"] for e in report.errors}
     for i, s in enumerate(image_set.samples):
-        err = reasons.get(str(s.path), "") if math.isnan(prob[i]) else ""
+        err = reasons.get(shown(s.path), "") if math.isnan(prob[i]) else ""
         w.writerow(
-            [str(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err]
+            [shown(s.path), "" if s.label is None else s.label, "" if math.isnan(prob[i]) else f"{prob[i]:.6f}", err]
         )
     return buf.getvalue()
 
@@ -148,8 +149,8 @@ def plot_pngs(report: Report, image_set: ImageSet, prob: np.ndarray) -> tuple[by
         if len(set(y.tolist())) < 2:
             continue
         fpr, tpr, _ = roc_curve(y, prob[idx])
-        auc = report.row(name)["auroc"]
-        ax.plot(fpr, tpr, lw=1.4, label=f"{name} ({auc:.3f})")
+        auc = report.row(shown(name))["auroc"]
+        ax.plot(fpr, tpr, lw=1.4, label=f"{shown(name)} ({auc:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(
         xlabel="false positive rate (real called generated)",

@@ -82,9 +82,9 @@ def data_id(image_set: ImageSet) -> str:
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        h.update(f"{sample.path}\0{sample.label}\0{stamp}\n".encode())
+        h.update(os.fsencode(f"{sample.path}\0{sample.label}\0{stamp}\n"))
     for name, idx in image_set.subsets.items():
-        h.update(f"{name}:{len(idx)}\n".encode())
+        h.update(os.fsencode(f"{name}:{len(idx)}\n"))
     return h.hexdigest()[:16]
 
 
