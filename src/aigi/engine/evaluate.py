@@ -14,8 +14,8 @@ import numpy as np
 
 from aigi.data.folders import ImageSet
 from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics, mean_row
-from aigi.names import shown
 from aigi.io import Writer, bytes_writer, json_writer, text_writer, write_bytes, write_set
+from aigi.names import shown
 
 
 @dataclass
