@@ -183,7 +183,7 @@ def _fake_sweep(monkeypatch, seen):
 
     monkeypatch.setattr(rob, "sweep_row", fake_row)
     monkeypatch.setattr(rob, "model_id", lambda model: f"id-{model}")
-    monkeypatch.setattr(rob, "plot", lambda rows, path: path)
+    monkeypatch.setattr(rob, "plot_png", lambda rows, metric="mean_auroc": b"")
     return rob
 
 

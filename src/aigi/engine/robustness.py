@@ -23,7 +23,7 @@ from aigi.data.folders import ImageSet
 from aigi.data.perturb import Perturbation
 from aigi.engine.evaluate import build_report, figure_png
 from aigi.engine.inference import score_paths
-from aigi.io import bytes_writer, json_writer, read_json, text_writer, write_bytes, write_json, write_set
+from aigi.io import bytes_writer, json_writer, read_json, text_writer, write_json, write_set
 from aigi.progress import progress_bar
 
 FIELDS = [
@@ -172,11 +172,6 @@ def rows_csv(rows: list[dict]) -> str:
             ]
         )
     return buf.getvalue()
-
-
-def plot(rows: list[dict], path: Path, metric: str = "mean_auroc") -> Path:
-    """Write :func:`plot_png` to ``path``."""
-    return write_bytes(path, plot_png(rows, metric))
 
 
 def plot_png(rows: list[dict], metric: str = "mean_auroc") -> bytes:
