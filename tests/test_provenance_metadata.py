@@ -221,9 +221,9 @@ def test_malformed_metadata_is_a_problem_not_a_crash(tmp_path):
     assert any("XMP packet with a DTD" in p for p in problems["entities.png"])
     assert any("text chunk 'prompt' (JSONDecodeError" in p for p in problems["bad_comfy.png"])
     assert any(p.startswith("metadata unreadable: XMP (") for p in problems["broken_xmp.png"])
-    # PIL refuses the 2 MiB chunk; it is skipped and the rest of the file is still read
+    # PIL refuses the 2 MiB chunk; it is skipped, by name, and the rest of the file is still read
     assert problems["huge_xmp.png"] == [
-        "metadata unreadable: a text chunk over PIL's limit was skipped (Decompressed data too large for PngImagePlugin.MAX_TEXT_CHUNK)"
+        "metadata unreadable: text chunk 'XML:com.adobe.xmp' inflates past 1048576 bytes (skipped)"
     ]
     assert isinstance(problems["garbage.jpg"], list) and isinstance(problems["truncated.png"], list)
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-import io
 import os
 import warnings
+import zlib
 from collections.abc import Callable
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from aigi.data.decode import ImageDecodeError, read_bytes
+from aigi.data.decode import (
+    PNG_TEXT_CHUNKS,
+    ImageDecodeError,
+    open_image,
+    read_bytes,
+    unsupported_reason,
+    without_png_chunks,
+)
 from aigi.provenance.c2pa import c2pa_findings
 from aigi.provenance.findings import Finding, Provenance
 from aigi.provenance.metadata import (
@@ -39,28 +46,59 @@ EXTRACTORS: list[tuple[str, Extractor]] = [
 ]
 
 
+def _text_size(kind: bytes, body: bytes) -> tuple[str, int | None]:
+    """A PNG text chunk's key and the length of its text as PIL reads it; None when it inflates past PIL's limit."""
+    raw_key, _, rest = body.partition(b"\0")
+    key = raw_key.decode("latin-1")
+    if kind == b"zTXt":
+        compressed = rest[1:]
+    elif kind == b"iTXt" and len(rest) >= 2 and rest[0] != 0:
+        compressed = rest[2:].split(b"\0", 2)[-1]
+    else:
+        return key, len(rest)
+    inflate = zlib.decompressobj()
+    try:
+        text = inflate.decompress(compressed, PngImagePlugin.MAX_TEXT_CHUNK)
+    except zlib.error:
+        return key, 0  # PIL reads a broken stream as empty text
+    return key, None if inflate.unconsumed_tail else len(text)
+
+
+def _readable_text_only(data: bytes, problems: list[str]) -> bytes:
+    """``data`` without the PNG text chunks PIL would refuse (it then refuses the whole file): those over its limit
+    for one chunk, and those past its limit for all of a file's text. Each one skipped is a problem, by name."""
+    total = 0
+
+    def unreadable(kind: bytes, chunk: bytes) -> bool:
+        nonlocal total
+        if kind not in PNG_TEXT_CHUNKS:
+            return False
+        key, size = _text_size(kind, chunk[8:-4])
+        if size is None:
+            limit = PngImagePlugin.MAX_TEXT_CHUNK
+            problems.append(f"metadata unreadable: text chunk {key!r} inflates past {limit} bytes (skipped)")
+            return True
+        if total + size > PngImagePlugin.MAX_TEXT_MEMORY:
+            limit = PngImagePlugin.MAX_TEXT_MEMORY
+            problems.append(f"metadata unreadable: text chunk {key!r} is past {limit} bytes of text in all (skipped)")
+            return True
+        total += size
+        return False
+
+    return without_png_chunks(data, unreadable)
+
+
 def _open_lazily(data: bytes, problems: list[str]) -> Image.Image:
-    """Open without decoding pixels. The pixel-count guard is lifted (nothing is decoded here; the watermark reader
-    checks the size before it decodes), and a PNG text chunk over PIL's limit is skipped rather than hiding the
-    rest of the file's metadata."""
+    """Open, in an allowed format only, without decoding pixels. The pixel-count guard is lifted (nothing is decoded
+    here; the watermark reader checks the size before it decodes), and a PNG text chunk PIL would refuse is skipped
+    rather than hiding the rest of the file's metadata (and its pixels, from the watermark reader)."""
+    readable = _readable_text_only(data, problems)
     saved = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's warnings about odd chunks: the problems list speaks for them
-            try:
-                return Image.open(io.BytesIO(data))
-            except ValueError as e:
-                if "too large" not in str(e):
-                    raise
-                saved_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
-                ImageFile.LOAD_TRUNCATED_IMAGES = True  # PIL then skips the oversized chunk
-                try:
-                    im = Image.open(io.BytesIO(data))
-                finally:
-                    ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
-                problems.append(f"metadata unreadable: a text chunk over PIL's limit was skipped ({e})")
-                return im
+            return open_image(readable)
     finally:
         Image.MAX_IMAGE_PIXELS = saved
 
@@ -77,7 +115,7 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
     try:
         im = _open_lazily(data, result.problems)
     except UnidentifiedImageError:
-        result.problems.append("not an image (unrecognised or unsupported format)")
+        result.problems.append(unsupported_reason(data))
     except Exception as e:  # noqa: BLE001 - e.g. a header PIL cannot parse
         result.problems.append(f"metadata unreadable: the file could not be opened ({type(e).__name__}: {e})")
     for name, extractor in EXTRACTORS:

@@ -441,6 +441,8 @@ def text_chunk_findings(im: Image.Image, problems: list[str]) -> list[Finding]:
     out, generic = [], []  # generic: a generator named in a plain field, kept only when no tool's own format was found
     for key, value in info.items():
         text = _text(value)
+        if not text.strip():
+            continue  # an empty chunk (or one PIL could not read) declares nothing
         if len(text) > MAX_JSON_BYTES:
             problems.append(f"metadata unreadable: text chunk {key!r} of {len(text)} bytes is over the limit")
             continue
