@@ -281,3 +281,15 @@ def test_truncated_png(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     err = assert_refused(path, "truncated", "corrupt")
     assert "too large" not in str(err)
+
+
+def test_read_bytes_refuses_special_files_without_opening_them(tmp_path):
+    import os
+
+    from aigi.data.decode import ImageDecodeError, read_bytes
+
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it would block until a writer came
+    with pytest.raises(ImageDecodeError, match="not a regular file \\(FIFO\\)"):
+        read_bytes(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageDecodeError, match="not a regular file \\(character device\\)"):
+        read_bytes("/dev/zero")

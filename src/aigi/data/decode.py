@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,24 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+FILE_KINDS = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISDIR, "folder"),
+)
+
+
+def special_file_kind(mode: int) -> str | None:
+    """None for a regular file; otherwise what it is ("FIFO", "socket", "folder", ...): never opened, a FIFO blocks."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in FILE_KINDS if test(mode)), "special file")
+
+
 def read_bytes(path: ImageInput, max_bytes: int = MAX_FILE_BYTES) -> bytes:
-    """The bytes of a file (or of an in-memory image), refusing folders, empty and oversized files."""
+    """The bytes of a file (or of an in-memory image), refusing folders, FIFOs, devices, empty and oversized files."""
     if isinstance(path, InMemoryImage):
         if not path.data:
             raise ImageDecodeError(path.name, "empty file (0 bytes)")
@@ -101,9 +118,12 @@ def read_bytes(path: ImageInput, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         return path.data
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if p.is_dir():
+        st = p.stat()
+        size, kind = st.st_size, special_file_kind(st.st_mode)
+        if kind == "folder":
             raise ImageDecodeError(p, "is a folder, not a file")
+        if kind is not None:
+            raise ImageDecodeError(p, f"not a regular file ({kind})")
         if size == 0:
             raise ImageDecodeError(p, "empty file (0 bytes)")
         if size > max_bytes:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import csv
 import os
-import stat
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aigi.data.decode import is_image_path
+from aigi.data.decode import is_image_path, special_file_kind
 from aigi.errors import DataError  # noqa: F401  (re-exported)
 
 REAL_NAMES = {"0_real", "real", "nature", "reals"}
@@ -64,15 +63,6 @@ class ImageSet:
         return "; ".join(parts)
 
 
-FILE_KINDS = (
-    (stat.S_ISFIFO, "FIFO"),
-    (stat.S_ISSOCK, "socket"),
-    (stat.S_ISCHR, "character device"),
-    (stat.S_ISBLK, "block device"),
-    (stat.S_ISDIR, "folder"),
-)
-
-
 def not_a_file_reason(path: Path) -> str | None:
     """Why ``path`` cannot be read as an image file without opening it (a FIFO would block), or None if it is a
     regular file. A missing file is left to the reader, which reports it per file."""
@@ -82,10 +72,8 @@ def not_a_file_reason(path: Path) -> str | None:
         return None
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((name for test, name in FILE_KINDS if test(mode)), "special file")
-    return f"not a regular file ({kind})"
+    kind = special_file_kind(mode)
+    return None if kind is None else f"not a regular file ({kind})"
 
 
 def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
