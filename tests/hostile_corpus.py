@@ -531,13 +531,25 @@ class Run:
     output: str
     exception: BaseException | None
     seconds: float
-    peak_growth_kib: int
+    peak_kib: int  # the process's peak resident memory during the command
+    peak_growth_kib: int  # ... less its resident memory when the command started
     rows: dict[str, dict] = field(default_factory=dict)  # {"kind": verdict|reason, "reason", "problems", "findings"}
 
 
 # Every input fits one batch, so torch's DataLoader loads in this process (num_workers=0, see
 # aigi.engine.features.extract): no worker process is forked, and the guard allows no fork at all.
 ONE_BATCH = ["--batch-size", "1024"]
+
+
+def warm_up() -> None:
+    """Import what the commands import lazily, before a guard is armed: matplotlib builds its font cache once (and may
+    ask fontconfig, a program, to list the fonts): that is set-up, not a file running a program."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.font_manager  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
+    import sklearn.metrics  # noqa: F401
 
 
 def commands(folder: Path, items: list[Item]) -> dict[str, list[str]]:
@@ -561,8 +573,10 @@ def invoke(command: str, args: list[str], out_dir: Path) -> Run:
     start = time.perf_counter()
     result = CliRunner().invoke(app, args)
     seconds = time.perf_counter() - start
-    run = Run(command, result.exit_code, result.stdout, result.output, result.exception, seconds, 0)
-    run.peak_growth_kib = peak_kib() - start_rss
+    peak = peak_kib()
+    run = Run(
+        command, result.exit_code, result.stdout, result.output, result.exception, seconds, peak, peak - start_rss
+    )
     if command == "eval":
         run.rows = eval_rows(out_dir)
     elif "--json" in command and result.stdout.lstrip().startswith("{"):

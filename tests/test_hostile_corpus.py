@@ -6,22 +6,11 @@ traceback, no file name reaches the terminal or a report unescaped, nothing runs
 
 import time
 
-from hostile_corpus import build_corpus, problems, run_corpus
+from hostile_corpus import build_corpus, problems, run_corpus, warm_up
 from PIL import EpsImagePlugin
 
 MAX_PEAK_GROWTH_GIB = 1.5
 DEFECTS = {"1", "3", "4", "6", "7", "10"}  # the defects of issue #11 the corpus checks
-
-
-def _warm_up() -> None:
-    """Import what the commands import lazily, outside the guard: matplotlib builds its font cache once (and may
-    ask fontconfig, a program, to list the fonts) — that is set-up, not a file running a program."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.font_manager  # noqa: F401
-    import matplotlib.pyplot  # noqa: F401
-    import sklearn.metrics  # noqa: F401
 
 
 def test_corpus_is_small_fast_and_covers_every_defect(tmp_path):
@@ -37,7 +26,7 @@ def test_corpus_is_small_fast_and_covers_every_defect(tmp_path):
 def test_every_hostile_input_gets_a_verdict_or_a_reason(tmp_path, monkeypatch):
     folder = tmp_path / "corpus"
     items = build_corpus(folder)
-    _warm_up()
+    warm_up()
     # PIL probes for Ghostscript (by running `gs --version`) the first time an EPS needs it: make this run see it
     monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
     runs, guard = run_corpus(folder, items)
