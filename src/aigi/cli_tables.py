@@ -166,7 +166,7 @@ def robustness(rows: list[dict], perturbations, data) -> None:
 
 def provenance_json(results, skipped_files) -> None:
     payload = {
-        "results": [{**r.to_dict(), "path": shown(r.path)} for r in results],
+        "results": [r.to_dict() for r in results],
         "skipped": skipped_json(skipped_files),
     }
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")

@@ -32,6 +32,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from aigi.names import shown
+
 T = TypeVar("T")
 
 
@@ -46,8 +48,9 @@ def showing(enabled: bool = True) -> bool:
 
 
 def notice(message: str) -> None:
-    """One plain line on the progress console (stderr), never wrapped; not affected by ``AIGI_NO_PROGRESS``."""
-    make_console().print(message, markup=False, highlight=False, soft_wrap=True)
+    """One plain line on the progress console (stderr), never wrapped, control characters escaped
+    (:func:`aigi.names.shown`); not affected by ``AIGI_NO_PROGRESS``."""
+    make_console().print(shown(message), markup=False, highlight=False, soft_wrap=True)
 
 
 def _columns() -> tuple:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from aigi.names import shown
+
 Claim = Literal["generated", "ai-edited", "captured", "edited", "info"]
 Strength = Literal["strong", "moderate", "weak"]
 STRENGTH_ORDER = {"strong": 3, "moderate": 2, "weak": 1}
@@ -49,4 +51,8 @@ class Provenance:
         return max(hits, key=lambda f: STRENGTH_ORDER[f.strength]) if hits else None
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "findings": [f.to_dict() for f in self.findings], "problems": list(self.problems)}
+        return {
+            "path": shown(self.path),
+            "findings": [f.to_dict() for f in self.findings],
+            "problems": list(self.problems),
+        }
