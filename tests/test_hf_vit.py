@@ -200,7 +200,7 @@ def hub_online(monkeypatch):
 def _load_error(source: str) -> tuple[BackboneLoadError, float]:
     start = time.perf_counter()
     with pytest.raises(BackboneLoadError) as info:
-        build_backbone(BackboneSpec(family="hf_vit", source=source))
+        build_backbone(BackboneSpec(family="hf_vit", source=source), allow_download=True)
     return info.value, time.perf_counter() - start
 
 

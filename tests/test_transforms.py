@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
 import aigi.data.transforms as T
 from aigi.backbones.base import Preprocess
@@ -289,3 +290,31 @@ def test_train_deterministic_for_a_seed():
     a, b, c = run(42), run(42), run(43)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [dict(crop=-5), dict(crop=60000), dict(max_short_side=-5), dict(max_short_side=0), dict(format_align="no")],
+)
+def test_eval_protocol_refuses_sizes_out_of_bounds_and_loose_booleans(settings):
+    with pytest.raises(ValidationError):
+        EvalProtocol(**settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(crop=0),
+        dict(crop=60000),
+        dict(jpeg_quality_range=(99, 50)),
+        dict(jpeg_quality_range=(0, 50)),
+        dict(rescale_short_range=(1024, 224)),
+        dict(fake_prejpeg_quality=101),
+        dict(op_weights=(1.0, 1.0)),
+        dict(op_weights=(0.0, 0.0, 0.0, 0.0)),
+        dict(op_weights=(-1.0, 1.0, 1.0, 1.0)),
+    ],
+)
+def test_train_augment_refuses_settings_that_would_fail_per_image(settings):
+    with pytest.raises(ValidationError):
+        TrainAugment(**settings)

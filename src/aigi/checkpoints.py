@@ -4,31 +4,44 @@
   packaged weights, preprocessing), the evaluation protocol, the decision threshold and how it was chosen;
 - ``model.safetensors``: only the weights that are not the frozen backbone's.
 
-Loading validates the config and every tensor's name and shape, and fails with a message naming the folder and
-the problem. Nothing is ever unpickled.
+Loading validates the config (every size bounded, the threshold a probability) and reads the weights file's header
+first: every tensor's name and shape, and the settings recorded with them, are checked against the config on a
+meta-device skeleton of the detector (which allocates nothing) before the detector is built, so a folder cannot make
+aigi allocate more than its own weights file holds. Failures are one message naming the file and the problem.
+Nothing is ever unpickled. A backbone named by a model folder is read from local files only (a local folder or the
+Hugging Face cache) unless downloads are allowed: ``load_model(..., allow_download=True)`` or ``AIGI_ALLOW_DOWNLOAD=1``.
+
+Weights are written with a sorted header (:func:`save_safetensors`): the same weights give the same bytes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_save
 
 from aigi._version import __version__
 from aigi.backbones import BackboneSpec, build_backbone
+from aigi.backbones.base import Backbone
 from aigi.data.transforms import EvalProtocol
 from aigi.detectors import get_detector
-from aigi.detectors.base import Detector
-from aigi.errors import ModelLoadError, describe_validation
-from aigi.io import atomic_write, write_json, write_text
+from aigi.detectors.base import Detector, DetectorParams
+from aigi.errors import ConfigError, ModelLoadError, describe_validation
+from aigi.io import read_json, write_bytes, write_json, write_text
 from aigi.registry import UnknownNameError
 
+M = TypeVar("M", bound=torch.nn.Module)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -41,7 +54,7 @@ class ModelConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     backbone: BackboneSpec
     protocol: EvalProtocol = Field(default_factory=EvalProtocol)
-    threshold: float = 0.5
+    threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False, description="on P(generated), in [0, 1]")
     calibration: dict[str, Any] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
 
@@ -71,39 +84,92 @@ class Model:
         return self
 
 
-def build_model(config: ModelConfig) -> Model:
+def build_model(config: ModelConfig, allow_download: bool | None = None, stored: WeightsHeader | None = None) -> Model:
+    """The model a config describes, with freshly initialised weights.
+
+    ``allow_download``: whether the backbone may be downloaded (None: ``AIGI_ALLOW_DOWNLOAD`` decides, off by default;
+    see :func:`aigi.backbones.build_backbone`). ``stored``: the header of the weights file about to be loaded; the
+    detector's own tensors and settings are checked against it before any of them is allocated."""
+    cls, params = detector_params(config)
+    try:
+        backbone = build_backbone(config.backbone, allow_download)
+    except UnknownNameError as e:
+        raise ModelLoadError(str(e)) from None
+    config.params = params.model_dump(mode="json")
+    what = f"{config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone"
+    if stored is not None:
+        skeleton = _construct(cls, params, meta_copy(backbone), what, device="meta")
+        skeleton.settle()
+        check_metadata(skeleton.weights_metadata(), stored.metadata, stored.where)
+        check_tensors(skeleton.trainable_state_dict(), stored.shapes, stored.where, config.detector)
+    detector = _construct(cls, params, backbone, what)
+    detector.settle()
+    return Model(detector, config)
+
+
+def detector_params(config: ModelConfig) -> tuple[type[Detector], DetectorParams]:
+    """The detector class a config names and its validated hyper-parameters."""
     try:
         cls = get_detector(config.detector)
     except UnknownNameError as e:
         raise ModelLoadError(str(e)) from None
     try:
-        params = cls.Params(**config.params)
+        return cls, cls.Params(**config.params)
     except ValidationError as e:
         raise ModelLoadError(f"invalid {config.detector} hyper-parameters: {describe_validation(e)}") from None
+
+
+def _construct(
+    cls: type[Detector], params: DetectorParams, backbone: Backbone, what: str, device: str | None = None
+) -> Detector:
+    """``cls(params, backbone)``; on the meta device (shapes only, nothing allocated) when ``device="meta"``."""
     try:
-        backbone = build_backbone(config.backbone)
-    except UnknownNameError as e:
-        raise ModelLoadError(str(e)) from None
-    config.params = params.model_dump(mode="json")
-    try:
-        detector = cls(params, backbone)
+        with torch.device(device) if device else nullcontext():
+            return cls(params, backbone)
     except ValueError as e:  # settings the parameters alone cannot check, e.g. heads that do not divide the width
-        raise ModelLoadError(
-            f"invalid {config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone: {e}"
-        ) from None
-    detector.settle()
-    return Model(detector, config)
+        raise ModelLoadError(f"invalid {what}: {e}") from None
+    except RuntimeError as e:  # e.g. out of memory
+        raise ModelLoadError(f"cannot build the {what}: {' '.join(str(e).split())}") from None
+
+
+def meta_copy(module: M) -> M:
+    """A copy of ``module`` whose tensors are on the meta device: its structure, shapes and ``requires_grad`` flags,
+    none of its data (nothing is copied or allocated)."""
+    memo: dict[int, Any] = {}
+    for t in module.parameters():
+        memo[id(t)] = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+    for t in module.buffers():
+        memo[id(t)] = torch.empty_like(t, device="meta")
+    return copy.deepcopy(module, memo)
 
 
 def save_model(model: Model, folder: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.detector.trainable_state_dict().items()}
+    state = model.detector.trainable_state_dict()
     metadata = {"format": "pt", "aigi": __version__, **model.detector.weights_metadata(), **(extra_metadata or {})}
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=metadata))
+    save_safetensors(state, folder / WEIGHTS_NAME, metadata)
     write_json(folder / CONFIG_NAME, model.config.model_dump(mode="json"))
     write_text(folder / "README.md", model_card(model.config))
     return folder
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """A safetensors file's bytes with its header's keys sorted (the library writes its metadata in a random order),
+    so the same tensors and metadata always give the same bytes."""
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    raw = safetensors_save(state, metadata=dict(metadata) if metadata else None)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data stays 8-byte aligned, as the library writes it
+    return len(header).to_bytes(8, "little") + header + raw[8 + size :]
+
+
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``tensors`` (moved to the CPU) atomically as a safetensors file with a sorted header."""
+    return write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
 def model_card(cfg: ModelConfig) -> str:
@@ -130,9 +196,9 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     if not path.is_file():
         raise ModelLoadError(f"{folder}: missing {CONFIG_NAME}")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path)
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
     if isinstance(raw, dict) and raw.get("kind") == "mirror-memory":
         raise ModelLoadError(
             f"{folder}: a MIRROR memory folder (from `aigi train mirror-memory`), not a model folder; "
@@ -144,17 +210,43 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
         raise ModelLoadError(f"{path}: invalid model config ({describe_validation(e)})") from None
 
 
-def load_model(folder: str | os.PathLike) -> Model:
+def load_model(folder: str | os.PathLike, allow_download: bool | None = None) -> Model:
+    """Load a model folder. Its weights file's header is checked against its config before anything is allocated;
+    its backbone comes from local files only unless ``allow_download`` (None: ``AIGI_ALLOW_DOWNLOAD``) says so."""
     folder = Path(folder)
     config = read_config(folder)
-    model = build_model(config)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise ModelLoadError(f"{folder}: missing {WEIGHTS_NAME}")
+    header = read_header(weights)
+    try:
+        model = build_model(config, allow_download, stored=header)
+    except ConfigError as e:  # settings only building can check, e.g. a backbone's options
+        raise ModelLoadError(f"{folder / CONFIG_NAME}: {e}") from None
     state, metadata = read_safetensors(weights)
     check_metadata(model.detector.weights_metadata(), metadata, str(weights))
     load_checked(model.detector, state, str(weights))
     return model
+
+
+@dataclass(frozen=True)
+class WeightsHeader:
+    """What a safetensors file's header says: every tensor's shape and the metadata (no tensor is read)."""
+
+    where: str
+    shapes: dict[str, tuple[int, ...]]
+    metadata: dict[str, str]
+
+
+def read_header(path: str | os.PathLike) -> WeightsHeader:
+    """The header of a safetensors file; an unreadable file is a :class:`ModelLoadError`."""
+    try:
+        with safe_open(str(path), "pt") as fh:
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+            metadata = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
+    return WeightsHeader(str(path), shapes, metadata)
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -164,7 +256,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         with safe_open(str(path), "pt") as fh:
             metadata = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ModelLoadError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     return state, metadata
 
 
@@ -185,14 +277,21 @@ def load_checked(detector: Detector, state: dict[str, torch.Tensor], where: str)
     detector.load_state_dict(state, strict=False)
 
 
-def check_tensors(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], where: str, what: str) -> None:
-    """Every name and shape of ``state`` must match ``expected``; the error lists what does not."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def check_tensors(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor | tuple[int, ...]],
+    where: str,
+    what: str,
+) -> None:
+    """Every name and shape of ``state`` (tensors, or shapes from a file's header) must match ``expected``; the error
+    lists what does not."""
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        f"{k}: file {shapes[k]} vs model {tuple(v.shape)}"
         for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        if k in shapes and shapes[k] != tuple(v.shape)
     ]
     problems = []
     if missing:

@@ -232,13 +232,23 @@ def _running(pid: int) -> bool:
     return True
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a syntax error names the file."""
+def read_json(path: str | os.PathLike, max_bytes: int = 64 << 20) -> Any:
+    """Parse a JSON settings file. Every problem is a :class:`ConfigError` naming the file (not UTF-8, not JSON, over
+    ``max_bytes``, nested too deep, unreadable), except a missing file: ``FileNotFoundError``, for callers to explain."""
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if path.stat().st_size > max_bytes:
+            raise ConfigError(f"{path}: too large for a JSON settings file (over {max_bytes:,} bytes)")
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a JSON text file (not UTF-8)") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not a settings file (JSON nested too deeply)") from None

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
+from aigi.backbones.base import ALLOW_DOWNLOAD_VAR, Backbone, BackboneSpec, Preprocess, Tokens, downloads_allowed
 from aigi.registry import Registry
 
 BACKBONES: Registry = Registry("backbone")
 
 
-def _efficientnet(spec: BackboneSpec) -> Backbone:
+def _efficientnet(spec: BackboneSpec, allow_download: bool) -> Backbone:  # packaged weights: nothing to download
     from aigi.backbones.efficientnet import EfficientNetLite0Backbone
 
     return EfficientNetLite0Backbone.from_spec(spec)
 
 
-def _hf_vit(spec: BackboneSpec) -> Backbone:
+def _hf_vit(spec: BackboneSpec, allow_download: bool) -> Backbone:
     from aigi.backbones.hf_vit import HFViTBackbone
 
-    return HFViTBackbone.from_spec(spec)
+    return HFViTBackbone.from_spec(spec, allow_download)
 
 
 _efficientnet.options = ("feature_level",)  # the spec options each family reads
@@ -44,12 +44,26 @@ def backbone_spec(family: str, source: str | None = None, feature_level: str | N
     return BackboneSpec(family=family, source=source, options=options)
 
 
-def build_backbone(spec: BackboneSpec) -> Backbone:
-    """Build (and freeze) the backbone a spec names; preprocessing overrides in the spec win."""
-    backbone = BACKBONES.get(spec.family)(spec)
+def build_backbone(spec: BackboneSpec, allow_download: bool | None = None) -> Backbone:
+    """Build (and freeze) the backbone a spec names; preprocessing overrides in the spec win.
+
+    ``allow_download``: whether a Hugging Face id not in the local cache may be downloaded. None (the default) leaves
+    it to ``AIGI_ALLOW_DOWNLOAD`` (off unless set): a spec read from a model or memory folder is someone else's file,
+    so it is local-only unless the user asks. Training from a source the user typed passes True."""
+    backbone = BACKBONES.get(spec.family)(spec, downloads_allowed(allow_download))
     if spec.preprocess is not None:
         backbone.preprocess = spec.preprocess
     return backbone.freeze()
 
 
-__all__ = ["Backbone", "BackboneSpec", "Preprocess", "Tokens", "BACKBONES", "backbone_spec", "build_backbone"]
+__all__ = [
+    "ALLOW_DOWNLOAD_VAR",
+    "Backbone",
+    "BackboneSpec",
+    "Preprocess",
+    "Tokens",
+    "BACKBONES",
+    "backbone_spec",
+    "build_backbone",
+    "downloads_allowed",
+]

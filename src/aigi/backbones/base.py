@@ -8,12 +8,24 @@ has to guess sizes or normalisation constants.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
+
+MAX_IMAGE_SIDE = 4096  # largest input side a config may ask for (a 4096^2 RGB float tensor is 192 MiB)
+ALLOW_DOWNLOAD_VAR = "AIGI_ALLOW_DOWNLOAD"  # set to 1 to let a model folder's backbone be downloaded
+TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads its switches
+
+
+def downloads_allowed(allow: bool | None = None) -> bool:
+    """Whether a backbone may be downloaded: ``allow`` when given, else ``AIGI_ALLOW_DOWNLOAD`` (off by default)."""
+    if allow is not None:
+        return allow
+    return os.environ.get(ALLOW_DOWNLOAD_VAR, "").strip().upper() in TRUE_VALUES
 
 
 @dataclass
@@ -28,14 +40,17 @@ class Tokens:
             raise ValueError(f"patch tokens {tuple(self.patches.shape)} do not fill the grid {self.grid}")
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class Preprocess(BaseModel):
     """What a backbone expects of its input: square side and normalisation."""
 
     model_config = ConfigDict(extra="forbid")
 
-    size: int = Field(224, gt=0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    size: int = Field(224, ge=1, le=MAX_IMAGE_SIDE)
+    mean: tuple[Finite, Finite, Finite] = (0.485, 0.456, 0.406)
+    std: tuple[Finite, Finite, Finite] = (0.229, 0.224, 0.225)
 
     @field_validator("std")
     @classmethod

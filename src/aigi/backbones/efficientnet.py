@@ -139,6 +139,10 @@ class EfficientNetLite0Backbone(Backbone):
         unknown = set(opts) - {"feature_level", "pretrained"}
         if unknown:
             raise ConfigError(f"unknown EfficientNet-Lite0 options {sorted(unknown)}")
+        if not isinstance(opts.get("pretrained", True), bool):
+            raise ConfigError(f"EfficientNet-Lite0 option pretrained must be true or false, got {opts['pretrained']!r}")
+        if not isinstance(opts.get("feature_level", "head"), str):
+            raise ConfigError(f"unknown EfficientNet-Lite0 feature_level {opts['feature_level']!r}")
         return cls(**opts)
 
     def lora_targets(self, stages: int = 2) -> str:

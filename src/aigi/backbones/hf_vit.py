@@ -12,16 +12,17 @@ families, ``[CLS, patches...]`` for CLIP, ``[patches...]`` for SigLIP. Register 
 
 Options (``spec.options``): ``dtype`` (``float32`` default, ``bfloat16``, ``float16``). Outputs are float32.
 
-A hub id is checked before anything is downloaded, so that a machine without the Hub fails at once with one line
-(:class:`BackboneLoadError`) instead of huggingface_hub's retries: with ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``
-set the id must be in the local Hugging Face cache; otherwise the Hub is asked once, with a short timeout, and when it
-cannot be reached the cached copy is used, or, with none, the load fails.
+A hub id is local-only unless downloads are allowed (``from_spec(spec, allow_download=True)``: training from a source
+the user typed; a model folder's spec only with ``AIGI_ALLOW_DOWNLOAD=1``): then it must be in the local Hugging Face
+cache and nothing touches the network. When downloads are allowed it is checked before anything is downloaded, so
+that a machine without the Hub fails at once with one line (:class:`BackboneLoadError`) instead of huggingface_hub's
+retries: with ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE`` set the id must be in the local cache; otherwise the Hub is
+asked once, with a short timeout, and when it cannot be reached the cached copy is used, or, with none, the load fails.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +33,15 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.utils import get_session
 
-from aigi.backbones.base import Backbone, BackboneSpec, Preprocess, Tokens
+from aigi.backbones.base import ALLOW_DOWNLOAD_VAR, TRUE_VALUES, Backbone, BackboneSpec, Preprocess, Tokens
 from aigi.errors import ConfigError, ModelLoadError
+from aigi.io import read_json
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads them
 PROBE_TIMEOUT_S = 5.0  # how long to wait for the Hub to answer before calling it unreachable
 
 
@@ -87,11 +88,19 @@ def _unreachable(endpoint: str) -> str | None:
     return None
 
 
-def _check_hub_id(source: str) -> bool:
+def _check_hub_id(source: str, allow_download: bool) -> bool:
     """Fail fast, with one line, for a hub id that cannot be loaded without the Hub; True: load from the cache only.
 
-    huggingface_hub would otherwise retry an unreachable Hub for about half a minute, logging each try."""
+    Without ``allow_download`` the Hub is never asked. With it, huggingface_hub would otherwise retry an unreachable
+    Hub for about half a minute, logging each try."""
     cached = _in_cache(source)
+    if not allow_download:
+        if cached:
+            return True
+        raise BackboneLoadError(
+            f"could not load backbone '{source}': not a local folder and not in the local Hugging Face cache, and "
+            f"downloads are off for a model's backbone; allow them with --allow-download or {ALLOW_DOWNLOAD_VAR}=1"
+        )
     var = _offline_var()
     if var:
         if cached:
@@ -148,14 +157,14 @@ def _side(value: int | tuple[int, ...] | list[int]) -> int:
     return int(value if isinstance(value, int) else value[0])
 
 
-def _folder_norm(source: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def _folder_norm(source: str) -> tuple[object, object] | None:
     """``image_mean``/``image_std`` from a local folder's ``preprocessor_config.json``, if present."""
     path = Path(source) / "preprocessor_config.json"
     if not path.is_file():
         return None
-    cfg = json.loads(path.read_text())
-    if "image_mean" in cfg and "image_std" in cfg:
-        return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
+    cfg = read_json(path)  # a ConfigError naming the file
+    if isinstance(cfg, dict) and "image_mean" in cfg and "image_std" in cfg:
+        return cfg["image_mean"], cfg["image_std"]
     return None
 
 
@@ -184,7 +193,8 @@ class HFViTBackbone(Backbone):
         return cls(model, preprocess)
 
     @classmethod
-    def from_spec(cls, spec: BackboneSpec) -> "HFViTBackbone":
+    def from_spec(cls, spec: BackboneSpec, allow_download: bool = False) -> "HFViTBackbone":
+        """The backbone a spec names; a Hugging Face id is read from the local cache only unless ``allow_download``."""
         source = spec.source
         if not source:
             raise ConfigError("hf_vit backbone needs a source: a Hugging Face model id or a local folder")
@@ -193,7 +203,7 @@ class HFViTBackbone(Backbone):
         if unknown:
             raise ConfigError(f"unknown hf_vit options {sorted(unknown)}; supported: ['dtype']")
         dtype_name = opts.get("dtype", "float32")
-        if dtype_name not in DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
             raise ConfigError(f"unknown hf_vit dtype {dtype_name!r}; choose from {list(DTYPES)}")
 
         folder = Path(source).expanduser()
@@ -201,7 +211,7 @@ class HFViTBackbone(Backbone):
             raise BackboneLoadError(f"could not load backbone '{source}': no such folder")
         where = str(folder) if folder.is_dir() else source
         hint = "" if folder.is_dir() else "not a local folder; as a Hugging Face model id: "
-        cache_only = not folder.is_dir() and _check_hub_id(source)
+        cache_only = not folder.is_dir() and _check_hub_id(source, allow_download)
         local = {"local_files_only": True} if cache_only else {}
         try:
             config = transformers.AutoConfig.from_pretrained(where, **local)
@@ -213,10 +223,13 @@ class HFViTBackbone(Backbone):
         except Exception as err:
             raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
 
-        backbone = cls(model.eval())  # eval mode, like from_pretrained's model
-        norm = _folder_norm(where)
-        if norm is not None:
-            backbone.preprocess = Preprocess(size=backbone.preprocess.size, mean=norm[0], std=norm[1])
+        try:
+            backbone = cls(model.eval())  # eval mode, like from_pretrained's model
+            norm = _folder_norm(where)
+            if norm is not None:
+                backbone.preprocess = Preprocess(size=backbone.preprocess.size, mean=norm[0], std=norm[1])
+        except (ValueError, TypeError) as err:  # a config out of bounds (image_size), bad image_mean/image_std
+            raise BackboneLoadError(f"could not load backbone '{source}': {_one_line(err)}") from None
         return backbone
 
     def lora_targets(self) -> list[str]:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import io
 import random
 import zlib
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aigi.backbones.base import Preprocess
+from aigi.backbones.base import MAX_IMAGE_SIDE, Preprocess
 from aigi.data.decode import LOSSLESS_FORMATS
 
 
@@ -71,9 +71,15 @@ class EvalProtocol(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_short_side: int | None = Field(512, description="resize when the short side is larger; None: never")
-    crop: int | None = Field(224, description="centre crop side (padded when smaller); None: the backbone's size")
-    format_align: bool = Field(False, description="re-encode lossless inputs (PNG, BMP, ...) as JPEG first")
+    max_short_side: int | None = Field(
+        512, ge=1, le=1 << 16, description="resize when the short side is larger; None: never"
+    )
+    crop: int | None = Field(
+        224, ge=1, le=MAX_IMAGE_SIDE, description="centre crop side (padded when smaller); None: the backbone's size"
+    )
+    format_align: bool = Field(
+        False, strict=True, description="re-encode lossless inputs (PNG, BMP, ...) as JPEG first"
+    )
     align_quality: int = Field(96, ge=1, le=100)
 
     def apply(self, im: Image.Image, fmt: str, pre: Preprocess) -> torch.Tensor:
@@ -91,6 +97,8 @@ class EvalProtocol(BaseModel):
 
 
 GeometricOp = Literal["center_crop", "resize", "random_crop", "rescale_crop"]
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+JpegQuality = Annotated[int, Field(ge=1, le=100)]
 
 
 class TrainAugment(BaseModel):
@@ -98,13 +106,25 @@ class TrainAugment(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    crop: int = 224
-    ops: tuple[GeometricOp, ...] = ("center_crop", "resize", "random_crop", "rescale_crop")
-    op_weights: tuple[float, ...] = (0.3, 0.1, 0.3, 0.3)
-    rescale_short_range: tuple[int, int] = (224, 1024)
-    fake_prejpeg_quality: int | None = Field(96, description="generated crops are first JPEG'd at this quality")
+    crop: int = Field(224, ge=1, le=MAX_IMAGE_SIDE)
+    ops: tuple[GeometricOp, ...] = Field(("center_crop", "resize", "random_crop", "rescale_crop"), min_length=1)
+    op_weights: tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...] = (0.3, 0.1, 0.3, 0.3)
+    rescale_short_range: tuple[ImageSide, ImageSide] = (224, 1024)
+    fake_prejpeg_quality: JpegQuality | None = Field(96, description="generated crops are first JPEG'd at this quality")
     jpeg_prob: float = Field(1.0, ge=0, le=1)
-    jpeg_quality_range: tuple[int, int] = Field((50, 99), description="inclusive")
+    jpeg_quality_range: tuple[JpegQuality, JpegQuality] = Field((50, 99), description="inclusive")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainAugment":
+        if len(self.op_weights) != len(self.ops) or not sum(self.op_weights) > 0:
+            raise ValueError(
+                f"op_weights {self.op_weights} must give each of the {len(self.ops)} ops a weight, not all 0"
+            )
+        for name in ("rescale_short_range", "jpeg_quality_range"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"{name} {(low, high)}: the first value must not exceed the second")
+        return self
 
     def apply_pil(self, im: Image.Image, label: int, rng: random.Random) -> Image.Image:
         op = rng.choices(self.ops, weights=self.op_weights)[0]

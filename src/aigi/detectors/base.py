@@ -19,6 +19,11 @@ from torch import nn
 
 from aigi.backbones.base import Backbone
 
+# Bounds on detector sizes read from a config (generous: far above any shipped or paper setting, but finite, so a
+# config cannot ask for an allocation no weights file could fill; the weights file's header is checked too).
+MAX_WIDTH = 65_536  # a hidden layer's or projection's width
+MAX_SLOTS = 1_000_000  # memory slots / reference patches kept
+
 
 @dataclass
 class Output:

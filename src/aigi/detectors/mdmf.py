@@ -29,24 +29,34 @@ from torch import nn
 
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.base import MAX_SLOTS, MAX_WIDTH, Detector, DetectorParams, Output
 from aigi.detectors.derived import DerivedCache
 from aigi.detectors.mmd import DeepKernel, RandomFourierFeatures
 
 
 class MDMFParams(DetectorParams):
-    pool: int = Field(1, ge=1, description="average-pool the token grid over pool x pool cells: the patch unit")
-    proj_hidden: int = Field(256, ge=1)
-    proj_dim: int = Field(64, ge=1, description="dimension of the Patch Forensic Signature")
-    sigma_phi: float = Field(1.0, gt=0, description="initial kernel bandwidth on projected patches (learned)")
-    sigma_q: float = Field(10.0, gt=0, description="initial kernel bandwidth on raw tokens (learned)")
-    eps: float = Field(0.1, gt=0, lt=1, description="initial weight of the raw-token kernel alone (learned)")
+    pool: int = Field(
+        1, ge=1, le=1024, description="average-pool the token grid over pool x pool cells: the patch unit"
+    )
+    proj_hidden: int = Field(256, ge=1, le=MAX_WIDTH)
+    proj_dim: int = Field(64, ge=1, le=MAX_WIDTH, description="dimension of the Patch Forensic Signature")
+    sigma_phi: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="initial kernel bandwidth on projected patches (learned)"
+    )
+    sigma_q: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="initial kernel bandwidth on raw tokens (learned)"
+    )
+    eps: float = Field(
+        0.1, gt=0, lt=1, allow_inf_nan=False, description="initial weight of the raw-token kernel alone (learned)"
+    )
     estimator: Literal["fast", "exact"] = Field(
         "fast", description="fast: the bank's random-feature mean embedding; exact: kernel sums against a bank sample"
     )
-    rff_features: int = Field(2048, ge=16, description="random Fourier features per kernel component (fast estimator)")
-    rff_seed: int = 0
-    bank_patches: int = Field(4096, ge=2, description="reference patches kept for the exact estimator")
+    rff_features: int = Field(
+        2048, ge=16, le=MAX_WIDTH, description="random Fourier features per kernel component (fast estimator)"
+    )
+    rff_seed: int = Field(0, ge=0, lt=1 << 62)
+    bank_patches: int = Field(4096, ge=2, le=MAX_SLOTS, description="reference patches kept for the exact estimator")
     score_form: Literal["linear", "log"] = Field(
         "linear",
         description="logit = (f(MMD^2) - center) / scale with f = log (what train_mdmf fits) or the identity"

@@ -32,9 +32,8 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from safetensors.torch import save_file
 
-from aigi.checkpoints import read_safetensors
+from aigi.checkpoints import read_safetensors, save_safetensors
 from aigi.detectors.mmd import mmd2_unbiased, mmd2_variance
 from aigi.engine.trainer import (
     RECIPES,
@@ -49,7 +48,6 @@ from aigi.engine.trainer import (
     validation_metrics,
 )
 from aigi.errors import ConfigError
-from aigi.io import atomic_write
 
 SAMPLER = "sampler.safetensors"  # the step sampler's random state, beside the optimizer's
 
@@ -176,7 +174,8 @@ class MDMFRecipe(Recipe):
         cfg = self.config
         params = {**cfg.params, "score_form": "log"}  # the scale fitted in finish() is on log MMD^2
         run.model = build_model(
-            ModelConfig(detector="mdmf", params=params, backbone=cfg.backbone_spec(), protocol=cfg.protocol())
+            ModelConfig(detector="mdmf", params=params, backbone=cfg.backbone_spec(), protocol=cfg.protocol()),
+            allow_download=True,  # training: the backbone is the user's choice
         )
         det = run.model.detector
         self.g = torch.Generator().manual_seed(cfg.seed)
@@ -252,7 +251,7 @@ class MDMFRecipe(Recipe):
         super().save(run, epoch)
         if epoch is not None:
             state, meta = {"generator": self.sampler_state}, {"epoch": str(epoch)}
-            atomic_write(run.out / STATE_DIR / SAMPLER, lambda tmp: save_file(state, tmp, metadata=meta))
+            save_safetensors(state, run.out / STATE_DIR / SAMPLER, meta)
 
     def resume_from(self, run: Run) -> int:
         from aigi.checkpoints import read_config

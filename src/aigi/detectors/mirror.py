@@ -23,27 +23,27 @@ from torch import nn
 
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.base import MAX_SLOTS, MAX_WIDTH, Detector, DetectorParams, Output
 from aigi.detectors.memory_bank import MemoryBank
 from aigi.errors import ConfigError
 
 
 class MirrorParams(DetectorParams):
-    slots: int = Field(4096, ge=1, description="memory slots K")
-    heads: int = Field(8, ge=1)
+    slots: int = Field(4096, ge=1, le=MAX_SLOTS, description="memory slots K")
+    heads: int = Field(8, ge=1, le=1024)
     top_k: int = Field(128, ge=1, description="attention entries kept per head and token")
-    perplexity_dim: int = 64
-    residual_hidden: int = 512
-    residual_dim: int = 256
-    hidden: int = 512
+    perplexity_dim: int = Field(64, ge=1, le=MAX_WIDTH)
+    residual_hidden: int = Field(512, ge=1, le=MAX_WIDTH)
+    residual_dim: int = Field(256, ge=1, le=MAX_WIDTH)
+    hidden: int = Field(512, ge=1, le=MAX_WIDTH)
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    lora_r: int = Field(8, ge=0, description="LoRA rank on the backbone; 0: no LoRA (backbone fully frozen)")
-    lora_alpha: float = 16.0
+    lora_r: int = Field(8, ge=0, le=1024, description="LoRA rank on the backbone; 0: no LoRA (backbone fully frozen)")
+    lora_alpha: float = Field(16.0, allow_inf_nan=False)
     lora_targets: list[str] | str | None = Field(
         None,
         description="peft target_modules; None: the backbone's attention q/k/v (ViT) or pointwise convolutions (CNN)",
     )
-    chunk_rows: int = Field(4096, ge=1, description="token rows per memory read (bounds memory use)")
+    chunk_rows: int = Field(4096, ge=1, le=1 << 20, description="token rows per memory read (bounds memory use)")
 
     @model_validator(mode="after")
     def _top_k_within_slots(self) -> "MirrorParams":

@@ -468,7 +468,7 @@ def _detector_training(obj: dict, path: Path) -> dict[str, Any]:
 
 def _build_detector(config: ModelConfig, path: Path):
     try:
-        return build_model(config)
+        return build_model(config, allow_download=True)  # the backbone source the user typed
     except ModelLoadError as e:
         raise ModelLoadError(f"{path}: {e}") from None
     except ValueError as e:  # e.g. heads not dividing the width, top_k above the slots

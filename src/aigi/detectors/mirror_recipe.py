@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from aigi._version import __version__
@@ -35,7 +34,9 @@ from aigi.checkpoints import (
     build_model,
     check_metadata,
     check_tensors,
+    read_header,
     read_safetensors,
+    save_safetensors,
 )
 from aigi.data.decode import ImageDecodeError, load_image
 from aigi.data.folders import DataError, Sample, discover
@@ -45,6 +46,7 @@ from aigi.data.transforms import (
     TrainAugment,
     phase1_augment,
 )
+from aigi.detectors.base import MAX_WIDTH
 from aigi.detectors.memory_bank import MemoryBank
 from aigi.detectors.mirror import MirrorParams
 from aigi.engine.features import extract
@@ -62,7 +64,7 @@ from aigi.engine.trainer import (
     resume_model,
 )
 from aigi.errors import ConfigError, ModelLoadError, describe_validation
-from aigi.io import atomic_write, read_json, write_json
+from aigi.io import read_json, write_json
 
 MEMORY_WEIGHTS = "memory.safetensors"
 
@@ -124,9 +126,9 @@ class MemoryConfig(BaseModel):
     aigi_version: str = __version__
     backbone: BackboneSpec
     protocol: EvalProtocol
-    dim: int
+    dim: int = Field(ge=1, le=MAX_WIDTH)
     recipe: MemorySettings
-    epochs_done: int = 0
+    epochs_done: int = Field(0, ge=0)
     training: dict = Field(default_factory=dict)
 
     def bank(self) -> dict:
@@ -154,9 +156,10 @@ def extract_tokens(
     cache_dir=None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    allow_download: bool | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Patch tokens [n_ok * views, N, D] of every readable image and view (cached), and the unreadable files."""
-    backbone = build_backbone(backbone_spec).to(device)
+    backbone = build_backbone(backbone_spec, allow_download).to(device)
     arrays, bad = [], []
     for v in range(views):
         view = protocol if v == 0 else AugmentedView(augment=phase1_augment(), view=v, seed=seed)
@@ -181,9 +184,8 @@ def extract_tokens(
 
 def save_memory(bank: MemoryBank, config: MemoryConfig, folder: str | os.PathLike) -> None:
     folder = Path(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in bank.state_dict().items()}
     metadata = {"format": "pt", "aigi": __version__, **bank.metadata(), "epoch": str(config.epochs_done)}
-    atomic_write(folder / MEMORY_WEIGHTS, lambda tmp: save_file(state, tmp, metadata=metadata))
+    save_safetensors(bank.state_dict(), folder / MEMORY_WEIGHTS, metadata)
     write_json(folder / CONFIG_NAME, config.model_dump(mode="json"))
 
 
@@ -194,28 +196,43 @@ def load_memory(folder: str | os.PathLike) -> tuple[MemoryBank, MemoryConfig]:
 
 
 def _read_memory(folder) -> tuple[MemoryBank, MemoryConfig, dict[str, str]]:
+    """The memory folder's bank, config and weights metadata. The weights file's header is checked against the config
+    on a meta-device skeleton of the bank (nothing allocated) before the bank is built and its tensors read."""
     folder = Path(folder)
+    config = _memory_config(folder)
+    weights = folder / MEMORY_WEIGHTS
+    header = read_header(weights)
     try:
-        config = MemoryConfig.model_validate(read_json(folder / CONFIG_NAME))
-    except FileNotFoundError:
-        raise ModelLoadError(f"{folder}: not a MIRROR memory folder (missing {CONFIG_NAME})") from None
-    except ValidationError as e:
-        if "detector" in read_json(folder / CONFIG_NAME):
-            raise ModelLoadError(
-                f"{folder}: a model folder, not a MIRROR memory folder (make one with `aigi train mirror-memory`)"
-            ) from None
-        raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config ({describe_validation(e)})") from None
-    except (ValueError, OSError) as e:
-        raise ModelLoadError(f"{folder / CONFIG_NAME}: invalid memory config: {e}") from None
-    try:
-        bank = MemoryBank(**config.bank())
+        with torch.device("meta"):
+            skeleton = MemoryBank(**config.bank())
     except ValueError as e:
         raise ModelLoadError(f"{folder / CONFIG_NAME}: impossible memory settings: {e}") from None
-    state, metadata = read_safetensors(folder / MEMORY_WEIGHTS)
-    check_metadata(bank.metadata(), metadata, str(folder / MEMORY_WEIGHTS))
-    check_tensors(bank.state_dict(), state, str(folder / MEMORY_WEIGHTS), "MIRROR memory")
+    check_metadata(skeleton.metadata(), header.metadata, str(weights))
+    check_tensors(skeleton.state_dict(), header.shapes, str(weights), "MIRROR memory")
+    bank = MemoryBank(**config.bank())
+    state, metadata = read_safetensors(weights)
+    check_tensors(bank.state_dict(), state, str(weights), "MIRROR memory")
     bank.load_state_dict(state)
     return bank, config, metadata
+
+
+def _memory_config(folder: Path) -> MemoryConfig:
+    """A memory folder's validated ``config.json``; every problem is one :class:`ModelLoadError` naming the file."""
+    path = folder / CONFIG_NAME
+    try:
+        raw = read_json(path)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{folder}: not a MIRROR memory folder (missing {CONFIG_NAME})") from None
+    except ConfigError as e:
+        raise ModelLoadError(str(e)) from None
+    if isinstance(raw, dict) and "detector" in raw:
+        raise ModelLoadError(
+            f"{folder}: a model folder, not a MIRROR memory folder (make one with `aigi train mirror-memory`)"
+        )
+    try:
+        return MemoryConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ModelLoadError(f"{path}: invalid memory config ({describe_validation(e)})") from None
 
 
 class MemoryTrainConfig(RecipeConfig, BackboneChoice, MemorySettings):
@@ -242,7 +259,9 @@ class MemoryRecipe(Recipe):
     def check(self) -> None:
         cfg, out = self.config, Path(self.config.out)
         self.samples = real_samples(cfg.data)
-        dim = build_backbone(cfg.backbone_spec()).dim  # settings the tokens' width decides, before the extraction
+        dim = build_backbone(
+            cfg.backbone_spec(), allow_download=True
+        ).dim  # settings the tokens' width decides, before the extraction
         if dim % cfg.heads:
             raise ConfigError(f"--heads {cfg.heads} does not divide the backbone's {dim}-d tokens")
         if (out / STATE_DIR).is_dir():  # resuming: the settings must be the saved ones (checked before the extraction)
@@ -265,6 +284,7 @@ class MemoryRecipe(Recipe):
                 None,
                 run.progress,
                 acc.device,
+                allow_download=True,  # Phase 1 trains on the backbone the user chose
             )
         run.skipped.update(bad)
         run.model = MemoryConfig(
@@ -402,6 +422,7 @@ class MirrorRecipe(Recipe):
         cfg = self.config
         self.bank, mem = load_memory(cfg.memory)  # again, after seeding: its initialisation draws from the seeded RNG
         params = {**cfg.params, **{k: v for k, v in mem.bank().items() if k != "dim"}}
+        # the memory folder's backbone: local files only unless AIGI_ALLOW_DOWNLOAD (Phase 1 put it in the cache)
         run.model = build_model(
             ModelConfig(detector="mirror", params=params, backbone=mem.backbone, protocol=mem.protocol)
         )

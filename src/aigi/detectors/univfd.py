@@ -7,6 +7,8 @@ strength on validation data when given, and folds the standardisation into one `
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -27,12 +29,16 @@ from aigi.engine.trainer import (
     labelled_or_fail,
 )
 
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
 
 class UnivFDParams(DetectorParams):
-    C: float | None = Field(None, description="inverse L2 strength; None: chosen on validation data from C_grid")
-    C_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
-    class_weight: str | None = "balanced"
-    max_iter: int = 5000
+    C: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="inverse L2 strength; None: chosen on validation data from C_grid"
+    )
+    C_grid: tuple[PositiveFloat, ...] = Field((0.001, 0.01, 0.1, 1.0, 10.0), min_length=1, max_length=100)
+    class_weight: Literal["balanced"] | None = "balanced"
+    max_iter: int = Field(5000, ge=1, le=10_000_000)
 
 
 @DETECTORS.register("univfd")
@@ -116,7 +122,8 @@ class UnivFDRecipe(Recipe):
 
         cfg = self.config
         run.model = build_model(
-            ModelConfig(detector="univfd", params=cfg.params, backbone=cfg.backbone_spec(), protocol=cfg.protocol())
+            ModelConfig(detector="univfd", params=cfg.params, backbone=cfg.backbone_spec(), protocol=cfg.protocol()),
+            allow_download=True,  # training: the backbone is the user's choice
         )
 
     def finish(self, run: Run) -> None:
