@@ -23,7 +23,7 @@ from aigi.data.transforms import EvalProtocol
 from aigi.engine.evaluate import write_report
 from aigi.engine.features import FeatureCache, extract
 from aigi.errors import AigiError
-from aigi.io import STAGING_PREFIX, WriteError, atomic_write, write_set, write_text
+from aigi.io import STAGING_PREFIX, WriteError, atomic_write, write_text
 
 TESTS = Path(__file__).parent
 
@@ -165,25 +165,45 @@ def test_safetensors_write_failure_is_a_write_error(tmp_path):
     assert list(target.parent.iterdir()) == []
 
 
-def test_model_folder_set_keeps_other_files(tmp_path, monkeypatch):
-    """What save_model should do: weights, config and card as one set; the trainer's log and state untouched."""
+def _one_error_line(res) -> str:
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    (line,) = [text for text in res.output.splitlines() if text.startswith("error:")]
+    return line
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_calibrate_on_a_full_or_read_only_model_folder_keeps_the_model(labelled_images, tmp_path, monkeypatch, fault):
+    from aigi.cli import app
+
     folder = tmp_path / "model"
-    write_set(
-        folder,
-        {"model.safetensors": lambda t: Path(t).write_bytes(b"old"), "config.json": lambda t: Path(t).write_text("{}")},
-    )
-    (folder / "train_log.jsonl").write_text('{"epoch": 1}\n')
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "univfd", "--data", str(labelled_images), "--out", str(folder)])
+    assert res.exit_code == 0, res.output
+    (folder / "train_log.jsonl").write_text('{"epoch": 1}\n')  # a file the model set does not own
     before = _snapshot(folder)
-    FullDisk(monkeypatch, folder, budget=5)
-    with pytest.raises(WriteError, match="config.json: No space left on device"):
-        write_set(folder, {"model.safetensors": lambda t: open(t, "wb").close(), "config.json": _big_json})
+    # room for as many bytes as the earlier set: calibration makes config.json and the card longer, so the disk fills
+    # during the card, after the new config.json (written file by file, the card kept the old threshold beside it)
+    room = sum((folder / name).stat().st_size for name in ("model.safetensors", "config.json", "README.md"))
+    FullDisk(monkeypatch, folder, budget=room) if fault == "full" else read_only(monkeypatch, folder)
+    res = runner.invoke(app, ["calibrate", "--model", str(folder), "--data", str(labelled_images)])
     monkeypatch.undo()
+    line = _one_error_line(res)
+    reason = "No space left on device" if fault == "full" else "Read-only file system"
+    assert f"cannot write {folder}" in line and reason in line
     assert _snapshot(folder) == before
 
 
-def _big_json(tmp):
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps({"threshold": 0.25, "pad": "x" * 100}))
+def test_train_on_a_full_disk_is_one_error_and_leaves_no_model(labelled_images, tmp_path, monkeypatch):
+    from aigi.cli import app
+
+    out = tmp_path / "model"
+    FullDisk(monkeypatch, tmp_path, budget=1000)
+    res = CliRunner().invoke(app, ["train", "univfd", "--data", str(labelled_images), "--out", str(out)])
+    monkeypatch.undo()
+    line = _one_error_line(res)
+    assert f"cannot write {out}/" in line and "No space left on device" in line
+    assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
+    assert not list(out.glob(f"{STAGING_PREFIX}*"))
 
 
 def test_eval_out_on_a_full_disk_is_one_error_line(labelled_images, tmp_path, monkeypatch):

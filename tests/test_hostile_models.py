@@ -310,3 +310,21 @@ def test_saving_the_same_memory_twice_gives_identical_files(tmp_path):
     second.mkdir()
     save_memory(bank, config, second)
     assert (first / "memory.safetensors").read_bytes() == (second / "memory.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("flag", [[], ["--allow-download"]])
+def test_cli_loads_a_model_folder_local_only_unless_told(univfd, network_events, tmp_path, flag):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from aigi.cli import app
+
+    folder = _hub_model_folder(univfd)
+    Image.new("RGB", (32, 32)).save(tmp_path / "x.png")
+    res = CliRunner().invoke(app, ["detect", "--model", str(folder), str(tmp_path / "x.png"), *flag])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    (line,) = [text for text in res.output.splitlines() if text.startswith("error:")]
+    if flag:
+        assert "cannot reach the Hugging Face Hub" in line and network_events
+    else:
+        assert "--allow-download" in line and network_events == []

@@ -39,9 +39,11 @@ from aigi.provenance.fusion import fuse
 __all__ = ["Detection", "detect", "evaluate", "load", "Model", "Report"]
 
 
-def load(model: str | os.PathLike | None = None) -> Model:
-    """A model folder, or the shipped default when ``model`` is None."""
-    return load_model(model) if model else load_default_model()
+def load(model: str | os.PathLike | None = None, allow_download: bool | None = None) -> Model:
+    """A model folder, or the shipped default when ``model`` is None. The folder's backbone comes from local files
+    (a local folder, the Hugging Face cache) unless ``allow_download`` (None: ``AIGI_ALLOW_DOWNLOAD=1``) allows the
+    Hub: a model folder is someone else's choice, loading one must not fetch what it names."""
+    return load_model(model, allow_download) if model else load_default_model()
 
 
 @dataclass

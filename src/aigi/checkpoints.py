@@ -38,7 +38,8 @@ from aigi.data.transforms import EvalProtocol
 from aigi.detectors import get_detector
 from aigi.detectors.base import Detector, DetectorParams
 from aigi.errors import ConfigError, ModelLoadError, describe_validation
-from aigi.io import read_json, write_bytes, write_json, write_text
+from aigi.io import bytes_writer, json_writer, read_json, text_writer, write_bytes, write_set
+from aigi.names import shown
 from aigi.registry import UnknownNameError
 
 M = TypeVar("M", bound=torch.nn.Module)
@@ -144,14 +145,20 @@ def meta_copy(module: M) -> M:
 
 
 def save_model(model: Model, folder: str | os.PathLike, extra_metadata: dict[str, str] | None = None) -> Path:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the weights, ``config.json`` and the model card as one set (:func:`aigi.io.write_set`): a reader sees
+    the earlier model or this one, never a mix; a full or read-only disk raises :class:`aigi.io.WriteError` and leaves
+    an earlier model whole; other files in the folder (a trainer's log and state) are left alone."""
     state = model.detector.trainable_state_dict()
     metadata = {"format": "pt", "aigi": __version__, **model.detector.weights_metadata(), **(extra_metadata or {})}
-    save_safetensors(state, folder / WEIGHTS_NAME, metadata)
-    write_json(folder / CONFIG_NAME, model.config.model_dump(mode="json"))
-    write_text(folder / "README.md", model_card(model.config))
-    return folder
+    write_set(
+        folder,
+        {
+            WEIGHTS_NAME: bytes_writer(safetensors_bytes(state, metadata)),
+            CONFIG_NAME: json_writer(model.config.model_dump(mode="json")),
+            "README.md": text_writer(model_card(model.config)),
+        },
+    )
+    return Path(folder)
 
 
 def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
@@ -173,7 +180,7 @@ def save_safetensors(
 
 
 def model_card(cfg: ModelConfig) -> str:
-    src = cfg.backbone.source or "packaged weights"
+    src = shown(cfg.backbone.source or "packaged weights")
     lines = [
         f"# aigi model: {cfg.detector}",
         "",
@@ -181,7 +188,7 @@ def model_card(cfg: ModelConfig) -> str:
         f"- decision threshold on P(generated): {cfg.threshold:.4f}"
         + (f" ({cfg.calibration.get('rule')})" if cfg.calibration else ""),
         f"- evaluation protocol: {cfg.protocol.model_dump()}",
-        f"- trained on: {cfg.training.get('data') or cfg.training.get('config', {}).get('data', 'unknown')}",
+        f"- trained on: {shown(cfg.training.get('data') or cfg.training.get('config', {}).get('data', 'unknown'))}",
         "",
         "Load with `aigi detect --model <this folder>`; weights in model.safetensors, settings in config.json.",
     ]

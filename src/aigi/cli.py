@@ -62,12 +62,20 @@ OutDirOpt = Annotated[
 ]
 InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object per file) instead of a table.")]
+AllowDownloadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-download",
+        help="Let the model folder's backbone be downloaded from the Hugging Face Hub when it is not in the local "
+        "cache (default: local files only, or AIGI_ALLOW_DOWNLOAD=1). A model folder is someone else's choice.",
+    ),
+]
 
 
-def _load(model_dir: Optional[Path]):
+def _load(model_dir: Optional[Path], allow_download: bool = False):
     from aigi import api
 
-    return api.load(model_dir)
+    return api.load(model_dir, allow_download=allow_download or None)  # None: AIGI_ALLOW_DOWNLOAD decides
 
 
 def _perturbation(text: Optional[str]):
@@ -135,6 +143,7 @@ def detect(
             help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides.",
         ),
     ] = False,
+    allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Say, for each image, whether it was generated or is real, and on what basis.
 
@@ -144,7 +153,7 @@ def detect(
     the run carries on; the exit code is non-zero only when no image at all could be read."""
     from aigi import api
 
-    image_set, m = _image_inputs(inputs), _load(model)
+    image_set, m = _image_inputs(inputs), _load(model, allow_download)
     options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
     results = api.detect(m, [s.path for s in image_set.samples], batch_size=batch_size, progress=not as_json, **options)
     n_maps = _write_heatmaps(results, explain_dir) if explain else 0
@@ -196,7 +205,7 @@ def _eval_images(mode: str, data: Optional[Path], real: Optional[Path], fakes: l
     return image_set, f"real {real} vs " + ", ".join(map(str, fakes))
 
 
-def _eval_suites(model: Optional[Path], root: Path, names: list[str], out_dir: Path, scoring: dict) -> None:
+def _eval_suites(model, model_name: str, root: Path, names: list[str], out_dir: Path, scoring: dict) -> None:
     """--benchmarks-root: MIRROR's suites, one CSV and one report folder each."""
     from aigi.engine.benchmarks import plan_suites, run_suites
 
@@ -206,7 +215,7 @@ def _eval_suites(model: Optional[Path], root: Path, names: list[str], out_dir: P
             show.note(text)
     if all(r.skipped for r in suites):
         raise DataError(f"none of the named suites has labelled images under {root}")
-    run_suites(_load(model), suites, out_dir, model_name=str(model or "default"), **scoring)
+    run_suites(model, suites, out_dir, model_name=model_name, **scoring)
     show.suites(suites)
     if all(len(r.report.errors) == len(r.image_set.samples) for r in suites if r.report is not None):
         raise NothingScoredError("no image could be read")
@@ -283,6 +292,7 @@ def evaluate(
             "outside are skipped, each with its line number. For manifests you did not write.",
         ),
     ] = False,
+    allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Measure a model on labelled data: Acc, Real_Acc, Fake_Acc, Bal_Acc, AUROC, AP, FPR@95TPR, EER per subset + MEAN.
 
@@ -298,18 +308,19 @@ def evaluate(
     scoring = dict(threshold=threshold, use_cache=not no_cache, batch_size=batch_size)
     if mode == "suites":
         names = [*(benchmarks or []), *ctx.args]
-        return _eval_suites(model, benchmarks_root, names, out_dir or Path("results"), scoring)
+        m, out = _load(model, allow_download), out_dir or Path("results")
+        return _eval_suites(m, str(model or "default"), benchmarks_root, names, out, scoring)
     image_set, source = _eval_images(mode, data, real, [*(fake or []), *map(Path, ctx.args)], confine)
     name = str(model or "default")
     report = api.evaluate(
-        _load(model), image_set, perturbation=perturbation, model_name=name, data_name=source, **scoring
+        _load(model, allow_download), image_set, perturbation=perturbation, model_name=name, data_name=source, **scoring
     )
     show.evaluation(report, image_set.skipped, out_dir)
     if len(report.errors) == len(image_set.samples):
         raise NothingScoredError("no image could be read")
 
 
-def _models_by_name(folders: Optional[list[Path]]) -> dict:
+def _models_by_name(folders: Optional[list[Path]], allow_download: bool) -> dict:
     """Load each --model; names are the folder names, numbered when two clash."""
     models: dict = {}
     for folder in folders or [None]:
@@ -317,7 +328,7 @@ def _models_by_name(folders: Optional[list[Path]]) -> dict:
         base, k = name, 2
         while name in models:
             name, k = f"{base} #{k}", k + 1
-        models[name] = _load(folder)
+        models[name] = _load(folder, allow_download)
     return models
 
 
@@ -342,6 +353,7 @@ def robustness(
         typer.Option("--out", "-o", help="Folder for robustness.json/.csv/.png (an interrupted run resumes from it)."),
     ] = Path("robustness"),
     batch_size: BatchOpt = 8,
+    allow_download: AllowDownloadOpt = False,
 ) -> None:
     """AUROC and accuracies under post-processing (JPEG, blur, noise), per model: a table, a CSV and a plot."""
     from aigi.data.folders import discover
@@ -357,7 +369,13 @@ def robustness(
     show.skipped(image_set.skipped)
     notes: list[str] = []
     rows = run_sweep(
-        _models_by_name(model), image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes
+        _models_by_name(model, allow_download),
+        image_set,
+        perturbations,
+        out_dir,
+        batch_size,
+        data=str(data.resolve()),
+        notes=notes,
     )
     for text in notes:
         show.note(text)
@@ -415,9 +433,10 @@ def _cache_model(kind: str, family: str, source: Optional[str], level: Optional[
     detector, default_level = _feature_detector(kind)
     spec = backbone_spec(family, source, level or default_level)
     params = dict(get_detector(detector).cache_variant)
-    return build_model(
-        ModelConfig(detector=detector, params=params, backbone=spec, protocol=EvalProtocol(format_align=format_align))
+    config = ModelConfig(
+        detector=detector, params=params, backbone=spec, protocol=EvalProtocol(format_align=format_align)
     )
+    return build_model(config, allow_download=True)  # the user typed this backbone source
 
 
 def _feature_images(data: Path) -> list[Path]:
@@ -498,12 +517,13 @@ def calibrate(
             help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy.",
         ),
     ] = None,
+    allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Choose the decision threshold on validation data and store it in the model folder."""
     from aigi.checkpoints import save_model
     from aigi.engine.calibrate import calibrate as run
 
-    m = _load(model)
+    m = _load(model, allow_download)
     rec = run(m, data, target_real_acc)
     save_model(m, model)
 

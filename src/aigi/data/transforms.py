@@ -29,7 +29,7 @@ def jpeg_roundtrip(im: Image.Image, quality: int) -> Image.Image:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=int(quality))
     buf.seek(0)
-    out = Image.open(buf)
+    out = Image.open(buf, formats=("JPEG",))  # our own bytes, but PIL never picks a decoder by sniffing here either
     out.load()
     return out.convert("RGB")
 

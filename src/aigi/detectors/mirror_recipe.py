@@ -36,7 +36,7 @@ from aigi.checkpoints import (
     check_tensors,
     read_header,
     read_safetensors,
-    save_safetensors,
+    safetensors_bytes,
 )
 from aigi.data.decode import ImageDecodeError, load_image
 from aigi.data.folders import DataError, Sample, discover
@@ -64,7 +64,8 @@ from aigi.engine.trainer import (
     resume_model,
 )
 from aigi.errors import ConfigError, ModelLoadError, describe_validation
-from aigi.io import read_json, write_json
+from aigi.io import bytes_writer, json_writer, read_json, write_set
+from aigi.names import shown
 
 MEMORY_WEIGHTS = "memory.safetensors"
 
@@ -174,7 +175,7 @@ def extract_tokens(
             progress=progress,
         )
         if v == 0:
-            bad = [f"{paths[i]}: {r}" for i, r in sorted(ext.errors.items())]
+            bad = [f"{shown(paths[i])}: {r}" for i, r in sorted(ext.errors.items())]
         if ext.ok:
             arrays.append(ext.stacked(ext.ok))
     if not arrays:
@@ -183,10 +184,15 @@ def extract_tokens(
 
 
 def save_memory(bank: MemoryBank, config: MemoryConfig, folder: str | os.PathLike) -> None:
-    folder = Path(folder)
+    """The memory's weights and config, written as one set (:func:`aigi.io.write_set`)."""
     metadata = {"format": "pt", "aigi": __version__, **bank.metadata(), "epoch": str(config.epochs_done)}
-    save_safetensors(bank.state_dict(), folder / MEMORY_WEIGHTS, metadata)
-    write_json(folder / CONFIG_NAME, config.model_dump(mode="json"))
+    write_set(
+        folder,
+        {
+            MEMORY_WEIGHTS: bytes_writer(safetensors_bytes(bank.state_dict(), metadata)),
+            CONFIG_NAME: json_writer(config.model_dump(mode="json")),
+        },
+    )
 
 
 def load_memory(folder: str | os.PathLike) -> tuple[MemoryBank, MemoryConfig]:

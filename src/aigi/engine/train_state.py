@@ -9,9 +9,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from aigi.io import atomic_write, write_json
+from aigi.io import bytes_writer, json_writer, write_set
 
 STATE_TENSORS = "optimizer.safetensors"
 STATE_JSON = "train_state.json"
@@ -20,6 +19,8 @@ STATE_JSON = "train_state.json"
 def save_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer, epoch: int) -> None:
     """Write the optimizer's tensors and the finished ``epoch`` atomically (the epoch goes in both files, so a
     save cut short between them is detected on resume)."""
+    from aigi.checkpoints import safetensors_bytes
+
     folder = Path(folder)
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -29,8 +30,14 @@ def save_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer
                 tensors[f"{idx}.{name}"] = value.detach().contiguous().cpu()
             else:
                 scalars[f"{idx}.{name}"] = value
-    atomic_write(folder / STATE_TENSORS, lambda tmp: save_file(tensors, tmp, metadata={"epoch": str(epoch)}))
-    write_json(folder / STATE_JSON, {"param_groups": sd["param_groups"], "scalars": scalars, "epoch": epoch})
+    state = {"param_groups": sd["param_groups"], "scalars": scalars, "epoch": epoch}
+    write_set(
+        folder,
+        {
+            STATE_TENSORS: bytes_writer(safetensors_bytes(tensors, {"epoch": str(epoch)})),
+            STATE_JSON: json_writer(state),
+        },
+    )
 
 
 def load_train_state(folder: str | os.PathLike, optimizer: torch.optim.Optimizer, weights_epoch: str | None) -> int:

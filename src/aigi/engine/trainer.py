@@ -95,6 +95,7 @@ class BackboneChoice(BaseModel):
     )
     format_align: bool = Field(
         True,
+        strict=True,  # a --config file's "no" is refused, not read as true
         description="evaluation protocol: re-encode lossless inputs as JPEG q96 "
         "(MIRROR's protocol; the shipped model's)",
     )
