@@ -95,6 +95,22 @@ def summary(folder: Path, items, runs, found: dict, seconds: dict) -> list[dict]
     return rows
 
 
+def table(rows: list[dict], found: dict) -> str:
+    """The results table, then the inputs not handled cleanly (or that there were none)."""
+    lines = [
+        "| command | inputs tried | handled cleanly | peak RSS (MiB) | growth (MiB) | all at once (s) | longest per file (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        longest = "" if r["longest_per_file_s"] is None else f"{r['longest_per_file_s']:.2f} ({r['longest_file']})"
+        lines.append(
+            f"| {r['command']} | {r['inputs_tried']} | {r['handled_cleanly']} | {r['peak_rss_mib']} |"
+            f" {r['peak_growth_mib']} | {r['seconds_all']:.1f} | {longest} |"
+        )
+    missed = [f"- `{name}`: {shown(p)}" for name, ps in found.items() for p in ps]
+    return "\n".join(lines + [""] + (["Not handled cleanly:", ""] + missed if missed else ["100% handled cleanly."]))
+
+
 def markdown(rows: list[dict], found: dict, n_items: int) -> str:
     n_eval = next(r["inputs_tried"] for r in rows if r["command"] == "eval")
     lines = [
@@ -106,17 +122,8 @@ def markdown(rows: list[dict], found: dict, n_items: int) -> str:
         " high-water mark during the command (growth: over its size at the start). Longest time per file: each input"
         " alone, without the feature cache.",
         "",
-        "| command | inputs tried | handled cleanly | peak RSS (MiB) | growth (MiB) | all at once (s) | longest per file (s) |",
-        "|---|---|---|---|---|---|---|",
+        table(rows, found),
     ]
-    for r in rows:
-        longest = "" if r["longest_per_file_s"] is None else f"{r['longest_per_file_s']:.2f} ({r['longest_file']})"
-        lines.append(
-            f"| {r['command']} | {r['inputs_tried']} | {r['handled_cleanly']} | {r['peak_rss_mib']} |"
-            f" {r['peak_growth_mib']} | {r['seconds_all']:.1f} | {longest} |"
-        )
-    lines += ["", "## Not handled cleanly", ""]
-    lines += [f"- `{name}`: {shown(p)}" for name, ps in found.items() for p in ps] or ["None: 100% clean."]
     return "\n".join(lines) + "\n"
 
 
@@ -138,6 +145,9 @@ def main() -> None:
     write_json(OUT / "hostile.json", {**payload, "not_handled_cleanly": found})
     write_text(OUT / "hostile.md", markdown(rows, found, len(items)))
     print(markdown(rows, found, len(items)))
+    from default_model import update_readme
+
+    update_readme("hostile", table(rows, found))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

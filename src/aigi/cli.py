@@ -320,6 +320,14 @@ def evaluate(
         raise NothingScoredError("no image could be read")
 
 
+def _sweep(items: list[str]) -> list:
+    """--perturb values (repeated or comma-separated) -> distinct perturbations, in order."""
+    texts = [t for item in items for t in item.split(",") if t.strip()]
+    if not texts:
+        raise ConfigError("--perturb: no perturbation given (e.g. -p none,jpeg:75,blur:2)")
+    return list({p.name: p for p in map(_perturbation, texts)}.values())
+
+
 def _models_by_name(folders: Optional[list[Path]], allow_download: bool) -> dict:
     """Load each --model; names are the folder names, numbered when two clash."""
     models: dict = {}
@@ -360,23 +368,13 @@ def robustness(
     from aigi.data.perturb import DEFAULT_SWEEP
     from aigi.engine.robustness import run_sweep
 
-    texts = [t for item in (perturb or DEFAULT_SWEEP) for t in item.split(",") if t.strip()]
-    if not texts:
-        raise ConfigError("--perturb: no perturbation given (e.g. -p none,jpeg:75,blur:2)")
-    perturbations = list({p.name: p for p in map(_perturbation, texts)}.values())
+    perturbations = _sweep(perturb or DEFAULT_SWEEP)
     _out_folder(out_dir)
     image_set = discover(data)
     show.skipped(image_set.skipped)
     notes: list[str] = []
-    rows = run_sweep(
-        _models_by_name(model, allow_download),
-        image_set,
-        perturbations,
-        out_dir,
-        batch_size,
-        data=str(data.resolve()),
-        notes=notes,
-    )
+    models = _models_by_name(model, allow_download)
+    rows = run_sweep(models, image_set, perturbations, out_dir, batch_size, data=str(data.resolve()), notes=notes)
     for text in notes:
         show.note(text)
     show.robustness(rows, perturbations, data)
