@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from faults import FullDisk, read_only
-from PIL import Image
+from test_features import Counter, _img
 
 from aigi.backbones.base import Preprocess
 from aigi.data.transforms import EvalProtocol
@@ -16,22 +16,8 @@ from aigi.engine.features import ENTRY_MAGIC, FeatureCache, extract
 PRE, PROTO = Preprocess(size=32), EvalProtocol(crop=32)
 
 
-def _img(path, value):
-    Image.new("RGB", (40, 30), (value, value, value)).save(path)
-    return path
-
-
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Counter:
-    def __init__(self):
-        self.n = 0
-
-    def __call__(self, x):
-        self.n += len(x)
-        return x.mean((2, 3))
 
 
 @pytest.fixture
