@@ -204,3 +204,24 @@ def test_train_record_keeps_non_utf8_names_escaped(tmp_path, labelled_images):
     text = (tmp_path / "m" / "config.json").read_text(encoding="utf-8")
     (entry,) = json.loads(text)["training"]["skipped_files"]
     assert entry.startswith(shown(bad) + ": ")  # \xff, not a lone surrogate no other JSON reader accepts
+
+
+def test_an_unreadable_named_file_is_a_row_not_a_usage_error(tmp_path, monkeypatch):
+    ok, locked = _save(tmp_path, b"ok.png", 0), _save(tmp_path, b"locked.png", 1)
+    real_access, real_read_bytes = os.access, Path.read_bytes
+
+    def access(path, mode, *args, **kwargs):  # what a non-root user sees for a chmod 000 file
+        return False if os.fspath(path).endswith("locked.png") else real_access(path, mode, *args, **kwargs)
+
+    def read_bytes(self):
+        if self.name == "locked.png":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_bytes(self)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    for command in (["detect", "--json"], ["inspect", "--json"]):
+        res = runner.invoke(app, [*command, str(ok), str(locked)])
+        assert res.exit_code == 0, res.output
+        rows = {Path(r["path"]).name: r for r in json.loads(res.stdout)["results"]}
+        assert set(rows) == {"ok.png", "locked.png"}

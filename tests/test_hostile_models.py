@@ -66,10 +66,12 @@ def univfd(univfd_folder, tmp_path):
         (("threshold",), -1),
         (("threshold",), float("nan")),
         (("protocol", "crop"), 60000),
+        (("protocol", "crop"), 4096),  # within the first bounds, yet 4.2 GB of activations per image
         (("protocol", "crop"), -5),
         (("protocol", "max_short_side"), -5),
         (("protocol", "format_align"), "no"),
         (("backbone", "preprocess"), {"size": 40000}),
+        (("backbone", "preprocess"), {"size": 4096}),
         (("backbone", "preprocess"), {"size": 64, "mean": [float("nan"), 0, 0]}),
     ],
 )

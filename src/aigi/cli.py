@@ -60,7 +60,10 @@ OutDirOpt = Annotated[
     Optional[Path],
     typer.Option("--out", "-o", help="Report folder (CSV, JSON, per-image scores, ROC and histogram PNGs)."),
 ]
-InputsArg = Annotated[list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")]
+InputsArg = Annotated[
+    # readable=False: click's os.access check would stop the whole run; an unreadable input gets its own row instead
+    list[Path], typer.Argument(help="Image files and/or folders (searched recursively).", readable=False)
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one object per file) instead of a table.")]
 AllowDownloadOpt = Annotated[
     bool,
