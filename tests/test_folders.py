@@ -368,3 +368,14 @@ def test_unreadable_root_is_named_as_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(DataError, match=r"d: cannot read folder \(Permission denied\)$"):
         discover(root)
+
+
+def test_confined_manifest_row_with_a_nul_byte_is_skipped(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "r.png")
+    (tmp_path / "m.csv").write_text('path,label\n"a\x00b.png",0\nr.png,0\n')
+    found = read_manifest(tmp_path / "m.csv", confine=True)
+    assert [s.path.name for s in found.samples] == ["r.png"]
+    ((path, reason),) = found.skipped
+    assert reason.startswith("not a usable path (") and reason.endswith("(line 2; --confine)")

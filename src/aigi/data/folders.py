@@ -231,8 +231,8 @@ def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset", co
                     raise DataError(f"{where}: no path")
                 p = csv_path.parent / cell("path")  # an absolute path stays as it is
                 label = parse_label(cell("label"), where)
-                if inside is not None and not Path(os.path.realpath(p)).is_relative_to(inside):  # a loop: unreadable
-                    skipped.append((p, f"outside the manifest's folder (line {reader.line_num}; --confine)"))
+                if inside is not None and (refused := _outside_reason(p, inside)):
+                    skipped.append((p, f"{refused} (line {reader.line_num}; --confine)"))
                     continue
                 subsets[cell(subset_column) or csv_path.stem].append(len(samples))
                 samples.append(Sample(p, label))
@@ -244,6 +244,16 @@ def read_manifest(csv_path: str | os.PathLike, subset_column: str = "subset", co
         outside = f" inside its folder ({len(skipped)} outside refused)" if skipped else ""
         raise DataError(f"{csv_path}: the manifest lists no images{outside}")
     return ImageSet(samples=samples, subsets=dict(subsets), root=csv_path.parent, skipped=skipped)
+
+
+def _outside_reason(path: Path, inside: Path) -> str | None:
+    """Why a confined manifest refuses ``path`` (symbolic links and ``..`` resolved; a link loop resolves to a path
+    that is then unreadable), or None when it lies inside."""
+    try:
+        resolved = Path(os.path.realpath(path))
+    except (ValueError, OSError) as e:  # a NUL byte in the path, or a path the OS refuses to resolve
+        return f"not a usable path ({e})"
+    return None if resolved.is_relative_to(inside) else "outside the manifest's folder"
 
 
 def unlabelled(inputs: list[str | os.PathLike]) -> ImageSet:
