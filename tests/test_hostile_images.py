@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import sys
+import time
 import tracemalloc
 import zlib
 from types import SimpleNamespace
@@ -210,6 +211,27 @@ def test_text_past_pils_total_limit_is_skipped_by_name(tmp_path):
         "metadata unreadable: text chunk 'c64' is past 67108864 bytes of text in all (skipped)"
     ]
     assert decode_bytes(path.read_bytes(), path).image.size == (48, 48)
+
+
+def test_thousands_of_text_bombs_cost_one_files_worth_of_inflating(tmp_path):
+    path = tmp_path / "many_bombs.png"
+    bomb = _ztxt_bomb(b"parameters", size=2 << 20)  # each inflates past the 1 MiB limit for one chunk
+    path.write_bytes(_with_chunks(_noise_png(), [bomb] * 3000))
+    start = time.perf_counter()
+    prov = inspect_file(path)
+    assert time.perf_counter() - start < 5  # was about 1 MiB of inflating per chunk: minutes for a large file
+    assert len(prov.problems) == 6 and prov.problems[-1] == "metadata unreadable: 2995 more chunks skipped"
+    assert decode_bytes(path.read_bytes(), path).image.size == (48, 48)
+
+
+def test_a_colour_profile_bomb_hides_no_other_metadata(tmp_path):
+    declared = _chunk(b"tEXt", b"parameters\0a cat\nSteps: 20, Sampler: Euler, Model: sd_xl_base")
+    iccp = _chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"\0" * (2 << 20), 9))
+    path = tmp_path / "iccp.png"
+    path.write_bytes(_with_chunks(_noise_png(), [iccp, declared]))
+    prov = inspect_file(path)
+    assert prov.best("generated") is not None
+    assert "metadata unreadable: colour profile 'icc' inflates past 1048576 bytes (skipped)" in prov.problems
 
 
 def test_empty_parameters_chunk_declares_nothing(tmp_path):

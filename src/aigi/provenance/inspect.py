@@ -46,53 +46,81 @@ EXTRACTORS: list[tuple[str, Extractor]] = [
 ]
 
 
-def _text_size(kind: bytes, body: bytes) -> tuple[str, int | None]:
-    """A PNG text chunk's key and the length of its text as PIL reads it; None when it inflates past PIL's limit."""
+def _inflated_size(compressed: bytes, limit: int) -> int | None:
+    """How many bytes ``compressed`` (zlib) inflates to, inflating at most ``limit``: None past it, 0 when broken
+    (PIL reads a broken stream as empty)."""
+    inflate = zlib.decompressobj()
+    try:
+        out = inflate.decompress(compressed, limit)
+    except zlib.error:
+        return 0
+    return None if inflate.unconsumed_tail else len(out)
+
+
+def _chunk_size(kind: bytes, body: bytes) -> tuple[str, int | None]:
+    """A PNG text or colour-profile chunk's name and the length of what PIL would inflate from it (None: past PIL's
+    limit for one chunk, which makes PIL refuse the whole file)."""
     raw_key, _, rest = body.partition(b"\0")
     key = raw_key.decode("latin-1")
-    if kind == b"zTXt":
+    if kind in (b"zTXt", b"iCCP"):
         compressed = rest[1:]
     elif kind == b"iTXt" and len(rest) >= 2 and rest[0] != 0:
         compressed = rest[2:].split(b"\0", 2)[-1]
     else:
         return key, len(rest)
-    inflate = zlib.decompressobj()
-    try:
-        text = inflate.decompress(compressed, PngImagePlugin.MAX_TEXT_CHUNK)
-    except zlib.error:
-        return key, 0  # PIL reads a broken stream as empty text
-    return key, None if inflate.unconsumed_tail else len(text)
+    return key, _inflated_size(compressed, PngImagePlugin.MAX_TEXT_CHUNK)
 
 
-def _readable_text_only(data: bytes, problems: list[str]) -> bytes:
-    """``data`` without the PNG text chunks PIL would refuse (it then refuses the whole file): those over its limit
-    for one chunk, and those past its limit for all of a file's text. Each one skipped is a problem, by name."""
-    total = 0
+class _ChunkBudget:
+    """Decides which PNG text and colour-profile chunks PIL could read. Inflating is bounded in all (PIL's limit on a
+    file's text), so thousands of chunks that each inflate to the limit cost no more than one file's worth; every
+    chunk past that is dropped without inflating. Problems are named for the first few, then counted."""
 
-    def unreadable(kind: bytes, chunk: bytes) -> bool:
-        nonlocal total
-        if kind not in PNG_TEXT_CHUNKS:
+    NAMED = 5
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems, self.spent, self.dropped = problems, 0, 0
+
+    def drop(self, kind: bytes, chunk: bytes) -> bool:
+        if kind not in (*PNG_TEXT_CHUNKS, b"iCCP"):
             return False
-        key, size = _text_size(kind, chunk[8:-4])
+        if self.spent >= PngImagePlugin.MAX_TEXT_MEMORY:  # not inflated
+            key = chunk[8:-4].partition(b"\0")[0].decode("latin-1")
+            return self._dropped(f"text chunk {key!r} is past {PngImagePlugin.MAX_TEXT_MEMORY} bytes of text in all")
+        key, size = _chunk_size(kind, chunk[8:-4])
+        self.spent += PngImagePlugin.MAX_TEXT_CHUNK if size is None else size
         if size is None:
-            limit = PngImagePlugin.MAX_TEXT_CHUNK
-            problems.append(f"metadata unreadable: text chunk {key!r} inflates past {limit} bytes (skipped)")
-            return True
-        if total + size > PngImagePlugin.MAX_TEXT_MEMORY:
-            limit = PngImagePlugin.MAX_TEXT_MEMORY
-            problems.append(f"metadata unreadable: text chunk {key!r} is past {limit} bytes of text in all (skipped)")
-            return True
-        total += size
+            what = "colour profile" if kind == b"iCCP" else "text chunk"
+            return self._dropped(f"{what} {key!r} inflates past {PngImagePlugin.MAX_TEXT_CHUNK} bytes")
+        if kind != b"iCCP" and self.spent > PngImagePlugin.MAX_TEXT_MEMORY:
+            return self._dropped(f"text chunk {key!r} is past {PngImagePlugin.MAX_TEXT_MEMORY} bytes of text in all")
         return False
 
-    return without_png_chunks(data, unreadable)
+    def _dropped(self, why: str) -> bool:
+        self.dropped += 1
+        if self.dropped <= self.NAMED:
+            self.problems.append(f"metadata unreadable: {why} (skipped)")
+        return True
+
+    def finish(self) -> None:
+        if self.dropped > self.NAMED:
+            self.problems.append(f"metadata unreadable: {self.dropped - self.NAMED} more chunks skipped")
+
+
+def _readable_chunks_only(data: bytes, problems: list[str]) -> bytes:
+    """``data`` without the PNG text and colour-profile chunks PIL would refuse (it then refuses the whole file, and
+    every extractor would lose it): see :class:`_ChunkBudget`. Each one skipped is a problem."""
+    budget = _ChunkBudget(problems)
+    kept = without_png_chunks(data, budget.drop)
+    budget.finish()
+    return kept
 
 
 def _open_lazily(data: bytes, problems: list[str]) -> Image.Image:
     """Open, in an allowed format only, without decoding pixels. The pixel-count guard is lifted (nothing is decoded
-    here; the watermark reader checks the size before it decodes), and a PNG text chunk PIL would refuse is skipped
+    here; the watermark reader checks the size before it decodes), and a PNG chunk PIL would refuse is skipped
     rather than hiding the rest of the file's metadata (and its pixels, from the watermark reader)."""
-    readable = _readable_text_only(data, problems)
+    readable = _readable_chunks_only(data, problems)
     saved = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
