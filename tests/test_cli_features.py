@@ -252,3 +252,16 @@ def test_benchmarks_still_take_several_names(tmp_path):
     res = runner.invoke(app, ["eval", "--benchmarks-root", str(tmp_path), "--benchmarks", "Chameleon", "Chamelon"])
     assert res.exit_code == 2
     assert "'Chamelon'" in _flat(res.output)  # the second name went to --benchmarks, not to --fake
+
+
+def test_features_into_a_read_only_cache_is_an_error(images, tmp_path, monkeypatch):
+    from faults import read_only
+
+    (tmp_path / "cache").mkdir()
+    read_only(monkeypatch, tmp_path / "cache")
+    res = runner.invoke(
+        app, ["features", "--backbone", "efficientnet_lite0", "--data", str(images), "--kind", "global"]
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "warning: feature cache" in res.output  # said once, when the first entry failed
+    assert f"error: cannot write {tmp_path / 'cache'}: the feature cache could not be written" in _flat(res.output)

@@ -89,3 +89,18 @@ def test_explain_with_a_non_utf8_and_escape_file_name(mirror_dir, tmp_path):
     assert row["path"] == f"{d}/caf\\xe9\\x1b[2J.jpg" and row["verdict"] != "error"
     (png,) = heat.iterdir()  # named after the image's own bytes, as the file system took them
     assert os.fsencode(png.name).startswith(b"caf\xe9\x1b[2J_") and row["heatmap"] == shown(png)
+
+
+def test_heatmaps_that_cannot_be_written_leave_the_verdicts_printed(mirror_dir, images, tmp_path, monkeypatch):
+    from faults import FullDisk
+
+    heat = tmp_path / "heat"
+    heat.mkdir()
+    FullDisk(monkeypatch, heat, budget=0)
+    res = runner.invoke(
+        app, ["detect", "--model", str(mirror_dir), "--explain", "--explain-dir", str(heat), str(images)]
+    )
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert all(name in res.output for name in ("img0.jpg", "img1.jpg", "img2.jpg"))  # the verdict table
+    (line,) = [text for text in res.output.splitlines() if text.startswith("error:")]
+    assert f"cannot write {heat}/" in line and "No space left on device" in line

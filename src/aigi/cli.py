@@ -108,14 +108,19 @@ def _out_folder(out_dir: Optional[Path]) -> None:
         raise ConfigError(f"--out {out_dir} exists and is not a folder")
 
 
-def _write_heatmaps(results, folder: Path) -> int:
+def _write_heatmaps(results, folder: Path):
+    """Write each heatmap PNG; returns how many were written and the write error that stopped them (or None), so the
+    verdicts are still printed when the heatmaps cannot be written."""
     from aigi.engine.explain import heatmap_file_name
-    from aigi.io import write_bytes
+    from aigi.io import WriteError, write_bytes
 
-    for d in results:
-        if d.heatmap_png is not None:
-            d.heatmap_path = str(write_bytes(folder / heatmap_file_name(d.path), d.heatmap_png))
-    return sum(d.heatmap_path is not None for d in results)
+    try:
+        for d in results:
+            if d.heatmap_png is not None:
+                d.heatmap_path = str(write_bytes(folder / heatmap_file_name(d.path), d.heatmap_png))
+    except WriteError as e:
+        return sum(d.heatmap_path is not None for d in results), e
+    return sum(d.heatmap_path is not None for d in results), None
 
 
 # -- commands --------------------------------------------------------------------------------------------------------
@@ -159,7 +164,7 @@ def detect(
     image_set, m = _image_inputs(inputs), _load(model, allow_download)
     options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
     results = api.detect(m, [s.path for s in image_set.samples], batch_size=batch_size, progress=not as_json, **options)
-    n_maps = _write_heatmaps(results, explain_dir) if explain else 0
+    n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain else (0, None)
     t = m.threshold if threshold is None else threshold
     if as_json:
         show.detections_json(m.config.detector, t, results, image_set.skipped)
@@ -167,6 +172,8 @@ def detect(
         title = f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}"
         show.detections(results, title, not no_provenance)
         show.batch_notes(results, image_set.skipped, n_maps, explain_dir)
+    if heatmap_error is not None:
+        raise heatmap_error
     if all(d.verdict == "error" for d in results):
         raise typer.Exit(1)
 
@@ -491,6 +498,7 @@ def features(
     The cache is keyed as the detectors key it (backbone, preprocessing, protocol, feature kind, file contents).
     Unreadable files get a reason and the run carries on; the exit code is 1 only when no image could be read."""
     from aigi.engine.inference import extract_features, feature_cache_for
+    from aigi.io import WriteError
 
     kind, paths = kind.lower(), _feature_images(data)
     m = _cache_model(kind, backbone, backbone_source, feature_level, format_align)
@@ -501,7 +509,10 @@ def features(
         f"{kind} features ({backbone + (f', {level}' if level else '')}): {len(ext.ok) - ext.cache_hits} computed, "
         f"{ext.cache_hits} already cached, {len(ext.errors)} unreadable"
     )
-    show.say(f"cache: {feature_cache_for(m).dir}")
+    cache = feature_cache_for(m)
+    show.say(f"cache: {cache.dir}")
+    if cache.unwritable:
+        raise WriteError(cache.root, "the feature cache could not be written (the warning above says why)")
     if not ext.ok:
         raise NothingScoredError("no image could be read")
 

@@ -74,6 +74,11 @@ class FeatureCache:
     def _path(self, sha: str) -> Path:
         return self.dir / sha[:2] / f"{sha}.npy"
 
+    @property
+    def unwritable(self) -> bool:
+        """Whether a write to this cache folder failed in this process (entries are then no longer written)."""
+        return self.root in _UNWRITABLE
+
     def _seal(self, sha: str, payload: bytes) -> bytes:
         return hmac.new(self._key + sha.encode(), payload, hashlib.sha256).digest()
 
