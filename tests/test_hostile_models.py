@@ -330,3 +330,23 @@ def test_cli_loads_a_model_folder_local_only_unless_told(univfd, network_events,
         assert "cannot reach the Hugging Face Hub" in line and network_events
     else:
         assert "--allow-download" in line and network_events == []
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int8])
+def test_weights_of_the_wrong_dtype_are_refused(univfd, dtype):
+    from safetensors.torch import load_file, save_file
+
+    weights = univfd / "model.safetensors"
+    state = {k: v.to(dtype) for k, v in load_file(weights).items()}  # right names and shapes: BOOL said "generated 1.0"
+    save_file(state, weights)
+    _one_line_error(univfd, "does not match its config \\(univfd\\): dtype mismatch: .*file (BOOL|I8) vs model F32")
+
+
+def test_a_model_folder_whose_path_is_not_utf8_loads(univfd, tmp_path):
+    import os
+    import shutil
+
+    odd = os.path.join(os.fsencode(tmp_path), b"probe_\x1b[2J\xff")
+    shutil.copytree(univfd, os.fsdecode(odd))
+    model = load_model(os.fsdecode(odd))  # the safetensors library opens only UTF-8 paths
+    assert model.config.detector == "univfd"

@@ -21,14 +21,14 @@ import json
 import os
 from collections.abc import Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 from aigi._version import __version__
@@ -102,7 +102,7 @@ def build_model(config: ModelConfig, allow_download: bool | None = None, stored:
         skeleton = _construct(cls, params, meta_copy(backbone), what, device="meta")
         skeleton.settle()
         check_metadata(skeleton.weights_metadata(), stored.metadata, stored.where)
-        check_tensors(skeleton.trainable_state_dict(), stored.shapes, stored.where, config.detector)
+        check_header(skeleton.trainable_state_dict(), stored, config.detector)
     detector = _construct(cls, params, backbone, what)
     detector.settle()
     return Model(detector, config)
@@ -238,33 +238,94 @@ def load_model(folder: str | os.PathLike, allow_download: bool | None = None) ->
 
 @dataclass(frozen=True)
 class WeightsHeader:
-    """What a safetensors file's header says: every tensor's shape and the metadata (no tensor is read)."""
+    """What a safetensors file's header says: every tensor's shape and dtype, and the metadata (no tensor is read)."""
 
     where: str
     shapes: dict[str, tuple[int, ...]]
     metadata: dict[str, str]
+    dtypes: dict[str, str] = field(default_factory=dict)  # safetensors' names: F32, F16, BF16, I64, BOOL, ...
+
+
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library's own limit
+
+
+def _unreadable(path, reason) -> ModelLoadError:
+    return ModelLoadError(f"{path}: not a readable safetensors file ({' '.join(str(reason).split())})")
+
+
+def _parse_header(raw: bytes, path) -> WeightsHeader:
+    """The header at the start of ``raw`` (a safetensors file's first bytes: at least 8 plus the header's length)."""
+    size = int.from_bytes(raw[:8], "little") if len(raw) >= 8 else -1
+    if not 0 < size <= min(len(raw) - 8, MAX_HEADER_BYTES):
+        raise _unreadable(path, "no safetensors header")
+    try:
+        entries = json.loads(raw[8 : 8 + size])
+        metadata = entries.pop("__metadata__", None) or {}
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(metadata).items()):
+            raise ValueError("metadata must map text to text")
+        shapes = {k: tuple(int(n) for n in v["shape"]) for k, v in entries.items()}
+        dtypes = {k: str(v["dtype"]) for k, v in entries.items()}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise _unreadable(path, f"bad header: {type(e).__name__}: {e}") from None
+    return WeightsHeader(str(path), shapes, metadata, dtypes)
 
 
 def read_header(path: str | os.PathLike) -> WeightsHeader:
-    """The header of a safetensors file; an unreadable file is a :class:`ModelLoadError`."""
+    """The header of a safetensors file, read by Python (any file name, not only UTF-8 ones); an unreadable file is a
+    :class:`ModelLoadError`."""
     try:
-        with safe_open(str(path), "pt") as fh:
-            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-            metadata = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
-    return WeightsHeader(str(path), shapes, metadata)
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            fh.seek(0)
+            raw = fh.read(8 + min(size, MAX_HEADER_BYTES))
+    except OSError as e:
+        raise _unreadable(path, e.strerror or e) from None
+    return _parse_header(raw, path)
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header metadata of a safetensors file; an unreadable file is a :class:`ModelLoadError`."""
     try:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as fh:
-            metadata = fh.metadata() or {}
+        data = Path(path).read_bytes()
+        header = _parse_header(data[: 8 + MAX_HEADER_BYTES], path)
+        state = safetensors_load(data)
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
-    return state, metadata
+        raise _unreadable(path, getattr(e, "strerror", None) or e) from None
+    return state, header.metadata
+
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+FLOAT_DTYPES = {"F64", "F32", "F16", "BF16"}
+
+
+def check_header(expected: Mapping[str, torch.Tensor], header: WeightsHeader, what: str) -> None:
+    """The header's tensor names and shapes must match ``expected``, and their dtypes too: a floating-point tensor
+    may be stored in any float type (loading converts it), anything else exactly as the model holds it."""
+    check_tensors(expected, header.shapes, header.where, what)
+    wrong = [
+        f"{k}: file {header.dtypes.get(k)} vs model {SAFETENSORS_DTYPES.get(v.dtype, v.dtype)}"
+        for k, v in expected.items()
+        if not _dtype_fits(v.dtype, header.dtypes.get(k))
+    ]
+    if wrong:
+        raise ModelLoadError(f"{header.where} does not match its config ({what}): dtype mismatch: " + "; ".join(wrong))
+
+
+def _dtype_fits(model_dtype: torch.dtype, stored: str | None) -> bool:
+    if model_dtype.is_floating_point:
+        return stored in FLOAT_DTYPES
+    return stored == SAFETENSORS_DTYPES.get(model_dtype)
 
 
 def check_metadata(expected: dict[str, str], found: dict[str, str], where: str) -> None:

@@ -32,6 +32,7 @@ from aigi.checkpoints import (
     CONFIG_NAME,
     ModelConfig,
     build_model,
+    check_header,
     check_metadata,
     check_tensors,
     read_header,
@@ -214,7 +215,7 @@ def _read_memory(folder) -> tuple[MemoryBank, MemoryConfig, dict[str, str]]:
     except ValueError as e:
         raise ModelLoadError(f"{folder / CONFIG_NAME}: impossible memory settings: {e}") from None
     check_metadata(skeleton.metadata(), header.metadata, str(weights))
-    check_tensors(skeleton.state_dict(), header.shapes, str(weights), "MIRROR memory")
+    check_header(skeleton.state_dict(), header, "MIRROR memory")
     bank = MemoryBank(**config.bank())
     state, metadata = read_safetensors(weights)
     check_tensors(bank.state_dict(), state, str(weights), "MIRROR memory")
