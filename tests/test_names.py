@@ -22,3 +22,9 @@ def test_terminal_controls_and_bidi_overrides_are_escaped():
     assert shown("a\nb\rc\x9bd") == "a\\x0ab\\x0dc\\x9bd"
     assert shown("photo\u202egpj.exe") == "photo\\u202egpj.exe"
     assert shown("\u2066x\u2069") == "\\u2066x\\u2069"
+
+
+def test_invisible_and_line_breaking_characters_are_escaped():
+    assert shown("a\u2028b\u200bc\u00a0d") == "a\\u2028b\\u200bc\\u00a0d"
+    assert shown("x\U000f0000.png") == "x\\U000f0000.png"  # private use
+    assert shown("sun \u2600 \U0001f600.jpg") == "sun \u2600 \U0001f600.jpg"  # printable: as it is

@@ -4,9 +4,11 @@ A file name is bytes chosen by whoever made the file. Three kinds of character i
 
 - bytes that are not UTF-8 (Python keeps them as lone surrogates, which no UTF-8 file can hold): ``\\xNN``;
 - C0 and C1 control characters (ESC sequences can clear a screen, retitle a window or hide a verdict): ``\\xNN``;
-- bidirectional controls (U+202E shows ``gpj.exe`` as ``exe.jpg``) and other lone surrogates: ``\\uNNNN``.
+- bidirectional controls (U+202E shows ``gpj.exe`` as ``exe.jpg``), every other character Python does not call
+  printable (zero-width and other format characters, line and paragraph separators, spaces other than the plain
+  one, private-use and unassigned code points) and other lone surrogates: ``\\uNNNN`` (``\\UNNNNNNNN`` above U+FFFF).
 
-Everything else, accented letters and CJK included, is shown as it is.
+Everything else, accented letters, CJK and emoji included, is shown as it is.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ def _escaped(ch: str) -> str:
         return f"\\x{code - 0xDC00:02x}"
     if code < 0x20 or 0x7F <= code <= 0x9F:
         return f"\\x{code:02x}"
-    if code in BIDI_CONTROLS or 0xD800 <= code <= 0xDFFF:
-        return f"\\u{code:04x}"
-    return ch
+    if ch.isprintable() and code not in BIDI_CONTROLS:
+        return ch
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def shown(name: str | bytes | os.PathLike) -> str:
