@@ -293,3 +293,22 @@ def test_read_bytes_refuses_special_files_without_opening_them(tmp_path):
         read_bytes(tmp_path / "pipe.jpg")
     with pytest.raises(ImageDecodeError, match="not a regular file \\(character device\\)"):
         read_bytes("/dev/zero")
+
+
+def test_float_image_with_nan_and_inf_decodes_without_warnings(tmp_path):
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from aigi.data.decode import decode_bytes
+
+    a = np.full((8, 8), np.nan, np.float32)
+    a[0, 0], a[0, 1] = np.inf, -np.inf
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="F").save(buf, format="TIFF")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning reached the user's terminal
+        rgb = np.asarray(decode_bytes(buf.getvalue(), "nan.tif").image)
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[0, 1].tolist() == [0, 0, 0] and rgb[4, 4].tolist() == [0, 0, 0]

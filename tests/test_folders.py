@@ -188,11 +188,14 @@ def test_unlabelled_and_non_image_files_are_skipped_with_reason(tmp_path):
     root = tree(tmp_path / "d", ["0_real/r.png", "1_fake/f.png", "misc/stray.png", "loose.jpg"])
     (root / "0_real/notes.txt").write_text("hello")
     (root / "1_fake/meta.json").write_text("{}")
-    (root / ".hidden.png").write_bytes(b"")  # hidden files are not data
+    (root / ".hidden.png").write_bytes(b"")  # hidden files and folders are not data, but named as skipped
+    tree(root / "0_real" / ".thumbs", ["t.png"])
     s = discover(root)
     assert by_name(s) == {"r.png": 0, "f.png": 1}
     skipped = {p.name: reason for p, reason in s.skipped}
-    assert set(skipped) == {"stray.png", "loose.jpg", "notes.txt", "meta.json"}
+    assert set(skipped) == {"stray.png", "loose.jpg", "notes.txt", "meta.json", ".hidden.png", ".thumbs"}
+    assert skipped[".hidden.png"] == "hidden file (name starts with '.')"
+    assert skipped[".thumbs"] == "hidden folder (name starts with '.'): not searched"
     assert "no label folder" in skipped["stray.png"]
     assert "no label folder" in skipped["loose.jpg"]
     assert "not an image" in skipped["notes.txt"]

@@ -170,7 +170,8 @@ def _grey_strip_to_uint8(strip: np.ndarray, mode: str, peak: float) -> np.ndarra
     if mode == "I":
         return np.clip(strip, 0, 255).astype(np.uint8)
     scale = 255.0 if peak <= 1.0 else 1.0  # float images: 0..1, else taken as 0..255
-    return np.clip(strip.astype(np.float64) * scale + 0.5, 0, 255).astype(np.uint8)
+    values = np.nan_to_num(strip.astype(np.float64), nan=0.0)  # NaN pixels black; +-inf clipped below
+    return np.clip(values * scale + 0.5, 0, 255).astype(np.uint8)
 
 
 def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:

@@ -84,23 +84,38 @@ def _walk(root: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
         skipped.append((Path(e.filename), f"cannot read folder ({e.strerror or e})"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder, followlinks=True):
-        st = os.stat(dirpath)
+        try:
+            st = os.stat(dirpath)
+        except OSError as e:  # gone, or replaced, since it was listed
+            unreadable_folder(e)
+            dirnames[:] = []
+            continue
         if (st.st_dev, st.st_ino) in seen:
             dirnames[:] = []
             skipped.append((Path(dirpath), "folder already walked (symbolic link cycle or duplicate link)"))
             continue
         seen.add((st.st_dev, st.st_ino))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            reason = not_a_file_reason(p) if is_image_path(p) else "not an image file extension"
-            if reason is None:
-                files.append(p)
-            else:
-                skipped.append((p, reason))
+        folder = Path(dirpath)
+        skipped += [
+            (folder / d, "hidden folder (name starts with '.'): not searched") for d in sorted(dirnames) if d[0] == "."
+        ]
+        dirnames[:] = sorted(d for d in dirnames if d[0] != ".")
+        _take_files(folder, sorted(filenames), files, skipped)
     return files, skipped
+
+
+def _take_files(folder: Path, names: list[str], files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+    """Sort the files of one folder into image files and skipped entries (hidden, other extensions, not regular)."""
+    for name in names:
+        p = folder / name
+        if name.startswith("."):
+            reason = "hidden file (name starts with '.')"
+        else:
+            reason = not_a_file_reason(p) if is_image_path(p) else "not an image file extension"
+        if reason is None:
+            files.append(p)
+        else:
+            skipped.append((p, reason))
 
 
 def collect_files(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
