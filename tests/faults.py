@@ -9,6 +9,8 @@ import errno
 import os
 from pathlib import Path
 
+from aigi.io import STAGING_PREFIX
+
 _WRITE_MODES = set("wax+")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT
 
@@ -18,6 +20,17 @@ def _under(path, root: Path) -> bool:
         return Path(os.fspath(path)).resolve().is_relative_to(root)
     except (TypeError, ValueError, OSError):
         return False
+
+
+def _on_disk_of(path, root: Path) -> bool:
+    """Under ``root``, or under the staging folder ``write_set`` builds beside it (``.<name>.aigi-set-*``: the same
+    disk by design)."""
+    if _under(path, root):
+        return True
+    if not _under(path, root.parent):
+        return False
+    inside = Path(os.fspath(path)).resolve().relative_to(root.parent).parts
+    return bool(inside) and inside[0].startswith(f".{root.name}{STAGING_PREFIX}")
 
 
 class _FillingFile:
@@ -46,7 +59,7 @@ class _FillingFile:
 
 
 class FullDisk:
-    """Files opened for writing under ``root`` share ``budget`` bytes; the write that passes it fails with ENOSPC."""
+    """Files opened for writing under ``root`` (or in aigi's staging beside it) share ``budget`` bytes; the write that passes it fails with ENOSPC."""
 
     def __init__(self, monkeypatch, root: Path, budget: int = 0) -> None:
         self.root, self.budget, self.failures = Path(root).resolve(), budget, 0
@@ -54,7 +67,7 @@ class FullDisk:
 
         def fake_open(file, mode="r", *args, **kwargs):
             fh = real_open(file, mode, *args, **kwargs)
-            if _WRITE_MODES & set(mode) and _under(file, self.root):
+            if _WRITE_MODES & set(mode) and _on_disk_of(file, self.root):
                 return _FillingFile(fh, self)
             return fh
 

@@ -5,9 +5,11 @@ import errno
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,12 +20,13 @@ from faults import FullDisk, fill_cache, mean_colour, read_only, toy_report
 from PIL import Image
 from typer.testing import CliRunner
 
+import aigi.io as io
 from aigi.backbones.base import Preprocess
 from aigi.data.transforms import EvalProtocol
 from aigi.engine.evaluate import write_report
 from aigi.engine.features import FeatureCache, extract
-from aigi.errors import AigiError
-from aigi.io import STAGING_PREFIX, WriteError, atomic_write, write_text
+from aigi.errors import AigiError, ConfigError
+from aigi.io import STAGING_PREFIX, WriteError, atomic_write, read_json, text_writer, write_set, write_text
 
 TESTS = Path(__file__).parent
 
@@ -90,9 +93,23 @@ def test_an_exception_in_the_middle_of_a_set_leaves_the_earlier_set(earlier_set,
     assert _snapshot(out) == before
 
 
+def _refuse_exchange(monkeypatch) -> list[str]:
+    """Make the folder swap fail as on a file system without RENAME_EXCHANGE; returns the swaps tried."""
+    tried = []
+
+    def refused(staging, folder):
+        tried.append(str(folder))
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(io, "_exchange", refused)
+    monkeypatch.setattr(io, "_NO_EXCHANGE", set())  # the refusal is remembered per device: not past this test
+    return tried
+
+
 def test_a_failed_rename_puts_the_earlier_files_back(earlier_set, tmp_path, monkeypatch):
     out, before = earlier_set
     report, image_set, prob = toy_report(tmp_path, threshold=0.9)
+    _refuse_exchange(monkeypatch)  # file by file, where a rename can fail part way
     real_replace, calls = os.replace, []
 
     def third_fails(src, dst):
@@ -107,6 +124,12 @@ def test_a_failed_rename_puts_the_earlier_files_back(earlier_set, tmp_path, monk
         write_report(report, out, image_set, prob)
     monkeypatch.undo()
     assert _snapshot(out) == before
+    assert _beside(out) == []
+
+
+def _beside(folder: Path) -> list[str]:
+    """What write_set left beside ``folder``: its staging siblings and lock file."""
+    return sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}."))
 
 
 KILLED_WRITER = """
@@ -146,13 +169,13 @@ def test_killed_mid_write_leaves_the_earlier_set_and_a_rerun_completes(earlier_s
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    after = _snapshot(out)
-    assert {k: v for k, v in after.items() if not k.startswith(STAGING_PREFIX)} == before
-    assert any(k.startswith(STAGING_PREFIX) for k in after)  # killed while staging, not before
+    assert _snapshot(out) == before  # the new set is built beside the folder: nothing changed in it
+    assert any(name.startswith(f".out{STAGING_PREFIX}") for name in _beside(out))  # killed while staging
     report, image_set, prob = toy_report(tmp_path, threshold=0.9)
     paths = write_report(report, out, image_set, prob)
     assert json.loads(paths["json"].read_text())["threshold"] == 0.9
-    assert sorted(_snapshot(out)) == sorted(before)  # the abandoned staging folder is gone
+    assert sorted(_snapshot(out)) == sorted(before)
+    assert _beside(out) == []  # the abandoned staging folder and the lock file are gone
 
 
 def test_safetensors_write_failure_is_a_write_error(tmp_path):
@@ -283,3 +306,212 @@ def test_two_processes_fill_one_cache(tmp_path):
 
     for path, expected in zip(images, truth):
         np.testing.assert_array_equal(cache.get(hashlib.sha256(Path(path).read_bytes()).hexdigest()), expected)
+
+
+# -- write_set swaps the whole folder: old set or new set, at any point a process is killed ---------------------------
+SET = ["report.csv", "report.json", "report_scores.csv", "report/roc.png"]
+
+
+def _set_writers(tag: str) -> dict:
+    return {name: text_writer(f"{tag} {name}\n") for name in SET}
+
+
+@pytest.fixture
+def old_set(tmp_path):
+    """A folder holding an earlier set, a user's file, a subfolder of its own and a symlink: (folder, its files)."""
+    out = tmp_path / "out"
+    write_set(out, _set_writers("old"))
+    (out / "notes.txt").write_text("the user's own file")
+    (out / "keep").mkdir(mode=0o750)
+    (out / "keep" / "data.txt").write_text("kept")
+    (out / "link").symlink_to("notes.txt")
+    return out, _snapshot(out)
+
+
+def _new_set(before: dict[str, bytes]) -> dict[str, bytes]:
+    return {**before, **{name: f"new {name}\n".encode() for name in SET}}
+
+
+def test_the_set_is_swapped_in_whole_and_other_entries_kept(old_set):
+    out, before = old_set
+    notes, mode, folder = (out / "notes.txt").stat().st_ino, (out / "keep").stat().st_mode, out.stat().st_ino
+    paths = write_set(out, _set_writers("new"))
+    assert paths == {name: out / name for name in SET}
+    assert _snapshot(out) == _new_set(before)
+    assert out.stat().st_ino != folder  # a new folder, swapped in one step
+    assert (out / "notes.txt").stat().st_ino == notes  # the user's file linked, not copied
+    assert (out / "keep").stat().st_mode == mode and os.readlink(out / "link") == "notes.txt"
+    assert _beside(out) == []
+
+
+KILLED_AT = """
+import os, signal, sys
+from pathlib import Path
+import aigi.io as io
+
+out, point, names = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+real_exchange, real_replace, replaced = getattr(io, "_exchange", None), os.replace, []
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def exchange(a, b):
+    if point == "before-exchange":
+        die()
+    real_exchange(a, b)
+    if point == "after-exchange":
+        die()
+
+def replace(src, dst):
+    replaced.append(dst)
+    if point == f"rename-{len(replaced)}":
+        die()
+    real_replace(src, dst)
+
+io._exchange, os.replace = exchange, replace
+io.write_set(out, {name: io.text_writer(f"new {name}\\n") for name in names})
+"""
+
+
+def _run_killed(command: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    subprocess.run(command, env={**env, "PYTHONDONTWRITEBYTECODE": "1"}, timeout=120, stderr=subprocess.DEVNULL)
+
+
+def _old_or_new_then_rerun(out: Path, before: dict[str, bytes]) -> None:
+    after = _snapshot(out)
+    assert after in (before, _new_set(before)), sorted(k for k in after if after[k] != before.get(k))
+    assert os.readlink(out / "link") == "notes.txt"
+    write_set(out, _set_writers("new"))  # removes what the killed process left beside the folder
+    assert _snapshot(out) == _new_set(before) and _beside(out) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="SIGKILL")
+@pytest.mark.parametrize("point", ["before-exchange", "after-exchange", "rename-1", "rename-2", "rename-3"])
+def test_a_writer_killed_at_any_step_leaves_the_old_or_the_new_set(old_set, point):
+    out, before = old_set
+    _run_killed([sys.executable, "-c", KILLED_AT, str(out), point, *SET])
+    _old_or_new_then_rerun(out, before)
+
+
+def _strace_works() -> bool:
+    """strace is installed and may trace here (containers often refuse ptrace)."""
+    if shutil.which("strace") is None:
+        return False
+    return subprocess.run(["strace", "-o", os.devnull, "true"], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.skipif(not _strace_works(), reason="strace cannot trace here")
+@pytest.mark.parametrize("when", [1, 2, 3])
+def test_a_rename_killed_by_strace_leaves_the_old_or_the_new_set(old_set, when):
+    """The reviewer's reproduction: SIGKILL injected at the Nth rename system call of the writing process."""
+    out, before = old_set
+    renames = "rename,renameat,renameat2"
+    inject = ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={renames}"]
+    inject += ["-e", f"inject={renames}:signal=KILL:when={when}"]
+    script = "import sys; from aigi.io import write_set, text_writer; "
+    script += "write_set(sys.argv[1], {n: text_writer(f'new {n}\\n') for n in sys.argv[2:]})"
+    _run_killed([*inject, sys.executable, "-c", script, str(out), *SET])
+    _old_or_new_then_rerun(out, before)
+
+
+def test_a_file_system_refusing_the_exchange_is_written_file_by_file(old_set, monkeypatch):
+    out, before = old_set
+    tried = _refuse_exchange(monkeypatch)
+    folder = out.stat().st_ino
+    write_set(out, _set_writers("new"))
+    assert _snapshot(out) == _new_set(before) and out.stat().st_ino == folder
+    write_set(out, _set_writers("new"))
+    assert tried == [str(out)]  # the refusal is remembered: the copy is not built again
+    assert _beside(out) == []
+
+
+def test_a_symlinked_folder_stays_a_symlink(old_set, tmp_path):
+    out, before = old_set
+    link = tmp_path / "latest"
+    link.symlink_to("out")
+    paths = write_set(link, _set_writers("new"))
+    assert link.is_symlink() and os.readlink(link) == "out"
+    assert paths["report.csv"] == link / "report.csv"
+    assert _snapshot(out) == _new_set(before) and _beside(out) == [] and _beside(link) == []
+
+
+def _refuse_in_parent(monkeypatch, parent: Path, what: str) -> None:
+    """Refuse (EACCES) creating aigi's lock file or staging folder in ``parent``, as a parent that is not writable."""
+    real_open, real_mkdtemp = os.open, tempfile.mkdtemp
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def lock_open(path, flags, *args, **kwargs):
+        if what == "lock" and Path(path).parent == parent and flags & os.O_CREAT:
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def staging_mkdtemp(*args, dir=None, **kwargs):
+        if what == "staging" and Path(dir) == parent:
+            refuse(dir)
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(os, "open", lock_open)
+    monkeypatch.setattr(tempfile, "mkdtemp", staging_mkdtemp)
+
+
+@pytest.mark.parametrize("refused", ["chmod", "lock", "staging"])
+def test_a_read_only_parent_falls_back_to_staging_inside(old_set, monkeypatch, refused):
+    out, before = old_set
+    folder = out.stat().st_ino
+    if refused == "chmod" and (os.name != "posix" or os.geteuid() == 0):
+        pytest.skip("file modes do not bind root")
+    if refused == "chmod":
+        out.parent.chmod(0o555)
+    else:
+        _refuse_in_parent(monkeypatch, out.parent, refused)
+    try:
+        write_set(out, _set_writers("new"))
+    finally:
+        out.parent.chmod(0o755)
+    assert _snapshot(out) == _new_set(before) and out.stat().st_ino == folder
+    assert _beside(out) == []
+
+
+def test_the_working_folder_and_huge_folders_are_not_swapped(old_set, monkeypatch):
+    out, before = old_set
+    folder = out.stat().st_ino
+    monkeypatch.chdir(out / "keep")  # swapping would leave this process in a removed folder
+    write_set(out, _set_writers("new"))
+    monkeypatch.chdir(out.parent)
+    monkeypatch.setattr(io, "MAX_SWAP_ENTRIES", 3)  # e.g. --out naming a home folder: not linked entry by entry
+    write_set(out, _set_writers("newer"))
+    assert out.stat().st_ino == folder and (out / "report.csv").read_text() == "newer report.csv\n"
+    assert _beside(out) == []
+
+
+def _write_stems(folder: str, tag: str, count: int, barrier) -> None:
+    """One of two processes writing their own stems into one folder at once (started with spawn)."""
+    barrier.wait(timeout=120)
+    for i in range(count):
+        write_set(folder, {f"{tag}_{i}.csv": text_writer(f"{tag} {i}\n"), f"{tag}_{i}/a.txt": text_writer("a")})
+
+
+def test_two_processes_writing_different_stems_keep_both(tmp_path):
+    out, count = tmp_path / "out", 25
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_write_stems, args=(str(out), tag, count, barrier)) for tag in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=180)
+        assert p.exitcode == 0
+    expected = {f"{tag}_{i}{end}" for tag in "ab" for i in range(count) for end in (".csv", "/a.txt")}
+    assert set(_snapshot(out)) == expected and _beside(out) == []
+
+
+def test_an_integer_too_long_to_convert_is_one_config_error(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"epochs": ' + "9" * 5000 + "}")
+    with pytest.raises(ConfigError) as caught:
+        read_json(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: ") and "4300 digits" in message and "\n" not in message
