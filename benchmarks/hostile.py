@@ -2,9 +2,9 @@
 
     python benchmarks/hostile.py [--work FOLDER] [--no-per-file]
 
-Builds the corpus (a few MB, in a temporary folder unless --work names one), runs each command on all of it at once
-(as tests/test_hostile_corpus.py does, under the same audit-hook guard: no program run, no network, no file
-outside the corpus read), then each command on each input alone (--no-cache: the time of the real work) for the
+Builds the corpus (a few MB, in a temporary folder unless --work names one, with an empty feature cache there), runs
+each command on all of it at once (as tests/test_hostile_corpus.py does, under the same audit-hook guard: no program
+run, no network, no file outside the corpus read), then each command on each input alone (--no-cache: the time of the real work) for the
 longest time per file. Writes ``results/hostile.json`` and ``results/hostile.md``: per command the inputs tried,
 how many were handled cleanly (a verdict or the expected per-file reason, exit code 0, no traceback, names
 escaped), the peak RSS of the process and its growth over the command, the longest time per file; then every
@@ -14,6 +14,7 @@ input not handled cleanly, with why.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -134,6 +135,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="aigi-hostile-"))
     folder = work / "corpus"
+    os.environ["AIGI_CACHE_DIR"] = str(work / "cache")  # an empty cache: every input decoded, as the first run sees it
     items = build_corpus(folder)
     warm_up()
     start = time.perf_counter()
