@@ -51,11 +51,12 @@ class Detection:
     """The verdict on one image, with its basis: what `aigi detect` prints and the HTTP API returns."""
 
     path: str  # the file's path, or an upload's name
-    verdict: str  # generated | real | error
+    verdict: str  # generated | real | uncertain | error
     basis: str  # why, in words: "real (detector 0.08; camera EXIF present)"
-    prob_generated: float | None  # the detector's P(generated); None when the image could not be scored
+    prob_generated: float | None  # P(generated) (calibrated when the model is); None when the image could not be scored
     detector_verdict: str | None  # the detector alone at the threshold
     threshold: float
+    band: tuple[float, float] | None = None  # (low, high): "uncertain" when low < prob_generated < high
     error: str | None = None  # why the image could not be scored
     provenance: Provenance | None = None  # None when provenance was not read
     heatmap_png: bytes | None = field(default=None, repr=False)  # with explain=True: the per-patch map as a PNG
@@ -99,24 +100,27 @@ def detect(
 ) -> list[Detection]:
     """One :class:`Detection` per input, in order; a file that cannot be read gets ``verdict="error"`` and the
     reason, never an exception. ``explain`` adds the per-patch heatmap as PNG bytes (a model without a patch map
-    raises :class:`~aigi.errors.ConfigError`)."""
+    raises :class:`~aigi.errors.ConfigError`). The model's uncertainty band applies at its own threshold: a
+    ``threshold`` given here replaces both (every image is then decided)."""
     items = [as_input(x) for x in inputs]
-    t = model.threshold if threshold is None else threshold
+    t, band = (model.threshold, model.config.band) if threshold is None else (threshold, None)
     if explain:
         from aigi.engine.explain import explain_inputs
 
         scores, pngs = explain_inputs(model, items, batch_size=batch_size, progress=progress)
     else:
         scores, pngs = score_paths(model, items, use_cache=use_cache, batch_size=batch_size, progress=progress), {}
-    return [_detection(item, i, scores, t, provenance, pngs.get(i), explain) for i, item in enumerate(items)]
+    decide = dict(threshold=t, band=band)
+    return [_detection(item, i, scores, decide, provenance, pngs.get(i), explain) for i, item in enumerate(items)]
 
 
 def _detection(
-    item, i: int, scores: Scores, threshold: float, provenance: bool, png: bytes | None, explain: bool
+    item, i: int, scores: Scores, decide: dict, provenance: bool, png: bytes | None, explain: bool
 ) -> Detection:
     prob = None if i in scores.errors else float(scores.prob[i])
     prov = _provenance(item) if provenance else None
-    v = fuse(prob, threshold, prov)
+    threshold = decide["threshold"]
+    v = fuse(prob, threshold, prov, decide["band"])
     error = scores.errors.get(i)
     verdict, basis = (v.label, v.basis) if v.label != "unknown" else ("error", f"could not be scored: {error}")
     return Detection(
@@ -125,6 +129,7 @@ def _detection(
         basis=basis,
         prob_generated=prob,
         threshold=threshold,
+        band=decide["band"],
         detector_verdict=None if prob is None else ("generated" if prob >= threshold else "real"),
         error=error,
         provenance=prov,

@@ -23,10 +23,11 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
@@ -47,6 +48,10 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,8 +61,28 @@ class ModelConfig(BaseModel):
     backbone: BackboneSpec
     protocol: EvalProtocol = Field(default_factory=EvalProtocol)
     threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False, description="on P(generated), in [0, 1]")
+    platt: tuple[FiniteFloat, FiniteFloat] | None = Field(
+        None,
+        description="(a, b): P(generated) = sigmoid(a * logit(p) + b) of the detector's p, fitted on the calibration "
+        "data (Platt scaling); None: the detector's own probability",
+    )
+    band: tuple[Probability, Probability] | None = Field(
+        None, description="(low, high): the verdict is 'uncertain' when low < P(generated) < high; None: always decided"
+    )
     calibration: dict[str, Any] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _band_holds_the_threshold(self) -> "ModelConfig":
+        if self.band is not None and not self.band[0] <= self.threshold <= self.band[1]:
+            raise ValueError(f"band {list(self.band)} must hold the threshold {self.threshold}")
+        return self
+
+
+def platt_scaled(prob: np.ndarray, a: float, b: float) -> np.ndarray:
+    """sigmoid(a * logit(p) + b), with p kept inside (1e-7, 1 - 1e-7) so that 0 and 1 stay finite."""
+    p = np.clip(np.asarray(prob, dtype=float), 1e-7, 1 - 1e-7)
+    return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
 
 
 class Model:
@@ -70,6 +95,13 @@ class Model:
     @property
     def threshold(self) -> float:
         return self.config.threshold
+
+    def calibrated(self, prob: np.ndarray) -> np.ndarray:
+        """The detector's P(generated) through the model's Platt scaling (unchanged without one); NaN stays NaN."""
+        if self.config.platt is None:
+            return prob
+        a, b = self.config.platt
+        return platt_scaled(prob, a, b)
 
     @property
     def device(self) -> torch.device:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,6 +47,11 @@ def _main(
     ] = False,
 ) -> None:
     """Tell AI-generated images from real photographs."""
+
+
+class ProbabilityChoice(str, Enum):
+    platt = "platt"
+    none = "none"
 
 
 # -- shared options --------------------------------------------------------------------------------------------------
@@ -165,12 +171,11 @@ def detect(
     options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
     results = api.detect(m, [s.path for s in image_set.samples], batch_size=batch_size, progress=not as_json, **options)
     n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain else (0, None)
-    t = m.threshold if threshold is None else threshold
+    t, band = (m.threshold, m.config.band) if threshold is None else (threshold, None)
     if as_json:
-        show.detections_json(m.config.detector, t, results, image_set.skipped)
+        show.detections_json(m.config.detector, t, band, results, image_set.skipped)
     else:
-        title = f"aigi detect — {m.config.detector} on {m.config.backbone.family}, threshold {t:.3f}"
-        show.detections(results, title, not no_provenance)
+        show.detections(results, show.detect_title(m.config, t, band), not no_provenance)
         show.batch_notes(results, image_set.skipped, n_maps, explain_dir)
     if heatmap_error is not None:
         raise heatmap_error
@@ -529,23 +534,32 @@ def calibrate(
             help="Lowest threshold keeping this real-photo accuracy; default: maximise balanced accuracy.",
         ),
     ] = None,
+    probability: Annotated[
+        ProbabilityChoice,
+        typer.Option(
+            help="platt: calibrate P(generated) on these images (Platt scaling); none: keep the detector's own."
+        ),
+    ] = ProbabilityChoice.platt,
+    band_accuracy: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Uncertainty band: the accuracy images outside it must reach here; inside it the verdict is "
+            "'uncertain'. 0: no band.",
+        ),
+    ] = 0.95,
     allow_download: AllowDownloadOpt = False,
 ) -> None:
-    """Choose the decision threshold on validation data and store it in the model folder."""
+    """Calibrate a model on validation data and store the result in its folder: P(generated) (Platt scaling), the
+    decision threshold, and the uncertainty band inside which `aigi detect` says 'uncertain'."""
     from aigi.checkpoints import save_model
     from aigi.engine.calibrate import calibrate as run
 
     m = _load(model, allow_download)
-    rec = run(m, data, target_real_acc)
+    rec = run(m, data, target_real_acc, True, probability.value, band_accuracy or None)
     save_model(m, model)
-
-    def f(v):
-        return "n/a" if v is None else f"{v:.3f}"
-
-    show.say(
-        f"threshold {rec['threshold']:.4f} ({rec['rule']}): real acc {f(rec['real_acc'])}, "
-        f"generated acc {f(rec['fake_acc'])} on {data}"
-    )
+    show.calibration(rec, data)
 
 
 @app.command()

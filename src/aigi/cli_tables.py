@@ -22,7 +22,7 @@ from aigi.names import shown
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
-VERDICT_STYLE = {"generated": "bold red", "real": "bold green", "error": "yellow"}
+VERDICT_STYLE = {"generated": "bold red", "real": "bold green", "uncertain": "bold magenta", "error": "yellow"}
 PROVENANCE_CAPTION = (
     "declared evidence decides when present (C2PA, watermark, generator metadata); "
     "camera EXIF is weak; no metadata proves nothing — see `aigi inspect`"
@@ -70,11 +70,37 @@ def detections(results, title: str, provenance: bool) -> None:
     out.print(table)
 
 
-def detections_json(detector: str, threshold: float, results, skipped_files) -> None:
-    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, and the skipped files."""
+def calibration(record: dict, data) -> None:
+    """What `aigi calibrate` chose: threshold and accuracies, probability calibration, the band (or why none)."""
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    say(
+        f"threshold {record['threshold']:.4f} ({record['rule']}): real acc {f(record['real_acc'])}, "
+        f"generated acc {f(record['fake_acc'])} on {data}"
+    )
+    say(f"probability: {record['probability']}")
+    band = record.get("band")
+    if band is not None:
+        say(f"uncertain between {band[0]:.4f} and {band[1]:.4f} (decided accuracy >= {record['band_accuracy']:g})")
+    elif record.get("band_note"):
+        note(record["band_note"])
+
+
+def detect_title(config, threshold: float, band) -> str:
+    """The title of `aigi detect`'s table: the model, its threshold and its uncertainty band if one is used."""
+    decided = f", uncertain between {band[0]:.3f} and {band[1]:.3f}" if band is not None else ""
+    return f"aigi detect — {config.detector} on {config.backbone.family}, threshold {threshold:.3f}{decided}"
+
+
+def detections_json(detector: str, threshold: float, band, results, skipped_files) -> None:
+    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the threshold and the
+    uncertainty band used (null when none), and the skipped files."""
     payload = {
         "model": detector,
         "threshold": threshold,
+        "band": None if band is None else list(band),
         "results": [d.to_dict() for d in results],
         "skipped": skipped_json(skipped_files),
     }

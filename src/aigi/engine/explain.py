@@ -57,6 +57,7 @@ def explain_inputs(
     )
     logits = Extracted(features=[None if f is None else f[:1] for f in ext.features], errors=ext.errors)
     scores = to_scores(logits, lambda t: torch.sigmoid(t[:, 0].double()))
+    scores.prob = model.calibrated(scores.prob)
     pngs: dict[int, bytes] = {}
     for i in map(int, np.flatnonzero(scores.ok)):
         try:

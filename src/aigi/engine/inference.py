@@ -92,8 +92,24 @@ def score_paths(
     progress: bool = True,
     perturbation: Perturbation | None = None,
 ) -> Scores:
-    """P(generated) per file (or in-memory image). ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded
-    image before the model's protocol; perturbed features, and features of in-memory images, are never cached."""
+    """P(generated) per file (or in-memory image), through the model's probability calibration (``platt``).
+    ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded image before the model's protocol; perturbed
+    features, and features of in-memory images, are never cached."""
+    scores = detector_scores(model, paths, use_cache, cache_dir, batch_size, progress, perturbation)
+    scores.prob = model.calibrated(scores.prob)
+    return scores
+
+
+def detector_scores(
+    model: Model,
+    paths: Sequence[ImageInput],
+    use_cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    perturbation: Perturbation | None = None,
+) -> Scores:
+    """The detector's own P(generated), before the model's probability calibration (see :func:`score_paths`)."""
     det, device = model.detector, model.device
     protocol = model.config.protocol
     if perturbation is not None and perturbation.kind != "none":
@@ -143,12 +159,16 @@ def to_scores(ext: Extracted, to_prob) -> Scores:
     return Scores(prob=prob, errors=errors, cache_hits=ext.cache_hits)
 
 
-def labelled_scores(model: Model, data: str | os.PathLike, progress: bool = True) -> tuple[list[int], np.ndarray]:
+def labelled_scores(
+    model: Model, data: str | os.PathLike, progress: bool = True, calibrated: bool = True
+) -> tuple[list[int], np.ndarray]:
     """Labels and P(generated) of the readable images of a labelled folder or manifest, pooled over its subsets
-    (what calibration and per-epoch validation measure on; non-finite scores count as unreadable)."""
+    (what calibration and per-epoch validation measure on; non-finite scores count as unreadable). ``calibrated``:
+    through the model's probability calibration, else the detector's own probability."""
     from aigi.data.folders import discover
 
     samples = discover(data).samples
-    scores = score_paths(model, [s.path for s in samples], progress=progress)
+    score = score_paths if calibrated else detector_scores
+    scores = score(model, [s.path for s in samples], progress=progress)
     ok = [i for i in range(len(samples)) if i not in scores.errors]
     return [samples[i].label for i in ok], scores.prob[ok]

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ PLACES = {
     "val",
     "calibrate_on",
     "target_real_acc",
+    "probability",
+    "band_accuracy",
     "reference",
     "memory",
     "epochs",
@@ -79,6 +81,16 @@ class DetectorTrainConfig(RecipeConfig):
     calibrate_on: Path | None = Field(None, description="labelled images on which to choose the threshold at the end")
     target_real_acc: float | None = Field(
         None, ge=0.0, le=1.0, description="with calibrate_on: lowest threshold keeping this real-photo accuracy"
+    )
+    probability: Literal["platt", "none"] = Field(
+        "platt", description="with calibrate_on: Platt-scale the probability on those images, or keep the detector's"
+    )
+    band_accuracy: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="with calibrate_on: the accuracy the decided images must reach; images in the band between are "
+        "'uncertain' (0: no band)",
     )
 
 
@@ -416,7 +428,8 @@ def _calibrate_and_save(recipe: Recipe, run: Run, progress: bool) -> None:
         if cfg.calibrate_on is not None:
             from aigi.engine.calibrate import calibrate
 
-            calibrate(run.model, cfg.calibrate_on, cfg.target_real_acc, progress=progress)
+            band = cfg.band_accuracy or None
+            calibrate(run.model, cfg.calibrate_on, cfg.target_real_acc, progress, cfg.probability, band)
     done = run.record.get("epochs_done", run.start_epoch)
     recipe.save(run, done if recipe.epochs() else None)  # with the epoch: a rerun can still resume
 

@@ -15,7 +15,8 @@ Rules, in order:
    "real (declared: C2PA capture by <issuer>, trusted)". A capture claim signed by an unknown key is as easy to
    make as a self-signed certificate, so it is only mentioned.
 4. Otherwise the detector decides at its threshold, and camera EXIF or other weak findings are mentioned beside
-   it, never instead of it: anyone can copy a camera's EXIF onto a generated image.
+   it, never instead of it: anyone can copy a camera's EXIF onto a generated image. Inside the model's uncertainty
+   band (low < P < high, chosen on validation data) it does not decide: "uncertain (detector 0.48; band 0.30-0.70)".
 5. No score (the file could not be decoded) and nothing declared: "unknown".
 """
 
@@ -30,12 +31,14 @@ GENERATIVE = ("generated", "ai-edited")
 
 @dataclass
 class Verdict:
-    label: str  # generated | real | unknown
+    label: str  # generated | real | uncertain | unknown
     basis: str  # e.g. "generated (declared: C2PA by Adobe)"
     source: str  # declared | watermark | detector | none
 
 
-def fuse(prob: float | None, threshold: float, provenance: Provenance | None) -> Verdict:
+def fuse(
+    prob: float | None, threshold: float, provenance: Provenance | None, band: tuple[float, float] | None = None
+) -> Verdict:
     declared = provenance.best(*GENERATIVE) if provenance else None
     camera = provenance.best("captured") if provenance else None
     trusted_capture = camera is not None and camera.source == "c2pa" and camera.strength == "strong"
@@ -61,6 +64,9 @@ def fuse(prob: float | None, threshold: float, provenance: Provenance | None) ->
         return Verdict("unknown", "unknown (no detector score and nothing declared)", "none")
     label = "generated" if prob >= threshold else "real"
     extras = []
+    if band is not None and band[0] < prob < band[1]:
+        label = "uncertain"
+        extras.append(f"band {band[0]:.2f}-{band[1]:.2f}")
     if camera is not None:
         extras.append("camera EXIF present" if camera.source == "exif" else camera.summary)
     return Verdict(label, f"{label} (detector {prob:.2f}" + "".join(f"; {e}" for e in extras) + ")", "detector")
