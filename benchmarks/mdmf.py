@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from default_model import AS_MEASURED
 from sklearn.metrics import roc_auc_score
 
 from aigi.checkpoints import load_model
@@ -72,6 +73,7 @@ def _train(data: Path, out: Path, level: str, pool: int, calibrate: bool):
             params={"pool": pool},
             seed=0,
             calibrate_on=data / "val" if calibrate else None,
+            **AS_MEASURED,
             **RECIPE,
         ),
         progress=False,

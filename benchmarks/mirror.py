@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from default_model import AS_MEASURED
 
 from aigi import api
 from aigi.backbones import build_backbone
@@ -155,7 +156,15 @@ def final(data: Path, cache: str, level: str | None, recipe: str) -> None:
         shutil.rmtree(model_dir)
     train(
         "mirror",
-        dict(data=data / "train", out=model_dir, memory=mem, val=data / "val", calibrate_on=data / "val", **p2),
+        dict(
+            data=data / "train",
+            out=model_dir,
+            memory=mem,
+            val=data / "val",
+            calibrate_on=data / "val",
+            **AS_MEASURED,
+            **p2,
+        ),
         progress=False,
     )
     train_s = time.perf_counter() - t0
