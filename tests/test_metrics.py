@@ -1,4 +1,5 @@
-"""aigi.engine.metrics: hand-checked values for every metric, one-class subsets, means and thresholds."""
+"""aigi.engine.metrics: hand-checked values for every metric, one-class subsets, means, thresholds, calibration
+error and the coverage of an uncertainty band."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import pytest
 from aigi.engine.metrics import (
     COLUMNS,
     binary_metrics,
+    columns_for,
+    decided_metrics,
     equal_error_rate,
+    expected_calibration_error,
     fpr_at_tpr,
     mean_row,
+    reliability_bins,
     threshold_for,
 )
 
@@ -172,3 +177,73 @@ def test_threshold_for_max_balanced_accuracy_on_shifted_scores():
 def test_threshold_for_separable_scores():
     t, _ = threshold_for([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
     assert _bal_acc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]), t) == 1.0
+
+
+def test_ece_zero_when_every_bin_is_calibrated():
+    # bin [0.2, 0.3): p 0.25, one in four generated; bin [0.7, 0.8): p 0.75, three in four generated
+    y = [1, 0, 0, 0, 1, 1, 1, 0]
+    p = [0.25] * 4 + [0.75] * 4
+    assert expected_calibration_error(y, p, bins=10) == approx(0.0, abs=1e-12)
+
+
+def test_ece_known_miscalibration():
+    # bin [0.9, 1.0]: p 0.9 but half generated -> |0.5 - 0.9| * 4/8; bin [0.1, 0.2): p 0.1, none -> |0 - 0.1| * 4/8
+    y = [1, 1, 0, 0, 0, 0, 0, 0]
+    p = [0.9] * 4 + [0.1] * 4
+    assert expected_calibration_error(y, p, bins=10) == approx(0.4 / 2 + 0.1 / 2)
+    # one bin [0, 0.5) with mean p 0.25 and half generated: 0.25
+    assert expected_calibration_error([1, 0], [0.2, 0.3], bins=2) == approx(0.25)
+    assert expected_calibration_error([], []) is None
+    assert binary_metrics(y, p)["ece"] == approx(expected_calibration_error(y, p, bins=15))
+
+
+def test_reliability_bins_edges_counts_and_empty_bins():
+    bins = reliability_bins([0, 1, 1, 0, 1], [0.0, 0.5, 1.0, 0.2, 0.7], bins=2)
+    assert [(b.lower, b.upper, b.count) for b in bins] == [(0.0, 0.5, 2), (0.5, 1.0, 3)]  # 0.5 opens the upper bin
+    assert bins[0].mean_prob == approx(0.1) and bins[0].frac_generated == 0.0
+    assert bins[1].mean_prob == approx(2.2 / 3) and bins[1].frac_generated == 1.0  # p == 1 is in the last bin
+    empty = reliability_bins([1], [0.95], bins=4)[0]
+    assert empty.count == 0 and empty.mean_prob is None and empty.frac_generated is None
+    assert len(reliability_bins([], [])) == 15
+
+
+def test_decided_metrics_band_edges_are_decided():
+    # band (0.3, 0.7), threshold 0.5: 0.3 decided real (right), 0.7 decided generated (right), 0.5 and 0.4 uncertain,
+    # 0.1 decided real (wrong: generated), 0.9 decided generated (right)
+    y = [0, 1, 1, 0, 1, 1]
+    p = [0.3, 0.7, 0.5, 0.4, 0.1, 0.9]
+    m = decided_metrics(y, p, 0.5, (0.3, 0.7))
+    assert m == {"coverage": approx(4 / 6), "decided_acc": approx(3 / 4), "n_uncertain": 2}
+    assert decided_metrics([0, 1], [0.3, 0.7], 0.5, (0.3, 0.7))["coverage"] == 1.0
+    assert decided_metrics([0, 1], [0.31, 0.69], 0.5, (0.3, 0.7)) == {
+        "coverage": 0.0,
+        "decided_acc": None,
+        "n_uncertain": 2,
+    }
+
+
+def test_decided_metrics_without_band_and_bad_band():
+    y, p = [0, 0, 1, 1], [0.2, 0.6, 0.7, 0.4]
+    assert decided_metrics(y, p, 0.5, None) == {
+        "coverage": 1.0,
+        "decided_acc": binary_metrics(y, p)["acc"],
+        "n_uncertain": 0,
+    }
+    assert decided_metrics([], [], 0.5, (0.4, 0.6)) == {"coverage": None, "decided_acc": None, "n_uncertain": 0}
+    with pytest.raises(ValueError, match="does not hold the threshold"):
+        decided_metrics(y, p, 0.5, (0.6, 0.8))
+
+
+def test_band_columns_only_when_rows_have_them():
+    band = (0.3, 0.7)
+    plain = [binary_metrics([0, 1], [0.2, 0.8]), binary_metrics([0, 1, 1], [0.5, 0.9, 0.1])]
+    assert columns_for(plain) == COLUMNS and COLUMNS[-1] == "ece"
+    assert not {"coverage", "decided_acc", "n_uncertain"} & set(mean_row(plain))
+    banded = [
+        {**r, **decided_metrics(y, p, 0.5, band)}
+        for r, (y, p) in zip(plain, [([0, 1], [0.2, 0.8]), ([0, 1, 1], [0.5, 0.9, 0.1])])
+    ]
+    assert columns_for(banded) == COLUMNS + ["coverage", "decided_acc"]
+    m = mean_row(banded)
+    assert m["coverage"] == approx((1.0 + 2 / 3) / 2) and m["decided_acc"] == approx((1.0 + 0.5) / 2)
+    assert m["n_uncertain"] == 1 and m["ece"] == approx((plain[0]["ece"] + plain[1]["ece"]) / 2)

@@ -1,4 +1,5 @@
-"""aigi.engine.evaluate: the CSV and JSON reports carry the same numbers; plots and scores are written atomically."""
+"""aigi.engine.evaluate: the CSV and JSON reports carry the same numbers (ECE always, coverage and decided accuracy
+only with an uncertainty band); plots and scores are written atomically."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 from PIL import Image
 
 from aigi.data.folders import ImageSet, Sample
-from aigi.engine.evaluate import build_report, format_table, report_csv, write_report
-from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics
+from aigi.engine.evaluate import build_report, format_table, reliability_png, report_csv, write_report
+from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics, decided_metrics
 
 NAN = float("nan")
 
@@ -64,16 +65,18 @@ def test_write_report_csv_and_json_agree(scored, tmp_path):
     image_set, prob, errors, report = scored
     out = tmp_path / "out"
     paths = write_report(report, out, image_set, prob)
-    assert set(paths) == {"csv", "json", "scores", "roc", "hist"}
+    assert set(paths) == {"csv", "json", "scores", "roc", "hist", "reliability"}
     assert all(Path(p).parent == out and Path(p).is_file() for p in paths.values())
 
     rows = read_csv(paths["csv"])
     header, body = rows[0], rows[1:]
     assert header == ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]
     assert "AUROC" in header and "Bal_Acc" in header and "FPR@95TPR" in header
+    assert header[-1] == "ECE" and "Coverage" not in header and "Decided_Acc" not in header  # no band, no columns
 
     doc = json.loads(paths["json"].read_text(encoding="utf-8"))
-    assert doc["model"] == "toy" and doc["threshold"] == 0.5
+    assert doc["model"] == "toy" and doc["threshold"] == 0.5 and doc["band"] is None
+    assert not any("coverage" in r or "decided_acc" in r for r in doc["rows"])
     assert len(body) == len(doc["rows"]) == 4
     assert body[-1][0] == "MEAN" and doc["rows"][-1]["subset"] == "MEAN"
 
@@ -116,7 +119,7 @@ def test_write_report_scores_plots_and_no_temporaries(scored, tmp_path):
         else:
             assert float(p) == pytest.approx(prob[i], abs=1e-6) and err == ""
 
-    for key in ("roc", "hist"):
+    for key in ("roc", "hist", "reliability"):
         assert paths[key].name == f"run1_{key}.png"
         with Image.open(paths[key]) as im:
             im.verify()
@@ -124,7 +127,8 @@ def test_write_report_scores_plots_and_no_temporaries(scored, tmp_path):
             assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100
 
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["run1.csv", "run1.json", "run1_scores.csv", "run1_roc.png", "run1_hist.png"])
+    expected = ["run1.csv", "run1.json", "run1_scores.csv", "run1_roc.png", "run1_hist.png", "run1_reliability.png"]
+    assert names == sorted(expected)
     assert not any(n.startswith(".") or n.endswith(".tmp") for n in names)
 
 
@@ -135,7 +139,7 @@ def test_rewrite_replaces_files(scored, tmp_path):
     report2 = build_report(image_set, prob, 0.9, errors, model="again")
     paths = write_report(report2, out, image_set, prob)
     assert json.loads(paths["json"].read_text())["threshold"] == 0.9
-    assert len(list(out.iterdir())) == 5
+    assert len(list(out.iterdir())) == 6
 
 
 def test_all_failed_subset_and_unlabelled_rows(tmp_path):
@@ -153,3 +157,36 @@ def test_all_failed_subset_and_unlabelled_rows(tmp_path):
     assert [r[0] for r in table] == ["ok", "broken", "MEAN"]
     assert report_csv(report).splitlines()[1:] == [",".join(r) for r in table]
     assert not math.isnan(report.mean["auroc"])
+
+
+def test_report_with_band_adds_coverage_columns(scored, tmp_path):
+    image_set, prob, errors, _ = scored
+    report = build_report(image_set, prob, 0.5, errors, model="toy", band=(0.4, 0.6))
+    for name, idx in image_set.subsets.items():
+        ok = [i for i in idx if i not in errors]
+        expected = decided_metrics([image_set.samples[i].label for i in ok], prob[ok], 0.5, (0.4, 0.6))
+        assert {k: report.row(name)[k] for k in expected} == pytest.approx(expected)
+    assert report.row("solo")["coverage"] == 1.0 and report.row("solo")["n_uncertain"] == 0  # 0.9, 0.8: decided
+    assert report.mean["coverage"] == pytest.approx(np.mean([r["coverage"] for r in report.rows[:-1]]))
+    assert report.mean["n_uncertain"] == sum(r["n_uncertain"] for r in report.rows[:-1])
+
+    paths = write_report(report, tmp_path / "out", image_set, prob)
+    header, *body = read_csv(paths["csv"])
+    assert header == ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS] + ["Coverage", "Decided_Acc"]
+    assert body == format_table(report)
+    doc = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert doc["band"] == [0.4, 0.6]
+    for cells, jrow in zip(body, doc["rows"]):
+        assert float(cells[-2]) == pytest.approx(jrow["coverage"], abs=1e-12)
+        decided_acc = None if cells[-1] == "" else float(cells[-1])
+        assert decided_acc == (None if jrow["decided_acc"] is None else pytest.approx(jrow["decided_acc"]))
+
+
+def test_reliability_png_is_a_png_even_without_scored_images(tmp_path):
+    samples = [Sample(tmp_path / "a.png", 0), Sample(tmp_path / "b.png", 1)]
+    image_set = ImageSet(samples=samples, subsets={"all": [0, 1]})
+    for prob in (np.array([0.2, 0.9]), np.array([NAN, NAN])):
+        report = build_report(image_set, prob, 0.5, {})
+        png = reliability_png(report, image_set, prob)
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.format == "PNG" and im.size[0] > 100 and im.size[1] > 100

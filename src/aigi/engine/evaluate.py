@@ -1,5 +1,7 @@
 """Evaluation reports: one row per subset plus a MEAN row, as CSV and JSON with the same numbers, per-image
-scores, an ROC-curve PNG and a score-histogram PNG, written together as one set (:func:`aigi.io.write_set`)."""
+scores, an ROC-curve PNG, a score-histogram PNG and a reliability-diagram PNG, written together as one set
+(:func:`aigi.io.write_set`). Every row has the expected calibration error (ECE); a report made with an uncertainty
+band also has each subset's coverage and accuracy on the decided images."""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from aigi.data.folders import ImageSet
-from aigi.engine.metrics import COLUMNS, DISPLAY, binary_metrics, mean_row
+from aigi.engine.metrics import (
+    DISPLAY,
+    binary_metrics,
+    columns_for,
+    decided_metrics,
+    expected_calibration_error,
+    mean_row,
+    reliability_bins,
+)
 from aigi.io import Writer, bytes_writer, json_writer, text_writer, write_bytes, write_set
 from aigi.names import shown
 
@@ -29,6 +39,7 @@ class Report:
     extra: dict = field(default_factory=dict)
     image_set: ImageSet | None = field(default=None, repr=False)  # what was scored, for write()
     prob: np.ndarray | None = field(default=None, repr=False)  # P(generated) per sample, NaN where unreadable
+    band: tuple[float, float] | None = None  # the uncertainty band (low, high) the rows' coverage was measured with
 
     def write(self, out_dir: str | os.PathLike, stem: str = "report") -> dict[str, Path]:
         """The report's files (see :func:`write_report`)."""
@@ -41,15 +52,28 @@ class Report:
     def mean(self) -> dict:
         return self.rows[-1]
 
+    @property
+    def columns(self) -> list[str]:
+        """The metric columns of its table and CSV: the band's only when it was made with one."""
+        return columns_for(self.rows)
+
 
 def build_report(
-    image_set: ImageSet, prob: np.ndarray, threshold: float, errors: dict[int, str], model: str = "", data: str = ""
+    image_set: ImageSet,
+    prob: np.ndarray,
+    threshold: float,
+    errors: dict[int, str],
+    model: str = "",
+    data: str = "",
+    band: tuple[float, float] | None = None,
 ) -> Report:
+    """Metrics per subset (unreadable images left out) and their MEAN; with ``band`` (low, high) also each subset's
+    coverage and accuracy on the decided images (:func:`aigi.engine.metrics.decided_metrics`)."""
     rows = []
     for name, idx in image_set.subsets.items():
         idx = [i for i in idx if not math.isnan(prob[i])]
         labels = [image_set.samples[i].label for i in idx]
-        rows.append({"subset": shown(name), **binary_metrics(labels, prob[idx], threshold)})
+        rows.append({"subset": shown(name), **subset_metrics(labels, prob[idx], threshold, band)})
     rows.append({"subset": "MEAN", **mean_row(rows)})
     errs = [{"path": shown(image_set.samples[i].path), "reason": r} for i, r in sorted(errors.items())]
     skipped = [{"path": shown(p), "reason": r} for p, r in image_set.skipped]
@@ -62,7 +86,16 @@ def build_report(
         skipped=skipped,
         image_set=image_set,
         prob=prob,
+        band=None if band is None else (float(band[0]), float(band[1])),
     )
+
+
+def subset_metrics(labels: list[int], prob: np.ndarray, threshold: float, band: tuple[float, float] | None) -> dict:
+    """One subset's row: :func:`binary_metrics`, and with a band its coverage, decided_acc and n_uncertain."""
+    metrics = binary_metrics(labels, prob, threshold)
+    if band is not None:
+        metrics.update(decided_metrics(labels, prob, threshold, band))
+    return metrics
 
 
 def _fmt(v) -> str:
@@ -76,9 +109,8 @@ def _fmt(v) -> str:
 def report_csv(report: Report) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS])
-    for r in report.rows:
-        w.writerow([r["subset"]] + [_fmt(r[c]) for c in COLUMNS])
+    w.writerow(["Dataset"] + [DISPLAY.get(c, c) for c in report.columns])
+    w.writerows(format_table(report))
     return buf.getvalue()
 
 
@@ -90,6 +122,7 @@ def report_json(report: Report) -> dict:
         "model": report.model,
         "data": report.data,
         "threshold": report.threshold,
+        "band": None if report.band is None else list(report.band),
         "rows": [{k: rnd(v) for k, v in r.items()} for r in report.rows],
         "errors": report.errors,
         "skipped": report.skipped,
@@ -100,8 +133,8 @@ def report_json(report: Report) -> dict:
 def write_report(
     report: Report, out_dir: str | os.PathLike, image_set: ImageSet, prob: np.ndarray, stem: str = "report"
 ) -> dict[str, Path]:
-    """Write ``{stem}.csv``, ``{stem}.json``, ``{stem}_scores.csv``, ``{stem}_roc.png`` and ``{stem}_hist.png`` as one
-    set (:func:`aigi.io.write_set`): readers see the earlier set or this one, never a mix; a write failure raises
+    """Write ``{stem}.csv``, ``{stem}.json``, ``{stem}_scores.csv``, ``{stem}_roc.png``, ``{stem}_hist.png`` and
+    ``{stem}_reliability.png`` as one set (:func:`aigi.io.write_set`): readers see the earlier set or this one, never a mix; a write failure raises
     :class:`aigi.io.WriteError` and leaves an earlier set whole; other files in ``out_dir`` are left alone."""
     files = report_files(report, image_set, prob, stem)
     written = write_set(out_dir, {name: write for name, write in files.values()})
@@ -117,6 +150,7 @@ def report_files(report: Report, image_set: ImageSet, prob: np.ndarray, stem: st
         "scores": (f"{stem}_scores.csv", text_writer(scores_csv(report, image_set, prob))),
         "roc": (f"{stem}_roc.png", bytes_writer(roc)),
         "hist": (f"{stem}_hist.png", bytes_writer(hist)),
+        "reliability": (f"{stem}_reliability.png", bytes_writer(reliability_png(report, image_set, prob))),
     }
 
 
@@ -177,6 +211,45 @@ def plot_pngs(report: Report, image_set: ImageSet, prob: np.ndarray) -> tuple[by
     return roc, figure_png(fig)
 
 
+def labelled_scores(image_set: ImageSet, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and P(generated) of every labelled image that was scored (unreadable and unlabelled ones left out)."""
+    idx = [i for i, s in enumerate(image_set.samples) if s.label is not None and not math.isnan(prob[i])]
+    return np.array([image_set.samples[i].label for i in idx], dtype=int), np.asarray(prob, dtype=float)[idx]
+
+
+def reliability_png(report: Report, image_set: ImageSet, prob: np.ndarray) -> bytes:
+    """The reliability diagram over all scored labelled images: observed fraction generated against mean predicted
+    P(generated) per bin, with the diagonal of perfect calibration, image counts per bin underneath, ECE in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, p = labelled_scores(image_set, prob)
+    bins = [b for b in reliability_bins(y, p) if b.count]
+    ece = expected_calibration_error(y, p)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), dpi=110, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], "k:", lw=0.8, label="perfectly calibrated")
+    top.plot([b.mean_prob for b in bins], [b.frac_generated for b in bins], "o-", color="tab:red", label="observed")
+    ece_text = "n/a" if ece is None else f"{ece:.4f}"
+    top.set(
+        ylabel="fraction generated", xlim=(0, 1), ylim=(0, 1.01), title=f"Reliability: {report.model} (ECE {ece_text})"
+    )
+    top.legend(loc="upper left", fontsize=8)
+    lower = [b.lower for b in bins]
+    bottom.bar(
+        lower,
+        [b.count for b in bins],
+        width=[b.upper - b.lower for b in bins],
+        align="edge",
+        color="tab:gray",
+        edgecolor="white",
+    )
+    bottom.set(xlabel="predicted P(generated)", ylabel="images")
+    fig.tight_layout()
+    return figure_png(fig)
+
+
 def figure_png(fig) -> bytes:
     """A matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
@@ -192,5 +265,5 @@ def save_figure(fig, path: Path) -> Path:
 
 
 def format_table(report: Report) -> list[list[str]]:
-    """Rows of strings for a terminal table (Dataset + metrics)."""
-    return [[r["subset"]] + [_fmt(r[c]) for c in COLUMNS] for r in report.rows]
+    """Rows of strings for a terminal table and the CSV: Dataset, then the metrics of :attr:`Report.columns`."""
+    return [[r["subset"]] + [_fmt(r.get(c)) for c in report.columns] for r in report.rows]
