@@ -119,6 +119,7 @@ def test_eval_out_writes_every_file_with_names_escaped(tmp_path):
         "report.csv",
         "report.json",
         "report_hist.png",
+        "report_reliability.png",
         "report_roc.png",
         "report_scores.csv",
     ]

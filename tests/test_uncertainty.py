@@ -101,6 +101,14 @@ def test_calibrate_stores_probability_threshold_and_band_and_detect_uses_them(la
     assert payload["band"] == [0.0, 1.0]
     assert {r["verdict"] for r in payload["results"]} == {"uncertain"}
     assert all("band 0.00-1.00" in r["basis"] for r in payload["results"])
+    res = runner.invoke(
+        app, ["eval", "--model", str(folder), "--data", str(labelled_images), "--out", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "Coverage" in res.output and "uncertain between 0.000 and 1.000" in " ".join(res.output.split())
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["band"] == [0.0, 1.0] and report["rows"][-1]["coverage"] == 0.0
+    assert "Coverage,Decided_Acc" in (tmp_path / "r" / "report.csv").read_text().splitlines()[0]
     res = runner.invoke(app, ["detect", "--json", "--model", str(folder), "--threshold", "0.5", str(labelled_images)])
     payload = json.loads(res.stdout)  # an explicit threshold decides every image
     assert payload["band"] is None and {r["verdict"] for r in payload["results"]} <= {"real", "generated"}

@@ -162,9 +162,10 @@ def evaluate(
 ) -> Report:
     """Score labelled images (a folder or manifest in any layout :func:`aigi.data.folders.discover` reads, or an
     :class:`ImageSet`) and build the report: the field's metrics per subset plus MEAN, the unreadable and the skipped
-    files. ``report.write(folder)`` writes its CSV, JSON, per-image scores and plots."""
+    files; with the model's uncertainty band, also coverage and accuracy on the decided images (a ``threshold`` given
+    here replaces both). ``report.write(folder)`` writes its CSV, JSON, per-image scores and plots."""
     image_set = data if isinstance(data, ImageSet) else discover(data)
-    t = model.threshold if threshold is None else threshold
+    t, band = (model.threshold, model.config.band) if threshold is None else (threshold, None)
     scores = score_paths(
         model,
         [s.path for s in image_set.samples],
@@ -177,4 +178,4 @@ def evaluate(
     name = data_name if data_name is not None else str(image_set.root if isinstance(data, ImageSet) else data)
     if perturbation is not None and perturbation.kind != "none":
         name += f" ({perturbation.name})"
-    return build_report(image_set, scores.prob, t, scores.errors, model=model_name, data=name)
+    return build_report(image_set, scores.prob, t, scores.errors, model=model_name, data=name, band=band)

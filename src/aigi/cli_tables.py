@@ -120,12 +120,12 @@ def batch_notes(results, skipped_files, n_maps: int, explain_dir) -> None:
         note(f"{n_bad} of {len(results)} files could not be read (reasons above)", prefix="")
 
 
-def metrics(title: str, rows: list[list[str]]) -> None:
-    """A report's metrics: one row per subset and MEAN."""
+def metrics(title: str, rows: list[list[str]], columns: list[str] | None = None) -> None:
+    """A report's metrics: one row per subset and MEAN (``columns``: the report's, e.g. with a band's coverage)."""
     from aigi.engine.metrics import COLUMNS, DISPLAY
 
     table = Table(title=cell(title))
-    for c in ["Dataset"] + [DISPLAY.get(c, c) for c in COLUMNS]:
+    for c in ["Dataset"] + [DISPLAY.get(c, c) for c in columns or COLUMNS]:
         table.add_column(c, justify="left" if c == "Dataset" else "right")
     for row in rows:
         table.add_row(*map(cell, row))
@@ -137,7 +137,7 @@ def report(report, title: str) -> None:
     from aigi.engine.evaluate import format_table
 
     rows = format_table(report)
-    metrics(title, rows if len(rows) > 2 else rows[:-1])  # one subset: its MEAN row repeats it
+    metrics(title, rows if len(rows) > 2 else rows[:-1], report.columns)  # one subset: its MEAN row repeats it
     unreadable(report.errors)
 
 
@@ -145,7 +145,8 @@ def evaluation(report, skipped_files, out_dir) -> None:
     """`aigi eval --data` / `--real --fake`: the table, unreadable and skipped files, and the files written."""
     from aigi.engine.evaluate import format_table
 
-    metrics(f"aigi eval — {report.data} (threshold {report.threshold:.3f})", format_table(report))
+    band = "" if report.band is None else f", uncertain between {report.band[0]:.3f} and {report.band[1]:.3f}"
+    metrics(f"aigi eval — {report.data} (threshold {report.threshold:.3f}{band})", format_table(report), report.columns)
     unreadable(report.errors)
     skipped(skipped_files)
     if out_dir:

@@ -217,7 +217,7 @@ def run_suites(
 ) -> str:
     """Score every distinct image once, then write each suite's CSV and report folder. Returns the timestamp."""
     stamp = timestamp or datetime.now().strftime("%Y%m%d_%H%M%S")
-    t = model.threshold if threshold is None else threshold
+    t, band = (model.threshold, model.config.band) if threshold is None else (threshold, None)
     live = [r for r in results if r.image_set is not None]
     paths = list(dict.fromkeys(str(s.path) for r in live for s in r.image_set.samples))
     if not paths:
@@ -231,7 +231,7 @@ def run_suites(
         idx = [pos[str(s.path)] for s in r.image_set.samples]
         prob = scores.prob[idx]
         errors = {j: scores.errors[i] for j, i in enumerate(idx) if i in scores.errors}
-        r.report = build_report(r.image_set, prob, t, errors, model=model_name, data=str(r.image_set.root))
+        r.report = build_report(r.image_set, prob, t, errors, model=model_name, data=str(r.image_set.root), band=band)
         r.report.extra = {"suite": r.suite.name, "name": r.name, "timestamp": stamp, "notes": r.notes}
         write_suite(r, out, f"{r.name.replace('/', '_')}_{stamp}")  # the name as typed (may hold a slash)
     return stamp
