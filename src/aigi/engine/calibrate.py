@@ -74,7 +74,8 @@ def calibrate(
     """Score ``data`` (any labelled layout); fit the probability (``probability``: "platt" or "none"), choose the
     threshold and the band (``band_accuracy`` None: no band); store them in ``model.config``; return the record."""
     y, raw = labelled_scores(model, data, progress, calibrated=False)
-    model.config.platt = fit_platt(y, raw) if probability == "platt" else None
+    both = len(set(y)) == 2  # Platt scaling needs both classes; a real-only set can still fix the threshold
+    model.config.platt = fit_platt(y, raw) if probability == "platt" and both else None
     p = model.calibrated(raw)
     t, rule = threshold_for(y, p, target_real_acc)
     band = None if band_accuracy is None else choose_band(y, p, t, band_accuracy)
@@ -84,7 +85,7 @@ def calibrate(
         "rule": rule,
         "target_real_acc": target_real_acc,
         "threshold": t,
-        "probability": "Platt scaling on the calibration data" if model.config.platt else "the detector's own",
+        "probability": _probability_note(probability, model.config.platt is not None),
         "band_accuracy": band_accuracy,
         "band": None if band is None else list(band),
         **{k: at[k] for k in ("n_real", "n_fake", "real_acc", "fake_acc", "bal_acc", "auroc")},
@@ -93,6 +94,14 @@ def calibrate(
         record["band_note"] = f"no band reaches accuracy {band_accuracy:g} on the decided calibration images"
     model.config.threshold, model.config.band, model.config.calibration = t, band, record
     return record
+
+
+def _probability_note(asked: str, fitted: bool) -> str:
+    if fitted:
+        return "Platt scaling on the calibration data"
+    if asked == "platt":
+        return "the detector's own (Platt scaling needs real and generated calibration images)"
+    return "the detector's own"
 
 
 __all__ = ["calibrate", "choose_band", "fit_platt", "platt_scaled"]
