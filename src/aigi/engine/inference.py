@@ -91,25 +91,11 @@ def score_paths(
     batch_size: int = 8,
     progress: bool = True,
     perturbation: Perturbation | None = None,
+    calibrated: bool = True,
 ) -> Scores:
-    """P(generated) per file (or in-memory image), through the model's probability calibration (``platt``).
-    ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded image before the model's protocol; perturbed
-    features, and features of in-memory images, are never cached."""
-    scores = detector_scores(model, paths, use_cache, cache_dir, batch_size, progress, perturbation)
-    scores.prob = model.calibrated(scores.prob)
-    return scores
-
-
-def detector_scores(
-    model: Model,
-    paths: Sequence[ImageInput],
-    use_cache: bool = True,
-    cache_dir: str | os.PathLike | None = None,
-    batch_size: int = 8,
-    progress: bool = True,
-    perturbation: Perturbation | None = None,
-) -> Scores:
-    """The detector's own P(generated), before the model's probability calibration (see :func:`score_paths`)."""
+    """P(generated) per file (or in-memory image), through the model's probability calibration (``platt``) unless
+    ``calibrated`` is False (the detector's own). ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded
+    image before the model's protocol; perturbed features, and features of in-memory images, are never cached."""
     det, device = model.detector, model.device
     protocol = model.config.protocol
     if perturbation is not None and perturbation.kind != "none":
@@ -128,9 +114,13 @@ def detector_scores(
             description="scoring images",
             progress=progress,
         )
-        return to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
-    ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
-    return scores_from_features(model, ext)
+        scores = to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
+    else:
+        ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
+        scores = scores_from_features(model, ext)
+    if calibrated:
+        scores.prob = model.calibrated(scores.prob)
+    return scores
 
 
 SCORE_CHUNK = 256  # cached feature rows scored at once (a MIRROR row is a whole token set)
@@ -168,7 +158,6 @@ def labelled_scores(
     from aigi.data.folders import discover
 
     samples = discover(data).samples
-    score = score_paths if calibrated else detector_scores
-    scores = score(model, [s.path for s in samples], progress=progress)
+    scores = score_paths(model, [s.path for s in samples], progress=progress, calibrated=calibrated)
     ok = [i for i in range(len(samples)) if i not in scores.errors]
     return [samples[i].label for i in ok], scores.prob[ok]
