@@ -122,3 +122,27 @@ def test_calibrate_without_platt_or_band(labelled_images, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = load_model(folder).config
     assert cfg.platt is None and cfg.band is None and cfg.calibration["probability"] == "the detector's own"
+
+
+def test_balanced_weights_make_every_subset_count_alike(tmp_path):
+    from aigi.data.folders import ImageSet, Sample
+    from aigi.engine.trainer import balanced_weights
+
+    samples = [Sample(tmp_path / f"{i}.png", 1) for i in range(10)] + [
+        Sample(tmp_path / f"r{i}.png", 0) for i in range(5)
+    ]
+    image_set = ImageSet(samples, {"big": list(range(8)), "small": [8, 9], "reals": list(range(10, 15))})
+    w = balanced_weights(image_set, list(range(15)))
+    assert w[:8].sum() == pytest.approx(5) and w[8:10].sum() == pytest.approx(5)  # 8 images weigh as much as 2
+    assert w[10:].tolist() == pytest.approx([1.0] * 5)
+
+
+def test_train_univfd_balanced_by_subset(labelled_images, tmp_path):
+    rows = ["path,label,subset"] + [
+        f"{p},{p.parent.name},{'a' if i % 3 else 'b'}" for i, p in enumerate(sorted(labelled_images.rglob("*.jpg")))
+    ]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    args = ["train", "univfd", "--data", str(tmp_path / "m.csv"), "--out", str(tmp_path / "m"), "--balance", "subset"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert load_model(tmp_path / "m").config.training["config"]["balance"] == "subset"

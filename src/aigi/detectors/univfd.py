@@ -25,8 +25,10 @@ from aigi.engine.trainer import (
     DetectorTrainConfig,
     Recipe,
     Run,
+    balanced_weights,
     features_of,
     labelled_or_fail,
+    readable_features,
 )
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -61,18 +63,23 @@ class UnivFD(Detector):
         return Output(logit=self.head(features.float()).squeeze(-1))
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None = None, y_val: np.ndarray | None = None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_val: np.ndarray | None = None,
+        y_val: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> dict:
-        """Fit the head on features; returns what was chosen (recorded in the model's config)."""
+        """Fit the head on features (each sample weighted by ``sample_weight`` when given); returns what was chosen
+        (recorded in the model's config)."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=int)
         mu, sd = x.mean(0), x.std(0) + 1e-6
         z = (x - mu) / sd
 
         def fit_c(c: float) -> LogisticRegression:
-            return LogisticRegression(C=c, class_weight=self.params.class_weight, max_iter=self.params.max_iter).fit(
-                z, y
-            )
+            clf = LogisticRegression(C=c, class_weight=self.params.class_weight, max_iter=self.params.max_iter)
+            return clf.fit(z, y, sample_weight=sample_weight)
 
         info: dict = {"n_train": int(len(y)), "n_train_real": int((y == 0).sum()), "n_train_fake": int((y == 1).sum())}
         if self.params.C is not None:
@@ -101,6 +108,11 @@ class UnivFDTrainConfig(DetectorTrainConfig, BackboneChoice):
     feature_level: str | None = Field(
         None, description="efficientnet_lite0: head (default), stage6, stage5, stage4, stage3"
     )
+    balance: Literal["none", "subset"] = Field(
+        "none",
+        description="subset: weight training images so that every subset (generator, photo source: a manifest's "
+        "subset column or the layout's folders) counts alike within its label",
+    )
 
 
 @RECIPES.register("univfd")
@@ -127,9 +139,10 @@ class UnivFDRecipe(Recipe):
         )
 
     def finish(self, run: Run) -> None:
-        x, y = features_of(run, self.train_set, "train")
+        x, y, kept = readable_features(run, self.train_set, "train")
+        weights = balanced_weights(self.train_set, kept) if self.config.balance == "subset" else None
         xv, yv = features_of(run, self.val_set, "val") if self.val_set is not None else (None, None)
-        run.record.update(run.model.detector.fit(x, y, xv, yv))
+        run.record.update(run.model.detector.fit(x, y, xv, yv, sample_weight=weights))
 
     @staticmethod
     def describe(result, out) -> str:

@@ -459,14 +459,40 @@ def labelled_or_fail(data: Path, what: str, need_both: bool = True):
 def features_of(run: Run, image_set, what: str, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cached features of the readable images (of one ``label`` when given) and their labels; unreadable files are
     recorded in ``run.skipped``."""
+    x, y, _ = readable_features(run, image_set, what, label)
+    return x, y
+
+
+def readable_features(
+    run: Run, image_set, what: str, label: int | None = None
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """:func:`features_of`, and the index in ``image_set.samples`` of each readable image."""
     from aigi.engine.inference import extract_features
 
-    samples = [s for s in image_set.samples if label is None or s.label == label]
+    chosen = [i for i, s in enumerate(image_set.samples) if label is None or s.label == label]
+    samples = [image_set.samples[i] for i in chosen]
     ext = extract_features(run.model, [s.path for s in samples], progress=run.progress, description=f"features: {what}")
     if not ext.ok:
         raise DataError(f"{image_set.root}: none of the {len(samples)} images could be read")
     run.skipped.update(f"{shown(samples[i].path)}: {r}" for i, r in ext.errors.items())
-    return ext.stacked(ext.ok), np.array([samples[i].label for i in ext.ok])
+    return ext.stacked(ext.ok), np.array([samples[i].label for i in ext.ok]), [chosen[i] for i in ext.ok]
+
+
+def balanced_weights(image_set, index: list[int]) -> np.ndarray:
+    """A weight per sample (``index`` into ``image_set.samples``) so that every subset (a generator, a photo source:
+    a manifest's subset column, or the layout's folders) counts as much as any other of the same label: 1 / (its
+    images of that label), scaled so that each label's weights sum to its count."""
+    group = {}
+    for name, members in image_set.subsets.items():
+        for i in members:
+            group.setdefault(i, name)  # pooled reals belong to several subsets: the first
+    keys = [(image_set.samples[i].label, group.get(i, "")) for i in index]
+    counts = {k: keys.count(k) for k in set(keys)}
+    w = np.array([1.0 / counts[k] for k in keys])
+    for label in {k[0] for k in keys}:
+        mine = np.array([k[0] == label for k in keys])
+        w[mine] *= mine.sum() / w[mine].sum()
+    return w
 
 
 def check_same_settings(out: Path, config: RecipeConfig, length_field: str) -> None:
