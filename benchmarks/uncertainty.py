@@ -46,17 +46,15 @@ def pooled_val_manifest(root: Path, folder: Path) -> Path:
     return path
 
 
-def measure(model, root: Path, name: str, stem: str) -> dict:
+def measure(model, root: Path, name: str, stem: str, out: Path = OUT) -> dict:
+    """Evaluate ``model`` on the test set ``name``, write its report under ``out``; the MEAN row's numbers and the
+    subset with the lowest AUROC."""
     report = api.evaluate(model, root / TEST_SETS[name], model_name=stem, progress=False)
-    report.write(OUT, stem=f"{stem}_{name.replace(' ', '_')}")
+    report.write(out, stem=f"{stem}_{name.replace(' ', '_')}")
     mean = report.mean
-    return {
-        "auroc": mean["auroc"],
-        "ece": mean["ece"],
-        "real_acc": mean["real_acc"],
-        "coverage": mean.get("coverage"),
-        "decided_acc": mean.get("decided_acc"),
-    }
+    keys = ("auroc", "real_acc", "fake_acc", "ece", "coverage", "decided_acc")
+    worst = min((r for r in report.rows[:-1] if r["auroc"] is not None), key=lambda r: r["auroc"])
+    return {**{k: mean.get(k) for k in keys}, "worst_subset": worst["subset"], "worst_auroc": worst["auroc"]}
 
 
 def main() -> None:

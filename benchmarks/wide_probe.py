@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from default_model import update_readme
+from uncertainty import TEST_SETS, measure
 
 from aigi import api
 from aigi.engine.trainer import train
@@ -25,11 +26,6 @@ from aigi.io import write_json, write_text
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "wide_probe"
 SETS = ("aigi-mini", "aigi-wide")
-TEST_SETS = {
-    "aigi-mini test": "aigi-mini/test",
-    "forensynths_thumbs": "aigi-mini/forensynths_thumbs",
-    "aigi-wide test": "aigi-wide/test",
-}
 
 
 def manifest(root: Path, split: str, out: Path) -> Path:
@@ -48,15 +44,6 @@ def manifest(root: Path, split: str, out: Path) -> Path:
     return path
 
 
-def measure(model, root: Path, name: str, stem: str) -> dict:
-    report = api.evaluate(model, root / TEST_SETS[name], model_name=stem, progress=False)
-    report.write(OUT / "reports", stem=f"{stem}_{name.replace(' ', '_')}")
-    mean = report.mean
-    keys = ("auroc", "real_acc", "fake_acc", "ece", "coverage", "decided_acc")
-    worst = min((r for r in report.rows[:-1] if r["auroc"] is not None), key=lambda r: r["auroc"])
-    return {**{k: mean.get(k) for k in keys}, "worst_subset": worst["subset"], "worst_auroc": worst["auroc"]}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", type=Path, default=Path(os.path.relpath(HERE.parent.parent / "shared" / "data")))
@@ -70,8 +57,8 @@ def main() -> None:
     shipped = api.load()
     rows = {
         n: {
-            "shipped": measure(shipped, args.data_root, n, "shipped"),
-            "wide": measure(model, args.data_root, n, "wide"),
+            "shipped": measure(shipped, args.data_root, n, "shipped", OUT / "reports"),
+            "wide": measure(model, args.data_root, n, "wide", OUT / "reports"),
         }
         for n in TEST_SETS
     }
