@@ -20,6 +20,7 @@ from default_model import update_readme
 from uncertainty import TEST_SETS, measure
 
 from aigi import api
+from aigi.engine.inference import score_paths
 from aigi.engine.trainer import train
 from aigi.io import write_json, write_text
 
@@ -44,6 +45,27 @@ def manifest(root: Path, split: str, out: Path) -> Path:
     return path
 
 
+REAL_KINDS = {"aigi-mini": ("test/0_real/", "source"), "aigi-wide": ("test/0_real/", "family")}
+
+
+def real_accuracy_by_kind(model, root: Path) -> dict[str, dict[str, float]]:
+    """Real-photo accuracy at the model's threshold per kind of real test photo (aigi-wide: the manifest's family,
+    e.g. night, underwater; aigi-mini: its source), worst first: where it calls real photos generated."""
+    out = {}
+    for name, (prefix, column) in REAL_KINDS.items():
+        rows = [
+            r for r in csv.DictReader(open(root / name / "manifest.csv", newline="")) if r["path"].startswith(prefix)
+        ]
+        scores = score_paths(model, [root / name / r["path"] for r in rows], progress=False)
+        kinds: dict[str, list[bool]] = {}
+        for r, p in zip(rows, scores.prob):
+            if p == p:  # scored (NaN: unreadable)
+                kinds.setdefault(r[column], []).append(bool(p < model.threshold))
+        acc = {k: (sum(v) / len(v), len(v)) for k, v in kinds.items()}
+        out[f"{name} test"] = {k: {"real_acc": a, "n": n} for k, (a, n) in sorted(acc.items(), key=lambda kv: kv[1][0])}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", type=Path, default=Path(os.path.relpath(HERE.parent.parent / "shared" / "data")))
@@ -62,8 +84,9 @@ def main() -> None:
         }
         for n in TEST_SETS
     }
-    write_json(OUT / "wide_probe.json", {"model": model.config.model_dump(mode="json"), "test": rows})
-    table = markdown(model, rows)
+    kinds = {m: real_accuracy_by_kind(x, args.data_root) for m, x in (("shipped", shipped), ("wide", model))}
+    write_json(OUT / "wide_probe.json", {"model": model.config.model_dump(mode="json"), "test": rows, "real": kinds})
+    table = markdown(model, rows) + "\n\n" + kinds_markdown(kinds)
     write_text(OUT / "wide_probe.md", table + "\n")
     update_readme("wide_probe", table)
     print(table)
@@ -88,6 +111,16 @@ def markdown(model, rows: dict) -> str:
                 f" {f(r['coverage'])} | {f(r['decided_acc'])} | {r['worst_subset']} ({f(r['worst_auroc'])}) |"
             )
     return "\n".join(lines)
+
+
+def kinds_markdown(kinds: dict) -> str:
+    """Real-photo accuracy per kind of real test photo, shipped vs wide probe, worst (for the wide probe) first."""
+    lines = ["| real test photos | kind | n | Real_Acc shipped | Real_Acc wide |", "|---|---|---|---|---|"]
+    for test_set, by_kind in kinds["wide"].items():
+        for kind, r in list(by_kind.items())[:6]:
+            before = kinds["shipped"][test_set][kind]["real_acc"]
+            lines.append(f"| {test_set} | {kind} | {r['n']} | {before:.3f} | {r['real_acc']:.3f} |")
+    return "Worst kinds of real photo (the six lowest per set for the wide probe):\n\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":
