@@ -6,6 +6,7 @@ photo source, calibrated on both val folders; measured on every test set beside 
 Training and validation images come from the two ``manifest.csv`` files (``split`` train / val); each image's subset
 is its generator (generated) or its source (real), and ``--balance subset`` weights every subset alike within its
 label, so that no generator or photo source dominates. Threshold, Platt scaling and the 0.95 band are chosen on val.
+Also real-photo accuracy per kind of real test photo (aigi-wide: the manifest's family; aigi-mini: its source).
 Writes ``results/wide_probe/`` (the model folder, per-set reports, ``wide_probe.{json,md}``) and the README table.
 """
 
