@@ -30,6 +30,11 @@ OUT = HERE / "results" / "wide_probe"
 SETS = ("aigi-mini", "aigi-wide")
 
 
+def manifest_rows(root: Path, name: str) -> list[dict]:
+    with open(root / name / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def manifest(root: Path, split: str, out: Path) -> Path:
     """One CSV manifest of ``split`` over both sets: path (relative to the manifest), label, subset = generator or
     real source."""
@@ -38,7 +43,7 @@ def manifest(root: Path, split: str, out: Path) -> Path:
         w = csv.writer(fh)
         w.writerow(["path", "label", "subset"])
         for name in SETS:
-            for r in csv.DictReader(open(root / name / "manifest.csv", newline="")):
+            for r in manifest_rows(root, name):
                 if r["split"] == split:
                     group = r["source"] if r["label"] == "real" else r["generator"]
                     where = os.path.relpath((root / name / r["path"]).resolve(), out.resolve())
@@ -54,9 +59,7 @@ def real_accuracy_by_kind(model, root: Path) -> dict[str, dict[str, float]]:
     e.g. night, underwater; aigi-mini: its source), worst first: where it calls real photos generated."""
     out = {}
     for name, (prefix, column) in REAL_KINDS.items():
-        rows = [
-            r for r in csv.DictReader(open(root / name / "manifest.csv", newline="")) if r["path"].startswith(prefix)
-        ]
+        rows = [r for r in manifest_rows(root, name) if r["path"].startswith(prefix)]
         scores = score_paths(model, [root / name / r["path"] for r in rows], progress=False)
         kinds: dict[str, list[bool]] = {}
         for r, p in zip(rows, scores.prob):

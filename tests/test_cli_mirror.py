@@ -10,6 +10,23 @@ from aigi.cli import app
 runner = CliRunner()
 
 
+def _train_memory(data, out, *extra: str):
+    """`aigi train mirror-memory` on the real images, with a tiny memory (32 slots, top-4)."""
+    args = [
+        "train",
+        "mirror-memory",
+        "--data",
+        str(data / "0_real"),
+        "--out",
+        str(out),
+        "--slots",
+        "32",
+        "--top-k",
+        "4",
+    ]
+    return runner.invoke(app, [*args, *extra])
+
+
 @pytest.fixture()
 def data(labelled_images):
     return labelled_images
@@ -17,25 +34,7 @@ def data(labelled_images):
 
 def test_train_both_phases_then_detect(data, tmp_path):
     mem, model = tmp_path / "mem", tmp_path / "model"
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "mirror-memory",
-            "--data",
-            str(data / "0_real"),
-            "--out",
-            str(mem),
-            "--slots",
-            "32",
-            "--top-k",
-            "4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "4",
-        ],
-    )
+    res = _train_memory(data, mem, "--epochs", "1", "--batch-size", "4")
     assert res.exit_code == 0, res.output
     assert "32 slots x 320 dims, 1 epochs" in res.output  # stage6 tokens of EfficientNet-Lite0 by default
     args = [
@@ -80,21 +79,7 @@ def test_clear_errors_for_bad_training_input(data, tmp_path):
     assert res.exit_code == 2 and "not a MIRROR memory folder" in res.output
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("x")
-    res = runner.invoke(
-        app,
-        [
-            "train",
-            "mirror-memory",
-            "--data",
-            str(data / "0_real"),
-            "--out",
-            str(tmp_path / "used"),
-            "--slots",
-            "32",
-            "--top-k",
-            "4",
-        ],
-    )
+    res = _train_memory(data, tmp_path / "used")
     assert res.exit_code == 2 and "already exists" in res.output
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aigi.checkpoints import Model, platt_scaled
+from aigi.checkpoints import Model
 from aigi.engine.inference import labelled_scores
 from aigi.engine.metrics import binary_metrics, threshold_for
 
@@ -102,6 +102,3 @@ def _probability_note(asked: str, fitted: bool) -> str:
     if asked == "platt":
         return "the detector's own (Platt scaling needs real and generated calibration images)"
     return "the detector's own"
-
-
-__all__ = ["calibrate", "choose_band", "fit_platt", "platt_scaled"]

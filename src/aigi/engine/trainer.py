@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -487,7 +488,7 @@ def balanced_weights(image_set, index: list[int]) -> np.ndarray:
         for i in members:
             group.setdefault(i, name)  # pooled reals belong to several subsets: the first
     keys = [(image_set.samples[i].label, group.get(i, "")) for i in index]
-    counts = {k: keys.count(k) for k in set(keys)}
+    counts = Counter(keys)
     w = np.array([1.0 / counts[k] for k in keys])
     for label in {k[0] for k in keys}:
         mine = np.array([k[0] == label for k in keys])
