@@ -19,12 +19,14 @@ from aigi.engine.trainer import LOG_NAME, get_recipe, recipe_names, train
 # Small settings per detector, so that every check runs in seconds on a CPU.
 TINY_PARAMS = {
     "univfd": {},
+    "cnnspot": {},
     "mdmf": {"proj_hidden": 16, "proj_dim": 4, "rff_features": 32, "bank_patches": 16},
     "mirror": {"slots": 16, "heads": 4, "top_k": 4, "lora_r": 2},
 }
 # Small settings per recipe (one epoch or step), on top of data/out and the tiny backbone.
 TINY_RECIPES = {
     "univfd": {},
+    "cnnspot": {"epochs": 1, "batch_size": 4, "num_workers": 0, "augment": {"crop": 64}},
     "mdmf": {"steps": 2, "log_every": 1, "images_per_side": 2, "patches_per_side": 16},
     "mirror-memory": {"slots": 16, "heads": 4, "top_k": 4, "epochs": 1, "batch_size": 4},
     "mirror": {

@@ -31,8 +31,9 @@ from aigi.checkpoints import (
 from aigi.data.transforms import TrainAugment
 from aigi.detectors.memory_bank import MemoryBank, dense_perplexity, topk_select
 from aigi.detectors.mirror import Mirror, MirrorParams
-from aigi.detectors.mirror_recipe import load_memory, param_groups
+from aigi.detectors.mirror_recipe import load_memory
 from aigi.engine.inference import score_paths
+from aigi.engine.train_images import param_groups
 from aigi.engine.trainer import LOG_NAME, train
 
 ATOL = 1e-5  # fast path vs reference formulation, fp32

@@ -126,6 +126,9 @@ class EfficientNetLite0Backbone(Backbone):
         self.net = EfficientNetLite0()
         if pretrained:
             load_packaged_weights(self.net)
+        self.net.classifier = (
+            nn.Identity()
+        )  # ImageNet's 1000 classes are no token: a fine-tuned detector must not store them
         self.feature_level = feature_level
         self._upto = FEATURE_LEVELS[feature_level]
         self.dim = 1280 if feature_level == "head" else LITE0_STAGES[self._upto][3]

@@ -91,7 +91,8 @@ class Detector(nn.Module):
 
     def frozen_names(self) -> set[str]:
         """``state_dict`` keys of the frozen backbone: the only tensors a model folder leaves out (see ``settle``)."""
-        return self.__dict__.get("_frozen_names") or self._find_frozen()
+        settled = self.__dict__.get("_frozen_names")  # an empty set is settled too: a backbone trained whole
+        return settled if settled is not None else self._find_frozen()
 
     def _find_frozen(self) -> set[str]:
         """``state_dict`` keys of the frozen backbone: the only tensors a model folder leaves out.

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from aigi._version import __version__
 from aigi.backbones import BackboneSpec, build_backbone
@@ -39,7 +38,6 @@ from aigi.checkpoints import (
     read_safetensors,
     safetensors_bytes,
 )
-from aigi.data.decode import ImageDecodeError, load_image
 from aigi.data.folders import DataError, Sample, discover
 from aigi.data.transforms import (
     AugmentedView,
@@ -52,6 +50,7 @@ from aigi.detectors.memory_bank import MemoryBank
 from aigi.detectors.mirror import MirrorParams
 from aigi.engine.features import extract
 from aigi.engine.inference import cache_for
+from aigi.engine.train_images import EpochShuffle, TrainImages, collate_images, param_groups
 from aigi.engine.train_state import load_train_state, warmup_cosine
 from aigi.engine.trainer import (
     RECIPES,
@@ -69,26 +68,6 @@ from aigi.io import bytes_writer, json_writer, read_json, write_set
 from aigi.names import shown
 
 MEMORY_WEIGHTS = "memory.safetensors"
-
-
-class EpochShuffle(torch.utils.data.Sampler):
-    """A fresh permutation per epoch, drawn from ``(seed, epoch)`` alone: a resumed run sees the same batches as
-    an uninterrupted one. Every DDP process draws the same order; accelerate splits the batches between them.
-    (Not called ``set_epoch``: accelerate would call that itself with its own count of passes in this process,
-    which restarts at 0 on resume.)"""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def use_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,35 +340,6 @@ class MirrorTrainConfig(DetectorTrainConfig):
     num_workers: int = Field(1, ge=0, description="data-loading worker processes")
 
 
-class _TrainImages(Dataset):
-    """Labelled images through the training augmentation; an unreadable file yields its reason instead."""
-
-    def __init__(self, samples: list[Sample], augment: TrainAugment, pre, seed: int) -> None:
-        self.samples, self.augment, self.pre, self.seed, self.epoch = samples, augment, pre, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        s = self.samples[i]
-        rng = random.Random(f"{self.seed}/{self.epoch}/{i}")
-        try:
-            dec = load_image(s.path)
-            return self.augment.apply(dec.image, int(s.label), self.pre, rng), int(s.label), ""
-        except ImageDecodeError as e:
-            return None, int(s.label), f"{s.path}: {e.reason}"
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop training
-            return None, int(s.label), f"{s.path}: could not prepare image ({type(e).__name__}: {e})"
-
-
-def _collate(items):
-    ok = [(x, y) for x, y, err in items if x is not None]
-    errors = [err for x, y, err in items if x is None]
-    if not ok:
-        return None, None, errors
-    return torch.stack([x for x, _ in ok]), torch.tensor([y for _, y in ok]), errors
-
-
 class _Step(torch.nn.Module):
     """The trainable forward pass as one module, so DDP sees it: pixels -> two-class logits."""
 
@@ -399,15 +349,6 @@ class _Step(torch.nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.detector.classify(self.detector.features(pixels))[0]
-
-
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and 1-D weights (norms), as the paper's optimizer factory does."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @RECIPES.register("mirror")
@@ -439,7 +380,7 @@ class MirrorRecipe(Recipe):
                 f"{cfg.memory}: the memory holds {mem.dim}-d tokens but its backbone gives {det.backbone.dim}-d ones"
             )
         det.memory_bank.load_state_dict(self.bank.state_dict())
-        self.dataset = _TrainImages(self.train_set.samples, cfg.augment, det.backbone.preprocess, cfg.seed)
+        self.dataset = TrainImages(self.train_set.samples, cfg.augment, det.backbone.preprocess, cfg.seed)
         self.order = EpochShuffle(len(self.dataset), cfg.seed)
         run.loader = DataLoader(
             self.dataset,
@@ -447,7 +388,7 @@ class MirrorRecipe(Recipe):
             sampler=self.order,
             drop_last=len(self.dataset) > cfg.batch_size,
             num_workers=cfg.num_workers,
-            collate_fn=_collate,
+            collate_fn=collate_images,
         )
         run.module = _Step(det)
         self.base_lr = cfg.blr * cfg.batch_size * run.accelerator.num_processes / 256

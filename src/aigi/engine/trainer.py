@@ -353,7 +353,7 @@ def _one_epoch(recipe: Recipe, run: Run, epoch: int, steps: int, bar) -> dict:
         lr = recipe.lr(run, epoch, step, steps)
         if lr is not None:
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # a group may run at a multiple of the schedule (a fresh head)
         if _skip_everywhere(acc, recipe.empty(run, batch)):  # DDP: every process takes part in every step, or none does
             continue
         with acc.autocast():
@@ -367,7 +367,7 @@ def _one_epoch(recipe: Recipe, run: Run, epoch: int, steps: int, bar) -> dict:
             extras[k] = extras.get(k, 0.0) + float(v) * items
         bar.advance()
         bar.update(status=f"loss {total_loss / n:.4g}")
-    lr = lr if lr is not None else opt.param_groups[0]["lr"]
+    lr = lr if lr is not None else opt.param_groups[0]["lr"]  # the schedule's (group 0 has no lr_scale)
     record = {
         "epoch": epoch + 1,
         "lr": lr,
