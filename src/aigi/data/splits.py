@@ -109,8 +109,8 @@ def lofo_split(rows: Iterable[dict], families: Families, held_out: str) -> LofoS
     """Hold ``held_out`` out of ``rows`` (from several datasets' manifests).
 
     The held-out fakes are scored against real photos no fold trains on: the val reals, whose kinds of photo are
-    those of training (so a low AUROC is the unseen family, not unseen photos; they do choose the threshold, so
-    accuracy on real photos is not reported against them), and the test reals (unseen kinds of photo as well)."""
+    those of training (so a low AUROC is the unseen family, not unseen photos; they take part in choosing C and the
+    threshold, which is why the test reals are there too), and the test reals (unseen kinds of photo as well)."""
     split = LofoSplit(held_out, [], [], [], [], [])
     for r in rows:
         family = families.of(r)
