@@ -13,7 +13,6 @@ Writes ``results/wide_probe/`` (the model folder, per-set reports, ``wide_probe.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from default_model import update_readme
 from uncertainty import TEST_SETS, measure
 
 from aigi import api
+from aigi.data.splits import manifest_rows, write_manifest
 from aigi.engine.inference import score_paths
 from aigi.engine.trainer import train
 from aigi.io import write_json, write_text
@@ -30,25 +30,11 @@ OUT = HERE / "results" / "wide_probe"
 SETS = ("aigi-mini", "aigi-wide")
 
 
-def manifest_rows(root: Path, name: str) -> list[dict]:
-    with open(root / name / "manifest.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def manifest(root: Path, split: str, out: Path) -> Path:
     """One CSV manifest of ``split`` over both sets: path (relative to the manifest), label, subset = generator or
     real source."""
-    path = out / f"{split}.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "subset"])
-        for name in SETS:
-            for r in manifest_rows(root, name):
-                if r["split"] == split:
-                    group = r["source"] if r["label"] == "real" else r["generator"]
-                    where = os.path.relpath((root / name / r["path"]).resolve(), out.resolve())
-                    w.writerow([where, r["label"], f"{name}:{group}"])
-    return path
+    rows = (r for name in SETS for r in manifest_rows(root, name) if r["split"] == split)
+    return write_manifest(rows, root, out / f"{split}.csv")
 
 
 REAL_KINDS = {"aigi-mini": ("test/0_real/", "source"), "aigi-wide": ("test/0_real/", "family")}
