@@ -35,6 +35,7 @@ TINY_RECIPES = {
         "num_workers": 0,
         "augment": {"crop": 64, "rescale_short_range": [64, 96]},
     },
+    "stack": {},  # its members: two tiny probes, trained in the test
 }
 BACKBONES = ["efficientnet", "vit"]
 
@@ -154,6 +155,12 @@ def test_one_recipe_step_gives_a_finite_loss_and_a_usable_output(name, labelled_
         memory = {**TINY_RECIPES["mirror-memory"], "data": labelled_images, "out": tmp_path / "memory"}
         train("mirror-memory", {**memory, **_tiny_backbone()}, progress=False)
         settings["memory"] = tmp_path / "memory"
+    elif name == "stack":
+        members = [tmp_path / "probe-a", tmp_path / "probe-b"]
+        for folder, c in zip(members, (0.1, 10.0)):
+            probe = {"data": labelled_images, "out": folder, "params": {"C": c}, **_tiny_backbone()}
+            train("univfd", probe, progress=False)
+        settings = {"member": members, "val": labelled_images, "out": tmp_path / "out"}
     else:
         settings.update(_tiny_backbone())
     recipe = get_recipe(name)

@@ -39,13 +39,14 @@ from aigi.data.transforms import EvalProtocol
 from aigi.detectors import get_detector
 from aigi.detectors.base import Detector, DetectorParams
 from aigi.errors import ConfigError, ModelLoadError, describe_validation
-from aigi.io import bytes_writer, json_writer, read_json, text_writer, write_bytes, write_set
+from aigi.io import Writer, bytes_writer, json_writer, read_json, text_writer, write_bytes, write_set
 from aigi.names import shown
 from aigi.registry import UnknownNameError
 
 M = TypeVar("M", bound=torch.nn.Module)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+STACK = "stack"  # a stack model (aigi.detectors.stack): member models combined; no backbone or protocol of its own
 
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -58,8 +59,8 @@ class ModelConfig(BaseModel):
     aigi_version: str = __version__
     detector: str
     params: dict[str, Any] = Field(default_factory=dict)
-    backbone: BackboneSpec
-    protocol: EvalProtocol = Field(default_factory=EvalProtocol)
+    backbone: BackboneSpec | None = Field(None, description="None only for a stack, whose members have theirs")
+    protocol: EvalProtocol | None = Field(default_factory=EvalProtocol, description="None only for a stack")
     threshold: float = Field(0.5, ge=0.0, le=1.0, allow_inf_nan=False, description="on P(generated), in [0, 1]")
     platt: tuple[FiniteFloat, FiniteFloat] | None = Field(
         None,
@@ -71,6 +72,17 @@ class ModelConfig(BaseModel):
     )
     calibration: dict[str, Any] | None = None
     training: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _a_backbone_unless_a_stack(self) -> "ModelConfig":
+        """A stack scores through its members, each with its own backbone and protocol; every other model has one."""
+        if self.detector == STACK and (self.backbone is not None or self.protocol is not None):
+            raise ValueError(
+                "a stack has no backbone or protocol of its own (its members have theirs): both must be null"
+            )
+        if self.detector != STACK and (self.backbone is None or self.protocol is None):
+            raise ValueError(f"a {self.detector} model needs a backbone and an evaluation protocol")
+        return self
 
     @model_validator(mode="after")
     def _band_holds_the_threshold(self) -> "ModelConfig":
@@ -115,6 +127,21 @@ class Model:
         """Move the detector (backbone included) to ``device``, e.g. ``"cuda"``; returns the model."""
         self.detector.to(device)
         return self
+
+    def card(self) -> str:
+        """The model card (the folder's README.md)."""
+        return model_card(self.config)
+
+    def folder_files(self, folder: Path, extra_metadata: dict[str, str] | None = None) -> dict[str, Writer]:
+        """What :func:`save_model` writes into ``folder``, as one set: the weights, ``config.json`` and the model card
+        (a stack adds its members' folders)."""
+        state = self.detector.trainable_state_dict()
+        metadata = {"format": "pt", "aigi": __version__, **self.detector.weights_metadata(), **(extra_metadata or {})}
+        return {
+            WEIGHTS_NAME: bytes_writer(safetensors_bytes(state, metadata)),
+            CONFIG_NAME: json_writer(self.config.model_dump(mode="json")),
+            "README.md": text_writer(self.card()),
+        }
 
 
 def build_model(config: ModelConfig, allow_download: bool | None = None, stored: WeightsHeader | None = None) -> Model:
@@ -180,16 +207,7 @@ def save_model(model: Model, folder: str | os.PathLike, extra_metadata: dict[str
     """Write the weights, ``config.json`` and the model card as one set (:func:`aigi.io.write_set`): a reader sees
     the earlier model or this one, never a mix; a full or read-only disk raises :class:`aigi.io.WriteError` and leaves
     an earlier model whole; other files in the folder (a trainer's log and state) are left alone."""
-    state = model.detector.trainable_state_dict()
-    metadata = {"format": "pt", "aigi": __version__, **model.detector.weights_metadata(), **(extra_metadata or {})}
-    write_set(
-        folder,
-        {
-            WEIGHTS_NAME: bytes_writer(safetensors_bytes(state, metadata)),
-            CONFIG_NAME: json_writer(model.config.model_dump(mode="json")),
-            "README.md": text_writer(model_card(model.config)),
-        },
-    )
+    write_set(folder, model.folder_files(Path(folder), extra_metadata))
     return Path(folder)
 
 
@@ -258,6 +276,10 @@ def load_model(folder: str | os.PathLike, allow_download: bool | None = None) ->
     if not weights.is_file():
         raise ModelLoadError(f"{folder}: missing {WEIGHTS_NAME}")
     header = read_header(weights)
+    if config.detector == STACK:
+        from aigi.detectors.stack import load_stack
+
+        return load_stack(folder, config, header, allow_download)
     try:
         model = build_model(config, allow_download, stored=header)
     except ConfigError as e:  # settings only building can check, e.g. a backbone's options

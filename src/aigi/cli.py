@@ -564,12 +564,18 @@ def calibrate(
 
 @app.command()
 def info(model: ModelOpt = None) -> None:
-    """Print where a model folder is and its config (detector, backbone, protocol, threshold, training record)."""
-    from aigi.checkpoints import default_model_path, read_config
+    """Print where a model folder is and its config (detector, backbone, protocol, threshold, training record); for a
+    stack, also each member (its folder, detector, backbone and threshold)."""
+    from aigi.checkpoints import STACK, default_model_path, read_config
 
     folder = (model or default_model_path()).resolve()
     cfg = read_config(folder)
-    sys.stdout.write(json.dumps({"folder": str(folder), **cfg.model_dump(mode="json")}, indent=2) + "\n")
+    shown_cfg = {"folder": str(folder), **cfg.model_dump(mode="json")}
+    if cfg.detector == STACK:
+        from aigi.detectors.stack import member_overview
+
+        shown_cfg["members"] = member_overview(folder, cfg)
+    sys.stdout.write(json.dumps(shown_cfg, indent=2) + "\n")
 
 
 SAMPLE_PHOTOS = [

@@ -91,7 +91,8 @@ def calibration(record: dict, data) -> None:
 def detect_title(config, threshold: float, band) -> str:
     """The title of `aigi detect`'s table: the model, its threshold and its uncertainty band if one is used."""
     decided = f", uncertain between {band[0]:.3f} and {band[1]:.3f}" if band is not None else ""
-    return f"aigi detect — {config.detector} on {config.backbone.family}, threshold {threshold:.3f}{decided}"
+    what = f"on {config.backbone.family}" if config.backbone else f"of {len(config.params.get('members', []))} members"
+    return f"aigi detect — {config.detector} {what}, threshold {threshold:.3f}{decided}"
 
 
 def detections_json(detector: str, threshold: float, band, results, skipped_files) -> None:

@@ -106,8 +106,15 @@ def _base(annotation) -> tuple[Any, tuple]:
     return annotation, ()
 
 
+SIMPLE_TYPES = (int, float, str, bool, Path)
+
+
 def _simple(annotation) -> bool:
-    return _base(annotation)[0] in (int, float, str, bool, Path)
+    """A type an option can take: a simple one, or a list of one (a repeated option, e.g. ``--member A --member B``)."""
+    kind = _base(annotation)[0]
+    if typing.get_origin(kind) is list:
+        return typing.get_args(kind)[0] in SIMPLE_TYPES
+    return kind in SIMPLE_TYPES
 
 
 def _parameter(field_name: str, info: FieldInfo) -> inspect.Parameter:
@@ -126,12 +133,11 @@ def _parameter(field_name: str, info: FieldInfo) -> inspect.Parameter:
     decls += {"data": ["-d"], "out": ["-o"]}.get(field_name, [])
     if bounds and kind is int:
         bounds = {k: int(v) for k, v in bounds.items()}
+    extra = {} if kind is bool or not bounds else dict(bounds)
+    if typing.get_origin(kind) is list:  # a repeated option: name what each one takes, not the list
+        extra["metavar"] = f"<{typing.get_args(kind)[0].__name__.lower()}>"
     option = typer.Option(
-        None,
-        *decls,
-        help=help_text + (" (required)" if required else ""),
-        show_default=False,
-        **({} if kind is bool or not bounds else {k: v for k, v in bounds.items()}),
+        None, *decls, help=help_text + (" (required)" if required else ""), show_default=False, **extra
     )
     return inspect.Parameter(field_name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[kind])
 

@@ -74,7 +74,7 @@ class UnivFD(Detector):
         (recorded in the model's config)."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=int)
-        mu, sd = x.mean(0), x.std(0) + 1e-6
+        mu, sd = standardiser(x)
         z = (x - mu) / sd
 
         def fit_c(c: float) -> LogisticRegression:
@@ -93,12 +93,23 @@ class UnivFD(Detector):
             best_c = 1.0
         clf = fit_c(best_c)
         info["C"] = best_c
-        w = clf.coef_[0] / sd
-        b = clf.intercept_[0] - float((clf.coef_[0] * mu / sd).sum())
+        w, b = on_raw_inputs(clf, mu, sd)
         with torch.no_grad():
             self.head.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
             self.head.bias.fill_(float(b))
         return info
+
+
+def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and spread (kept above zero): a logistic regression fitted on ``(x - mu) / sd`` penalises
+    every input alike, whatever its scale."""
+    return x.mean(0), x.std(0) + 1e-6
+
+
+def on_raw_inputs(clf: LogisticRegression, mu: np.ndarray, sd: np.ndarray) -> tuple[np.ndarray, float]:
+    """The weights and bias of ``clf`` (fitted on ``(x - mu) / sd``) for the raw ``x``: the standardisation folded in,
+    so that the model stores one linear map."""
+    return clf.coef_[0] / sd, float(clf.intercept_[0] - (clf.coef_[0] * mu / sd).sum())
 
 
 # -- training recipe -------------------------------------------------------------------------------------------------

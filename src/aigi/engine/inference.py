@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aigi.checkpoints import Model
+from aigi.checkpoints import STACK, Model
 from aigi.data.decode import ImageInput, InMemoryImage, as_input
 from aigi.data.perturb import Perturbation, Perturbed
 from aigi.engine.features import Extracted, FeatureCache, extract
@@ -96,6 +96,10 @@ def score_paths(
     """P(generated) per file (or in-memory image), through the model's probability calibration (``platt``) unless
     ``calibrated`` is False (the detector's own). ``perturbation`` (e.g. JPEG at quality 75) is applied to each decoded
     image before the model's protocol; perturbed features, and features of in-memory images, are never cached."""
+    if model.config.detector == STACK:  # scored by its members, each through this function (aigi.detectors.stack)
+        from aigi.detectors.stack import stack_scores
+
+        return stack_scores(model, paths, use_cache, cache_dir, batch_size, progress, perturbation, calibrated)
     det, device = model.detector, model.device
     protocol = model.config.protocol
     if perturbation is not None and perturbation.kind != "none":
