@@ -89,16 +89,19 @@ def calibration(record: dict, data) -> None:
 
 
 def detect_title(config, threshold: float, band) -> str:
-    """The title of `aigi detect`'s table: the model, its threshold and its uncertainty band if one is used."""
+    """The title of `aigi detect`'s table: the model, the views it scores, its threshold and its uncertainty band if
+    one is used."""
     decided = f", uncertain between {band[0]:.3f} and {band[1]:.3f}" if band is not None else ""
-    return f"aigi detect — {config.detector} on {config.backbone.family}, threshold {threshold:.3f}{decided}"
+    model = f"{config.detector} on {config.backbone.family} ({config.protocol.describe()})"
+    return f"aigi detect — {model}, threshold {threshold:.3f}{decided}"
 
 
-def detections_json(detector: str, threshold: float, band, results, skipped_files) -> None:
-    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the threshold and the
-    uncertainty band used (null when none), and the skipped files."""
+def detections_json(detector: str, threshold: float, band, results, skipped_files, views: str | None = None) -> None:
+    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the views scored, the
+    threshold and the uncertainty band used (null when none), and the skipped files."""
     payload = {
         "model": detector,
+        "views": views,
         "threshold": threshold,
         "band": None if band is None else list(band),
         "results": [d.to_dict() for d in results],
