@@ -209,17 +209,28 @@ def test_detect_eval_info_and_calibrate_with_a_grid(images, tmp_path):
     assert res.exit_code != 0 and "max_tiles" in res.output and (folder / "config.json").read_text() == before
 
 
-def test_training_extracts_one_centre_view_and_the_model_keeps_its_views(labelled_images, tmp_path):
+MDMF_TINY = dict(
+    params={"pool": 2, "proj_hidden": 16, "proj_dim": 4, "rff_features": 32, "bank_patches": 16},
+    images_per_side=2,
+    patches_per_side=16,
+    steps=2,
+)
+
+
+@pytest.mark.parametrize("recipe,kind,extra", [("univfd", "global", {}), ("mdmf", "patches", MDMF_TINY)])
+def test_training_extracts_one_centre_view_and_the_model_keeps_its_views(
+    labelled_images, tmp_path, recipe, kind, extra
+):
     from aigi.engine.trainer import train
 
-    protocol = SMALL_PROTOCOL.model_copy(update={"views": "center_corners", "flip": True})
-    settings = dict(data=labelled_images, out=tmp_path / "m", calibrate_on=labelled_images)
+    protocol = SMALL_PROTOCOL.replace(views="center_corners", flip=True)
+    settings = dict(data=labelled_images, out=tmp_path / "m", calibrate_on=labelled_images, **extra)
     settings.update(spec=EFFNET_SPEC.model_dump(mode="json"), eval_protocol=protocol.model_dump(mode="json"))
-    train("univfd", settings, progress=False)
+    train(recipe, settings, progress=False)
     model = load_model(tmp_path / "m")
     assert model.config.protocol == protocol
     assert model.config.calibration["auroc"] is not None  # calibrated through all ten views per image
-    centre = cache_for(EFFNET_SPEC, SMALL, SMALL_PROTOCOL, "global")
+    centre = cache_for(EFFNET_SPEC, SMALL, SMALL_PROTOCOL, kind)
     assert centre.dir.is_dir()  # the training features: one centre crop per image, shared with single-view models
 
 
