@@ -54,6 +54,18 @@ class ProbabilityChoice(str, Enum):
     none = "none"
 
 
+class ViewsChoice(str, Enum):
+    center = "center"
+    center_corners = "center_corners"
+    grid = "grid"
+
+
+class CombineChoice(str, Enum):
+    mean = "mean"
+    max = "max"
+    topk = "topk"
+
+
 # -- shared options --------------------------------------------------------------------------------------------------
 MODEL_HELP = "Model folder (config.json + model.safetensors). Default: the model shipped with aigi."
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help=MODEL_HELP)]
@@ -173,7 +185,7 @@ def detect(
     n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain else (0, None)
     t, band = (m.threshold, m.config.band) if threshold is None else (threshold, None)
     if as_json:
-        show.detections_json(m.config.detector, t, band, results, image_set.skipped)
+        show.detections_json(m.config.detector, t, band, results, image_set.skipped, show.views_of(m.config))
     else:
         show.detections(results, show.detect_title(m.config, t, band), not no_provenance)
         show.batch_notes(results, image_set.skipped, n_maps, explain_dir)
@@ -522,10 +534,29 @@ def features(
         raise NothingScoredError("no image could be read")
 
 
+def _with_views(protocol, **given):
+    """``protocol`` with the view options that were given (the others kept), checked together."""
+    from pydantic import ValidationError
+
+    from aigi.errors import describe_validation
+
+    changes = {k: getattr(v, "value", v) for k, v in given.items() if v is not None}  # a choice: its name
+    if protocol is None:  # a stack: each member scores its own views
+        if changes:
+            raise ConfigError(
+                "a stack has no views of its own: calibrate its members with view options, then stack them"
+            )
+        return None
+    try:
+        return protocol.replace(**changes)
+    except ValidationError as e:
+        raise ConfigError(f"invalid protocol options: {describe_validation(e)}") from None
+
+
 @app.command()
 def calibrate(
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled validation images.")],
-    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder to update in place.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model folder to update in place (see --out).")],
     target_real_acc: Annotated[
         Optional[float],
         typer.Option(
@@ -549,17 +580,41 @@ def calibrate(
             "'uncertain'. 0: no band.",
         ),
     ] = 0.95,
+    views: Annotated[
+        Optional[ViewsChoice],
+        typer.Option(help="What to score: center crop, center + 4 corners, or a grid of native-resolution tiles."),
+    ] = None,
+    max_tiles: Annotated[
+        Optional[int], typer.Option(min=1, help="--views grid: at most this many tiles (larger images downscaled).")
+    ] = None,
+    flip: Annotated[
+        Optional[bool], typer.Option("--flip/--no-flip", help="Also score each view's horizontal mirror.")
+    ] = None,
+    combine: Annotated[
+        Optional[CombineChoice],
+        typer.Option(help="An image's logit from its views': mean, max or topk (mean of top k)."),
+    ] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="--combine topk: how many views.")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Write the calibrated model to this folder instead.")
+    ] = None,
     allow_download: AllowDownloadOpt = False,
 ) -> None:
-    """Calibrate a model on validation data and store the result in its folder: P(generated) (Platt scaling), the
-    decision threshold, and the uncertainty band inside which `aigi detect` says 'uncertain'."""
+    """Calibrate a model on validation data and store the result in its folder (or --out): P(generated) (Platt
+    scaling), the decision threshold, and the uncertainty band inside which `aigi detect` says 'uncertain'. The view
+    options change what the model scores (and so its scores): they are stored with the calibration."""
     from aigi.checkpoints import save_model
     from aigi.engine.calibrate import calibrate as run
 
+    _out_folder(out)
     m = _load(model, allow_download)
+    views = dict(views=views, max_tiles=max_tiles, flip=flip, combine=combine, top_k=top_k)
+    m.config.protocol = _with_views(m.config.protocol, **views)
     rec = run(m, data, target_real_acc, True, probability.value, band_accuracy or None)
-    save_model(m, model)
+    save_model(m, out or model)
     show.calibration(rec, data)
+    if out is not None:
+        show.say(f"wrote {out}")
 
 
 @app.command()
@@ -570,7 +625,7 @@ def info(model: ModelOpt = None) -> None:
 
     folder = (model or default_model_path()).resolve()
     cfg = read_config(folder)
-    shown_cfg = {"folder": str(folder), **cfg.model_dump(mode="json")}
+    shown_cfg = {"folder": str(folder), "views": show.views_of(cfg), **cfg.model_dump(mode="json")}
     if cfg.detector == STACK:
         from aigi.detectors.stack import member_overview
 

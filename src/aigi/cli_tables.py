@@ -88,18 +88,28 @@ def calibration(record: dict, data) -> None:
         note(record["band_note"])
 
 
+def views_of(config) -> str:
+    """What a model scores of each image (a stack: each member its own views)."""
+    return config.protocol.describe() if config.protocol is not None else "each member's own views"
+
+
 def detect_title(config, threshold: float, band) -> str:
-    """The title of `aigi detect`'s table: the model, its threshold and its uncertainty band if one is used."""
+    """The title of `aigi detect`'s table: the model, the views it scores, its threshold and its uncertainty band if
+    one is used."""
     decided = f", uncertain between {band[0]:.3f} and {band[1]:.3f}" if band is not None else ""
-    what = f"on {config.backbone.family}" if config.backbone else f"of {len(config.params.get('members', []))} members"
-    return f"aigi detect — {config.detector} {what}, threshold {threshold:.3f}{decided}"
+    if config.backbone is None:  # a stack: each member scores its own views
+        model = f"{config.detector} of {len(config.params.get('members', []))} members"
+    else:
+        model = f"{config.detector} on {config.backbone.family} ({views_of(config)})"
+    return f"aigi detect — {model}, threshold {threshold:.3f}{decided}"
 
 
-def detections_json(detector: str, threshold: float, band, results, skipped_files) -> None:
-    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the threshold and the
-    uncertainty band used (null when none), and the skipped files."""
+def detections_json(detector: str, threshold: float, band, results, skipped_files, views: str | None = None) -> None:
+    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the views scored, the
+    threshold and the uncertainty band used (null when none), and the skipped files."""
     payload = {
         "model": detector,
+        "views": views,
         "threshold": threshold,
         "band": None if band is None else list(band),
         "results": [d.to_dict() for d in results],

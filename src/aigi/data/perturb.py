@@ -109,6 +109,10 @@ class Perturbed:
     def __init__(self, protocol, perturbation: Perturbation) -> None:
         self.protocol, self.perturbation = protocol, perturbation
 
+    @property
+    def multi_view(self) -> bool:
+        return bool(getattr(self.protocol, "multi_view", False))
+
     def apply(self, im: Image.Image, fmt: str, pre: Preprocess):
         # What the protocol's format alignment sees: a JPEG after JPEG, whatever the file was; freshly computed
         # (lossless) pixels after blur or noise, so every image, JPEG or PNG at the start, is aligned the same way and

@@ -2,7 +2,10 @@
 
 Evaluation (as MIRROR evaluates): a short side above ``max_short_side`` resized down to it (bicubic,
 antialiased), a centre crop (padded with zeros when the image is smaller), optional format alignment (a crop from
-a lossless file re-encoded as JPEG q96), then the backbone's normalisation.
+a lossless file re-encoded as JPEG q96), then the backbone's normalisation. A protocol may look at more than the
+centre (``views``): the centre and the four corners, or a grid of native-resolution tiles covering the whole image;
+optionally each view's horizontal mirror too (``flip``). Each view is scored and the views' logits are combined into
+the image's (``combine``).
 
 Training (as MIRROR trains): one geometric op drawn with weights 0.3/0.1/0.3/0.3 (centre crop / direct resize /
 random crop / rescale so the short side lies in [224, 1024] then random crop); generated crops then JPEG q96 (so
@@ -12,14 +15,16 @@ the JPEG grid is not a label); then every image JPEG at a random quality in [50,
 from __future__ import annotations
 
 import io
+import math
 import random
 import zlib
+from fractions import Fraction
 from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from aigi.backbones.base import MAX_IMAGE_SIDE, Preprocess
 from aigi.data.decode import LOSSLESS_FORMATS
@@ -41,14 +46,56 @@ def resize_short_side(im: Image.Image, short: int) -> Image.Image:
     return im.resize(size, Image.BICUBIC, reducing_gap=None)  # PIL's bicubic filter is antialiased when shrinking
 
 
+Box = tuple[int, int, int, int]  # (left, top, right, bottom) in an image's pixels; PIL's crop pads outside with zeros
+
+
+def _centred(length: int, tile: int) -> int:
+    """Where a tile centred on an axis of ``length`` pixels starts; negative when the axis is shorter than the tile
+    (it is then padded with zeros on both sides, the image centred)."""
+    return (length - tile) // 2 if length >= tile else -((tile - length) // 2)
+
+
+def _spread(length: int, tile: int, n: int) -> list[int]:
+    """Starts of ``n`` tiles spread evenly over an axis, the first at 0 and the last at ``length - tile``: with
+    ``n >= length / tile`` neighbours overlap or touch, so together they cover the axis. One tile is centred."""
+    if n == 1 or length <= tile:
+        return [_centred(length, tile)]
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def _boxes(xs: list[int], ys: list[int], tile: int) -> list[Box]:
+    return [(x, y, x + tile, y + tile) for y in ys for x in xs]
+
+
+def center_box(width: int, height: int, tile: int) -> Box:
+    return _boxes([_centred(width, tile)], [_centred(height, tile)], tile)[0]
+
+
+def corner_boxes(width: int, height: int, tile: int) -> list[Box]:
+    """Top-left, top-right, bottom-left, bottom-right (an axis shorter than the tile: centred and padded)."""
+    return _boxes(_spread(width, tile, 2), _spread(height, tile, 2), tile)
+
+
+def grid_boxes(width: int, height: int, tile: int) -> list[Box]:
+    """``ceil(height / tile)`` rows by ``ceil(width / tile)`` columns of tiles, row by row: every pixel is in one."""
+    return _boxes(_spread(width, tile, math.ceil(width / tile)), _spread(height, tile, math.ceil(height / tile)), tile)
+
+
+def grid_size(width: int, height: int, tile: int, max_tiles: int) -> tuple[int, int]:
+    """The size to tile an image at: its own when a grid of at most ``max_tiles`` covers it, else the largest
+    downscale (aspect kept) that a grid of ``cols x rows <= max_tiles`` tiles covers."""
+    if math.ceil(width / tile) * math.ceil(height / tile) <= max_tiles:
+        return width, height
+    scale = max(
+        min(Fraction(cols * tile, width), Fraction(max_tiles // cols * tile, height))
+        for cols in range(1, max_tiles + 1)
+    )
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
 def center_crop_or_pad(im: Image.Image, size: int) -> Image.Image:
-    w, h = im.size
-    if w < size or h < size:  # pad with zeros (black), image centred
-        canvas = Image.new("RGB", (max(w, size), max(h, size)))
-        canvas.paste(im, ((canvas.width - w) // 2, (canvas.height - h) // 2))
-        im, (w, h) = canvas, canvas.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    """The centre ``size`` square; an image smaller than it is padded with zeros (black), centred."""
+    return im.crop(center_box(*im.size, size))
 
 
 def random_crop_or_pad(im: Image.Image, size: int, rng: random.Random) -> Image.Image:
@@ -66,8 +113,18 @@ def to_tensor(im: Image.Image, pre: Preprocess) -> torch.Tensor:
     return (x - mean) / std
 
 
+Views = Literal["center", "center_corners", "grid"]
+Combine = Literal["mean", "max", "topk"]
+VIEW_FIELDS = ("views", "max_tiles", "flip", "combine", "top_k")
+SCORING_ONLY = frozenset({"combine", "top_k"})  # how views' logits are combined: not part of what a view's features are
+
+
 class EvalProtocol(BaseModel):
-    """Evaluation preprocessing; stored in every model's config.json."""
+    """Evaluation preprocessing; stored in every model's config.json.
+
+    The view fields (``views``, ``max_tiles``, ``flip``, ``combine``, ``top_k``) came later: while all of them are at
+    their defaults (one centre crop) they are left out of the dump, so a default protocol's config.json and feature
+    cache key are the ones written before they existed (cached features stay valid; older aigi reads the config)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -75,25 +132,102 @@ class EvalProtocol(BaseModel):
         512, ge=1, le=1 << 16, description="resize when the short side is larger; None: never"
     )
     crop: int | None = Field(
-        224, ge=1, le=MAX_IMAGE_SIDE, description="centre crop side (padded when smaller); None: the backbone's size"
+        224, ge=1, le=MAX_IMAGE_SIDE, description="crop and tile side (padded when smaller); None: the backbone's size"
     )
     format_align: bool = Field(
         False, strict=True, description="re-encode lossless inputs (PNG, BMP, ...) as JPEG first"
     )
     align_quality: int = Field(96, ge=1, le=100)
+    views: Views = Field(
+        "center",
+        description="center: one centre crop; center_corners: it and the four corner crops; grid: crop-sized tiles "
+        "covering the whole image at native resolution (see max_tiles)",
+    )
+    max_tiles: int = Field(
+        4, ge=1, le=256, description="grid: at most this many tiles; a larger image is downscaled until they cover it"
+    )
+    flip: bool = Field(False, strict=True, description="also score each view's horizontal mirror")
+    combine: Combine = Field("mean", description="the image's logit from its views': mean, max or mean of the top_k")
+    top_k: int = Field(2, ge=1, le=256, description="combine=topk: how many of the highest view logits are averaged")
+
+    @model_serializer(mode="wrap")
+    def _legacy_when_default(self, handler) -> dict:
+        """Leave the view fields out while all are at their defaults (see the class docstring)."""
+        data = handler(self)
+        defaults = {k: EvalProtocol.model_fields[k].default for k in VIEW_FIELDS if k in data}
+        if all(data[k] == v for k, v in defaults.items()):
+            for k in defaults:
+                del data[k]
+        return data
+
+    @property
+    def multi_view(self) -> bool:
+        """Whether an image gives more than one view: ``apply`` then returns [views, 3, S, S]."""
+        return self.views != "center" or self.flip
+
+    def replace(self, **changes) -> "EvalProtocol":
+        """A copy with ``changes``, validated (a ``ValidationError`` names what is wrong)."""
+        return EvalProtocol.model_validate({**self.model_dump(), **changes})
+
+    def single_view(self) -> "EvalProtocol":
+        """This protocol with one centre crop: what training extracts features through (one row per image)."""
+        return self.replace(**{k: EvalProtocol.model_fields[k].default for k in VIEW_FIELDS})
+
+    def describe(self) -> str:
+        """The views in words, for tables and JSON: e.g. ``grid of <= 4 tiles + mirror, mean logit``."""
+        what = {"center": "centre crop", "center_corners": "centre + 4 corners"}.get(
+            self.views, f"grid of <= {self.max_tiles} tiles"
+        )
+        how = {"mean": "mean logit", "max": "max logit"}.get(self.combine, f"mean of top-{self.top_k} logits")
+        return what + (" + mirror" if self.flip else "") + (f", {how}" if self.multi_view else "")
+
+    def combine_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """One image's logit from its views' logits [k]."""
+        if self.combine == "max":
+            return logits.max()
+        if self.combine == "topk":
+            return logits.topk(min(self.top_k, len(logits))).values.mean()
+        return logits.mean()
 
     def apply(self, im: Image.Image, fmt: str, pre: Preprocess) -> torch.Tensor:
-        return to_tensor(self.apply_pil(im, fmt, pre), pre)
+        """Pixels [3, S, S]; a multi-view protocol's [views, 3, S, S]."""
+        if not self.multi_view:
+            return to_tensor(self.apply_pil(im, fmt, pre), pre)
+        return torch.stack([to_tensor(v, pre) for v in self.view_images(im, fmt, pre)])
 
     def apply_pil(self, im: Image.Image, fmt: str, pre: Preprocess) -> Image.Image:
+        """The first view: the centre crop, or with ``views="grid"`` the top-left tile."""
+        return self.view_images(im, fmt, pre)[0]
+
+    def view_images(self, im: Image.Image, fmt: str, pre: Preprocess) -> list[Image.Image]:
+        """Every view of an image, each as the backbone sees it (the mirrors after the views they mirror).
+
+        Tiles of a grid are cut at native resolution; the only resampling besides ``max_short_side`` is when more
+        than ``max_tiles`` would be needed: the image is then downscaled just enough for that many to cover it."""
         if self.max_short_side and min(im.size) > self.max_short_side:
             im = resize_short_side(im, self.max_short_side)
-        im = center_crop_or_pad(im, self.crop or pre.size)
+        tile = self.crop or pre.size
+        if self.views == "grid":
+            size = grid_size(*im.size, tile, self.max_tiles)
+            im = im if size == im.size else im.resize(size, Image.BICUBIC, reducing_gap=None)
+        crops = [im.crop(box) for box in self.boxes(*im.size, tile)]
+        if self.flip:
+            crops += [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
+        return [self._finish(c, fmt, pre) for c in crops]
+
+    def boxes(self, width: int, height: int, tile: int) -> list[Box]:
+        """The views' boxes in an image of ``width x height`` (after any resizing), first the centre's or the grid's."""
+        if self.views == "grid":
+            return grid_boxes(width, height, tile)
+        centre = [center_box(width, height, tile)]
+        return centre + corner_boxes(width, height, tile) if self.views == "center_corners" else centre
+
+    def _finish(self, crop: Image.Image, fmt: str, pre: Preprocess) -> Image.Image:
         if self.format_align and fmt.upper() in LOSSLESS_FORMATS:  # on the crop, as MIRROR's evaluation does
-            im = jpeg_roundtrip(im, self.align_quality)
-        if im.size != (pre.size, pre.size):
-            im = im.resize((pre.size, pre.size), Image.BICUBIC)
-        return im
+            crop = jpeg_roundtrip(crop, self.align_quality)
+        if crop.size != (pre.size, pre.size):
+            crop = crop.resize((pre.size, pre.size), Image.BICUBIC)
+        return crop
 
 
 GeometricOp = Literal["center_crop", "resize", "random_crop", "rescale_crop"]

@@ -143,7 +143,7 @@ def extract_tokens(
     backbone = build_backbone(backbone_spec, allow_download).to(device)
     arrays, bad = [], []
     for v in range(views):
-        view = protocol if v == 0 else AugmentedView(augment=phase1_augment(), view=v, seed=seed)
+        view = protocol.single_view() if v == 0 else AugmentedView(augment=phase1_augment(), view=v, seed=seed)
         cache = cache_for(backbone_spec, backbone.preprocess, view, "patches", cache_dir)
         ext = extract(
             paths,

@@ -2,7 +2,9 @@
 
 For MIRROR the map is the residual norm ``|| token - reconstruction ||`` per patch: high where the image is far
 from what the memory of real images can rebuild. The PNG shows the crop the model saw (after the evaluation
-protocol) beside the same crop with the map laid over it, and the score in the title.
+protocol) beside the same crop with the map laid over it, and the score in the title. With a multi-view protocol the
+score combines every view, as ``detect`` does, and the map is the first view's (the centre crop; a grid's top-left
+tile).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 
 from aigi.checkpoints import Model
 from aigi.data.decode import ImageInput, load_image
-from aigi.engine.features import Extracted, extract
-from aigi.engine.inference import Scores, to_scores
+from aigi.engine.features import extract
+from aigi.engine.inference import Scores, logit_scores
 from aigi.errors import ConfigError
 from aigi.names import shown
 
@@ -55,8 +57,7 @@ def explain_inputs(
         description="scoring + heatmaps",
         progress=progress,
     )
-    logits = Extracted(features=[None if f is None else f[:1] for f in ext.features], errors=ext.errors)
-    scores = to_scores(logits, lambda t: torch.sigmoid(t[:, 0].double()))
+    scores = logit_scores(ext, lambda rows: rows[:, 0], model.config.protocol)
     scores.prob = model.calibrated(scores.prob)
     pngs: dict[int, bytes] = {}
     for i in map(int, np.flatnonzero(scores.ok)):
@@ -67,7 +68,7 @@ def explain_inputs(
             scores.errors[i] = f"scored, but the heatmap could not be drawn ({e})"
             continue
         title = shown(Path(str(ext.inputs[i])).name)
-        pngs[i] = render(crop, ext.features[i][1:].reshape(grid), scores.prob[i], title, det.patch_map_label)
+        pngs[i] = render(crop, ext.first_view(i)[1:].reshape(grid), scores.prob[i], title, det.patch_map_label)
     return scores, pngs
 
 

@@ -1,7 +1,9 @@
 """Batched per-image feature extraction with per-file errors and an on-disk cache.
 
 ``extract`` is the one loop every command uses: read each file, decode it, apply the evaluation protocol, run a
-function over batches of pixels, and collect one array per image, or the reason the image could not be used.
+function over batches of pixels, and collect one array per image, or the reason the image could not be used. With a
+multi-view protocol (several crops, tiles or mirrors per image) the function runs over every view and an image's
+array is its views' rows stacked, ``[views, ...]`` (the number of views may differ between images).
 
 The cache stores one entry per image under a namespace that hashes the backbone spec, the preprocessing, the
 protocol and the feature kind; inside it, the key is the SHA-256 of the file's bytes, so renamed or copied files
@@ -143,9 +145,19 @@ class Extracted:
     sha256: list[str | None] = field(default_factory=list)
     cache_hits: int = 0
     inputs: list = field(default_factory=list)  # what was read: a Path or an InMemoryImage per sample
+    multi_view: bool = False  # each array is [views, ...]: one row per view of a multi-view protocol
 
     def stacked(self, indices: Sequence[int]) -> np.ndarray:
         return np.stack([self.features[i] for i in indices])
+
+    def view_rows(self, indices: Sequence[int]) -> tuple[np.ndarray, list[int]]:
+        """Every view's row of the images at ``indices``, image after image, and how many rows each image has (one
+        per image for a single-view protocol): what a head scores at once before the views are combined."""
+        parts = [self.features[i] if self.multi_view else self.features[i][None] for i in indices]
+        return np.concatenate(parts), [len(p) for p in parts]
+
+    def first_view(self, i: int) -> np.ndarray:
+        return self.features[i][0] if self.multi_view else self.features[i]
 
     @property
     def ok(self) -> list[int]:
@@ -193,9 +205,11 @@ def extract(
     description: str = "scoring images",
     progress: bool = True,
 ) -> Extracted:
-    """Run ``fn`` (pixels [B,3,S,S] -> [B, ...]) over every image; errors are collected per file."""
+    """Run ``fn`` (pixels [B,3,S,S] -> [B, ...]) over every image, at most ``batch_size`` views at once; errors are
+    collected per file. A multi-view ``protocol`` gives each image its views' rows, ``[views, ...]``."""
     paths = [as_input(p) for p in paths]
-    out = Extracted(features=[None] * len(paths), sha256=[None] * len(paths), inputs=paths)
+    multi = bool(getattr(protocol, "multi_view", False))
+    out = Extracted(features=[None] * len(paths), sha256=[None] * len(paths), inputs=paths, multi_view=multi)
     if not paths:
         return out
     if num_workers is None:
@@ -221,9 +235,17 @@ def extract(
                 else:
                     todo.append(item)
             if todo:
-                feats = fn(torch.stack([t["pixels"] for t in todo])).float().cpu().numpy()
-                for item, f in zip(todo, feats):
-                    out.features[item["i"]] = f
-                    if cache is not None:
-                        cache.put(item["sha"], f)
+                _run_views(fn, todo, multi, batch_size, out, cache)
     return out
+
+
+def _run_views(fn, todo: list[dict], multi: bool, batch_size: int, out: Extracted, cache: FeatureCache | None) -> None:
+    """``fn`` over the views of the images in ``todo`` (``batch_size`` at a time); each image's rows to ``out``."""
+    views = torch.cat([t["pixels"] if multi else t["pixels"][None] for t in todo])
+    feats = torch.cat([fn(views[i : i + batch_size]).float().cpu() for i in range(0, len(views), batch_size)]).numpy()
+    counts = np.cumsum([len(t["pixels"]) if multi else 1 for t in todo])[:-1]
+    for item, f in zip(todo, np.split(feats, counts)):
+        f = f if multi else f[0]
+        out.features[item["i"]] = f
+        if cache is not None:
+            cache.put(item["sha"], f)

@@ -13,6 +13,7 @@ import torch
 from aigi.checkpoints import STACK, Model
 from aigi.data.decode import ImageInput, InMemoryImage, as_input
 from aigi.data.perturb import Perturbation, Perturbed
+from aigi.data.transforms import SCORING_ONLY, EvalProtocol
 from aigi.engine.features import Extracted, FeatureCache, extract
 
 
@@ -39,7 +40,8 @@ def weights_fingerprint(source: str | None) -> list:
 
 
 def cache_for(spec, preprocess, protocol, kind: str, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
-    """The cache namespace of one backbone + preprocessing + protocol (or augmented view) + feature kind."""
+    """The cache namespace of one backbone + preprocessing + protocol (or augmented view) + feature kind. How views'
+    logits are combined is left out: an entry holds every view's features, which any combination reads."""
     source = str(Path(spec.source).resolve()) if spec.source and Path(spec.source).is_dir() else spec.source
     return FeatureCache(
         cache_dir,
@@ -48,15 +50,18 @@ def cache_for(spec, preprocess, protocol, kind: str, cache_dir: str | os.PathLik
             "backbone": {**spec.model_dump(mode="json"), "source": source},
             "weights": weights_fingerprint(source),
             "preprocess": preprocess.model_dump(mode="json"),
-            "protocol": protocol.model_dump(mode="json"),
+            "protocol": protocol.model_dump(mode="json", exclude=set(SCORING_ONLY)),
             "kind": kind,
         },
     )
 
 
-def feature_cache_for(model: Model, cache_dir: str | os.PathLike | None = None) -> FeatureCache:
-    det = model.detector
-    return cache_for(model.config.backbone, det.backbone.preprocess, model.config.protocol, det.feature_kind, cache_dir)
+def feature_cache_for(
+    model: Model, cache_dir: str | os.PathLike | None = None, protocol: EvalProtocol | None = None
+) -> FeatureCache:
+    """The cache namespace of the model's features through ``protocol`` (default: the model's)."""
+    det, protocol = model.detector, protocol or model.config.protocol
+    return cache_for(model.config.backbone, det.backbone.preprocess, protocol, det.feature_kind, cache_dir)
 
 
 def extract_features(
@@ -67,15 +72,18 @@ def extract_features(
     batch_size: int = 8,
     progress: bool = True,
     description: str = "extracting features",
+    protocol: EvalProtocol | None = None,
 ) -> Extracted:
-    det, device = model.detector, model.device
+    """The detector's features of each image through ``protocol`` (default: the model's; training passes its single
+    centre view, so that each image is one row)."""
+    det, device, protocol = model.detector, model.device, protocol or model.config.protocol
     uploads = any(isinstance(p, InMemoryImage) for p in paths)  # nothing about an upload is kept
-    cache = feature_cache_for(model, cache_dir) if (use_cache and det.cacheable and not uploads) else None
+    cache = feature_cache_for(model, cache_dir, protocol) if (use_cache and det.cacheable and not uploads) else None
     return extract(
         paths,
         lambda px: det.features(px.to(device)),
         det.backbone.preprocess,
-        model.config.protocol,
+        protocol,
         cache=cache,
         batch_size=batch_size,
         description=description,
@@ -118,7 +126,7 @@ def score_paths(
             description="scoring images",
             progress=progress,
         )
-        scores = to_scores(ext, lambda feats: torch.sigmoid(feats.double()))
+        scores = logit_scores(ext, lambda logits: logits, model.config.protocol)
     else:
         ext = extract_features(model, paths, use_cache, cache_dir, batch_size, progress, description="scoring images")
         scores = scores_from_features(model, ext)
@@ -133,18 +141,23 @@ SCORE_CHUNK = 256  # cached feature rows scored at once (a MIRROR row is a whole
 def scores_from_features(model: Model, ext: Extracted) -> Scores:
     def head(feats: torch.Tensor) -> torch.Tensor:
         chunks = (feats[i : i + SCORE_CHUNK].to(model.device) for i in range(0, len(feats), SCORE_CHUNK))
-        return torch.cat([model.detector.score(c).prob.double().cpu() for c in chunks])
+        return torch.cat([model.detector.score(c).logit.cpu() for c in chunks])
 
-    return to_scores(ext, head)
+    return logit_scores(ext, head, model.config.protocol)
 
 
-def to_scores(ext: Extracted, to_prob) -> Scores:
-    """Probabilities from per-image rows (``to_prob``: stacked rows -> P(generated)); non-finite ones become errors."""
+def logit_scores(ext: Extracted, to_logit, protocol: EvalProtocol) -> Scores:
+    """P(generated) per image: ``to_logit`` (stacked rows -> logits) over every view of the readable images at once,
+    the views' logits combined as ``protocol`` says (in float64), then the sigmoid. Non-finite ones become errors."""
     prob = np.full(len(ext.features), np.nan)
     ok = ext.ok
     if ok:
+        rows, counts = ext.view_rows(ok)
         with torch.inference_mode():
-            prob[ok] = to_prob(torch.from_numpy(ext.stacked(ok))).numpy()
+            logits = to_logit(torch.from_numpy(rows)).double()
+            if len(logits) != len(counts):  # several views per image
+                logits = torch.stack([protocol.combine_logits(v) for v in logits.split(counts)])
+            prob[ok] = torch.sigmoid(logits).numpy()
     errors = dict(ext.errors)
     for i in ok:
         if not np.isfinite(prob[i]):

@@ -467,12 +467,19 @@ def features_of(run: Run, image_set, what: str, label: int | None = None) -> tup
 def readable_features(
     run: Run, image_set, what: str, label: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """:func:`features_of`, and the index in ``image_set.samples`` of each readable image."""
+    """:func:`features_of`, and the index in ``image_set.samples`` of each readable image. Features are extracted
+    through the protocol's single centre view (one row per image), whatever views the model will score with."""
     from aigi.engine.inference import extract_features
 
     chosen = [i for i, s in enumerate(image_set.samples) if label is None or s.label == label]
     samples = [image_set.samples[i] for i in chosen]
-    ext = extract_features(run.model, [s.path for s in samples], progress=run.progress, description=f"features: {what}")
+    ext = extract_features(
+        run.model,
+        [s.path for s in samples],
+        progress=run.progress,
+        description=f"features: {what}",
+        protocol=run.model.config.protocol.single_view(),
+    )
     if not ext.ok:
         raise DataError(f"{image_set.root}: none of the {len(samples)} images could be read")
     run.skipped.update(f"{shown(samples[i].path)}: {r}" for i, r in ext.errors.items())
