@@ -164,6 +164,13 @@ def test_calibrating_a_stack_in_place_keeps_its_members(stack, labelled_images):
     assert model.config.calibration["target_real_acc"] == 1.0 and model.config.calibration["real_acc"] == 1.0
 
 
+def test_view_options_on_a_stack_are_one_clear_error_and_change_nothing(stack, labelled_images):
+    before = (stack / "config.json").read_bytes()
+    res = runner.invoke(app, ["calibrate", "--model", str(stack), "--data", str(labelled_images), "--flip"])
+    assert res.exit_code != 0 and "a stack has no views of its own" in res.output
+    assert (stack / "config.json").read_bytes() == before
+
+
 def test_cli_trains_a_stack_then_eval_detect_info_work_on_it(members, labelled_images, tmp_path):
     out = tmp_path / "cli-stack"
     member_args = [a for m in members for a in ("--member", str(m))]
