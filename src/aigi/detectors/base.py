@@ -25,6 +25,14 @@ MAX_WIDTH = 65_536  # a hidden layer's or projection's width
 MAX_SLOTS = 1_000_000  # memory slots / reference patches kept
 
 
+def zero_linear(dim: int) -> nn.Linear:
+    """A ``Linear(dim, 1)`` head that starts at zero (every image logit 0) until it is fitted or trained."""
+    head = nn.Linear(dim, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 @dataclass
 class Output:
     logit: torch.Tensor  # [B]

@@ -30,9 +30,15 @@ from torch.utils.data import DataLoader
 from aigi.backbones.base import Backbone
 from aigi.data.augment import ForensicAugment
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import Detector, DetectorParams, Output
-from aigi.engine.train_images import BalancedEpochDraw, EpochShuffle, TrainImages, collate_images, param_groups
-from aigi.engine.train_state import warmup_cosine
+from aigi.detectors.base import Detector, DetectorParams, Output, zero_linear
+from aigi.engine.train_images import (
+    BalancedEpochDraw,
+    EpochShuffle,
+    PixelEpochs,
+    TrainImages,
+    collate_images,
+    param_groups,
+)
 from aigi.engine.trainer import (
     RECIPES,
     BackboneChoice,
@@ -67,9 +73,7 @@ class CNNSpot(Detector):
 
     def __init__(self, params: CNNSpotParams, backbone: Backbone) -> None:
         super().__init__(params, backbone)
-        self.head = nn.Linear(backbone.dim, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_linear(backbone.dim)
         self.dropout = nn.Dropout(params.dropout)
         if params.finetune:
             self._unfreeze(params.train_from)
@@ -139,7 +143,7 @@ class _Logits(nn.Module):
 
 
 @RECIPES.register("cnnspot")
-class CNNSpotRecipe(Recipe):
+class CNNSpotRecipe(PixelEpochs, Recipe):
     """CNNSpot: the backbone fine-tuned end to end with post-processing and hard-real augmentation."""
 
     name = "cnnspot"
@@ -177,27 +181,11 @@ class CNNSpotRecipe(Recipe):
         )
         run.module = _Logits(det)
         groups = param_groups(det, cfg.weight_decay, {"head.": cfg.head_lr_scale})
+        self.base_lr = cfg.lr
         run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
 
     def resume_from(self, run: Run) -> int:
         return resume_model(run)
-
-    def start_epoch(self, run: Run, epoch: int) -> None:
-        self.dataset.epoch = epoch
-        self.order.use_epoch(epoch)
-        # dropout: a resumed epoch draws what it would have; each DDP process its own stream
-        torch.manual_seed((self.config.seed * 1_000_003 + epoch) * 64 + run.accelerator.process_index)
-        run.model.detector.train()
-
-    def lr(self, run: Run, epoch: int, step: int, steps: int) -> float:
-        cfg = self.config
-        return warmup_cosine(
-            epoch * steps + step, cfg.epochs * steps, int(cfg.warmup_epochs * steps), cfg.lr, cfg.min_lr
-        )
-
-    def empty(self, run: Run, batch) -> bool:
-        run.skipped.update(batch[2])
-        return batch[0] is None
 
     def loss(self, run: Run, batch):
         x, y, _ = batch

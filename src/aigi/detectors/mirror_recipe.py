@@ -50,7 +50,7 @@ from aigi.detectors.memory_bank import MemoryBank
 from aigi.detectors.mirror import MirrorParams
 from aigi.engine.features import extract
 from aigi.engine.inference import cache_for
-from aigi.engine.train_images import EpochShuffle, TrainImages, collate_images, param_groups
+from aigi.engine.train_images import EpochShuffle, PixelEpochs, TrainImages, collate_images, param_groups
 from aigi.engine.train_state import load_train_state, warmup_cosine
 from aigi.engine.trainer import (
     RECIPES,
@@ -352,7 +352,7 @@ class _Step(torch.nn.Module):
 
 
 @RECIPES.register("mirror")
-class MirrorRecipe(Recipe):
+class MirrorRecipe(PixelEpochs, Recipe):
     """MIRROR Phase 2: frozen memory, LoRA on the backbone, dual-branch head (perplexity + residual + global token)."""
 
     name = "mirror"
@@ -404,23 +404,6 @@ class MirrorRecipe(Recipe):
         if run.record.get("memory_sha256") != digest:
             raise ConfigError(f"{run.out} holds a Phase 2 run with another memory; use a new --out folder")
         return epoch
-
-    def start_epoch(self, run: Run, epoch: int) -> None:
-        self.dataset.epoch = epoch
-        self.order.use_epoch(epoch)
-        # dropout: a resumed epoch draws what it would have; each DDP process its own stream
-        torch.manual_seed((self.config.seed * 1_000_003 + epoch) * 64 + run.accelerator.process_index)
-        run.model.detector.train()
-
-    def lr(self, run: Run, epoch: int, step: int, steps: int) -> float:
-        cfg = self.config
-        return warmup_cosine(
-            epoch * steps + step, cfg.epochs * steps, int(cfg.warmup_epochs * steps), self.base_lr, cfg.min_lr
-        )
-
-    def empty(self, run: Run, batch) -> bool:
-        run.skipped.update(batch[2])
-        return batch[0] is None
 
     def loss(self, run: Run, batch):
         x, y, _ = batch

@@ -14,11 +14,10 @@ import torch
 from pydantic import Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from torch import nn
 
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.base import Detector, DetectorParams, Output, zero_linear
 from aigi.engine.trainer import (
     RECIPES,
     BackboneChoice,
@@ -52,9 +51,7 @@ class UnivFD(Detector):
 
     def __init__(self, params: UnivFDParams, backbone: Backbone) -> None:
         super().__init__(params, backbone)
-        self.head = nn.Linear(backbone.dim, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head = zero_linear(backbone.dim)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone(pixels).cls

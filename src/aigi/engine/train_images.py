@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from aigi.data.decode import ImageDecodeError, load_image
+from aigi.engine.train_state import warmup_cosine
 
 
 class TrainImages(Dataset):
@@ -103,3 +104,32 @@ def param_groups(module: torch.nn.Module, weight_decay: float, lr_scales: dict[s
         for (scale, decay), params in groups.items()
         if params or scale == 1
     ]
+
+
+class PixelEpochs:
+    """The epoch, learning-rate and empty-batch steps of a recipe that trains on augmented pixels (MIRROR Phase 2, the
+    fine-tuned CNN); mixed in before :class:`aigi.engine.trainer.Recipe`. The recipe's ``setup`` sets ``dataset`` (a
+    :class:`TrainImages`), ``order`` (its epoch sampler) and ``base_lr``; its config has ``seed``, ``epochs``,
+    ``warmup_epochs`` and ``min_lr``."""
+
+    dataset: TrainImages
+    order: EpochShuffle
+    base_lr: float
+
+    def start_epoch(self, run, epoch: int) -> None:
+        self.dataset.epoch = epoch
+        self.order.use_epoch(epoch)
+        # dropout: a resumed epoch draws what it would have; each DDP process its own stream
+        torch.manual_seed((self.config.seed * 1_000_003 + epoch) * 64 + run.accelerator.process_index)
+        run.model.detector.train()
+
+    def lr(self, run, epoch: int, step: int, steps: int) -> float:
+        """A linear warm-up then a cosine to ``min_lr``, per step."""
+        cfg = self.config
+        return warmup_cosine(
+            epoch * steps + step, cfg.epochs * steps, int(cfg.warmup_epochs * steps), self.base_lr, cfg.min_lr
+        )
+
+    def empty(self, run, batch) -> bool:
+        run.skipped.update(batch[2])
+        return batch[0] is None
