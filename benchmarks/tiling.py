@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from default_model import update_readme
+from default_model import OLD_PROBE, update_readme
 from uncertainty import TEST_SETS, measure, pooled_val_manifest
 
 from aigi import api
-from aigi.checkpoints import default_model_path
 from aigi.data.folders import discover
 from aigi.engine.calibrate import calibrate
 from aigi.engine.inference import score_paths
@@ -124,7 +123,7 @@ def main() -> None:
     ap.add_argument("--choices", nargs="+", choices=list(CHOICES), default=list(CHOICES), metavar="NAME")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    folder = args.model or default_model_path()
+    folder = args.model or OLD_PROBE  # the default its committed results were measured on
     name = args.name or (
         "shipped" if args.model is None else Path(os.path.relpath(folder, HERE / "results")).as_posix()
     )

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from aigi.api import SCORED_VERDICTS
 from aigi.names import shown
 
 SECRET = "secret.txt"
@@ -588,7 +589,7 @@ def json_rows(payload: dict) -> dict[str, dict]:
     rows = {}
     for r in payload["results"]:
         if "verdict" in r:  # detect
-            scored = r["verdict"] in ("real", "generated")
+            scored = r["verdict"] in SCORED_VERDICTS
             rows[r["path"]] = {"kind": "verdict" if scored else "reason", "reason": r.get("error") or r["basis"]}
             r = {"path": r["path"], **r.get("provenance", {})}
         else:  # inspect

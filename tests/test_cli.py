@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from aigi.api import SCORED_VERDICTS
 from aigi.cli import app
 
 runner = CliRunner()
@@ -42,7 +43,7 @@ def test_detect_reports_bad_files_and_carries_on(mixed):
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in payload["results"]}
     assert set(by_name) == {"good1.jpg", "good2.png", "empty.jpg", "truncated.jpg", "notes.png", "bomb.png"}
     for good in ("good1.jpg", "good2.png"):
-        assert by_name[good]["verdict"] in {"real", "generated"}
+        assert by_name[good]["verdict"] in SCORED_VERDICTS
         assert 0.0 <= by_name[good]["prob_generated"] <= 1.0
     assert "empty" in by_name["empty.jpg"]["error"]
     assert "truncated" in by_name["truncated.jpg"]["error"]

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from aigi.api import SCORED_VERDICTS
 from aigi.cli import app
 from aigi.names import shown
 
@@ -50,7 +51,10 @@ def _expected(folder: Path) -> set[str]:
     return {shown(os.path.join(os.fsencode(folder), n)) for n in HOSTILE}
 
 
-def test_detect_table_escapes_names_and_reports_the_fifo(hostile):
+def test_detect_table_escapes_names_and_reports_the_fifo(hostile, monkeypatch):
+    from aigi import cli_tables
+
+    monkeypatch.setattr(cli_tables.out, "width", 400)  # every row on one line, so each name can be found whole
     res = runner.invoke(app, ["detect", str(hostile)])
     assert res.exit_code == 0, res.output
     _assert_clean(res.output)
@@ -66,7 +70,7 @@ def test_detect_json_escapes_names(hostile):
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert {r["path"] for r in payload["results"]} == _expected(hostile)
-    assert all(r["verdict"] in ("real", "generated") for r in payload["results"])
+    assert all(r["verdict"] in SCORED_VERDICTS for r in payload["results"])
     assert payload["skipped"] == [{"path": f"{hostile}/pipe\\x1b[31m.png", "reason": "not a regular file (FIFO)"}]
     _assert_clean(json.dumps(payload, ensure_ascii=False))
 
@@ -171,7 +175,7 @@ def test_named_unreadable_missing_and_special_files_each_get_a_reason(tmp_path, 
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     rows = {Path(r["path"]).name: r for r in payload["results"]}
-    assert rows["ok.png"]["verdict"] in ("real", "generated")
+    assert rows["ok.png"]["verdict"] in SCORED_VERDICTS
     assert rows["locked.png"]["error"] == "cannot read file (Permission denied)"
     assert rows["missing.png"]["error"] == "file not found"
     assert payload["skipped"] == [

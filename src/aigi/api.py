@@ -46,6 +46,9 @@ def load(model: str | os.PathLike | None = None, allow_download: bool | None = N
     return load_model(model, allow_download) if model else load_default_model()
 
 
+SCORED_VERDICTS = ("generated", "real", "uncertain")  # an image the model scored; else "error" (or "unknown")
+
+
 @dataclass
 class Detection:
     """The verdict on one image, with its basis: what `aigi detect` prints and the HTTP API returns."""
