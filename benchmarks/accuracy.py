@@ -12,7 +12,9 @@ tie goes to the faster. A stack's combiner is fitted on val, so its val AUROC is
 Then every candidate is evaluated on every test set (aigi-mini `test/`, `forensynths_thumbs/`, aigi-wide `test/`:
 mean AUROC over generator groups, real-photo accuracy at the model's threshold, ECE, the band's coverage and decided
 accuracy, the worst generator group, the worst kind of real photo). Writes ``results/accuracy/`` (per-set reports
-with reliability diagrams, ``accuracy.{json,md}``) and the README table. ``--install`` copies the chosen model into
+with reliability diagrams, ``accuracy.{json,md}``) and the README table; ``--reuse`` keeps the rows already in
+``accuracy.json`` (a fresh clone reproduces the table from them: the CNN's and the stack's large weights are not
+committed). ``--install`` copies the chosen model into
 the package as the shipped default.
 """
 
@@ -34,6 +36,7 @@ from uncertainty import TEST_SETS, measure
 from wide_probe import real_accuracy_by_kind
 
 from aigi import api
+from aigi.checkpoints import ModelLoadError
 from aigi.data.folders import discover
 from aigi.detectors.stack import StackModel
 from aigi.engine.inference import labelled_scores
@@ -113,15 +116,24 @@ def candidate_row(name: str, folder: Path, root: Path) -> dict:
     }
 
 
+RESULTS = OUT / "accuracy.json"  # the rule, the choice and every candidate's row (written as each is measured)
+RULE = __doc__.split("\n\n")[2]
+
+
 def measured_rows(root: Path, reuse: bool) -> dict[str, dict]:
-    """Each candidate's row, written to ``candidates.json`` as soon as it is measured (``reuse``: rows already there
-    are kept, so an interrupted run goes on where it stopped)."""
-    saved = OUT / "candidates.json"
-    rows = read_json(saved) if reuse and saved.is_file() else {}
+    """Each candidate's row, saved as soon as it is measured (``reuse``: the rows already in ``accuracy.json`` are kept,
+    so an interrupted run goes on where it stopped). A candidate whose folder is incomplete is skipped with a line
+    saying why (the fine-tuned CNN's 12.8 MiB of weights are not committed: rebuild it with its training command)."""
+    rows = read_json(RESULTS)["candidates"] if reuse and RESULTS.is_file() else {}
     for name, folder in CANDIDATES.items():
-        if name not in rows and (folder / "config.json").is_file():
+        if name in rows or not (folder / "config.json").is_file():
+            continue
+        try:
             rows[name] = candidate_row(name, folder, root)
-            write_json(saved, rows)
+        except ModelLoadError as e:
+            print(f"skipped {name}: {e}")
+            continue
+        write_json(RESULTS, {"rule": RULE, "chosen": None, "candidates": rows})
     return rows
 
 
@@ -129,12 +141,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data")))
     ap.add_argument("--install", action="store_true", help="copy the chosen model into src/aigi/default_model")
-    ap.add_argument("--reuse", action="store_true", help="keep the candidates already measured in candidates.json")
+    ap.add_argument("--reuse", action="store_true", help="keep the candidates already measured in accuracy.json")
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     rows = measured_rows(args.data_root, args.reuse)
     chosen = choose(rows)
-    write_json(OUT / "accuracy.json", {"rule": __doc__.split("\n\n")[2], "chosen": chosen, "candidates": rows})
+    write_json(RESULTS, {"rule": RULE, "chosen": chosen, "candidates": rows})
     table = markdown(rows, chosen)
     write_text(OUT / "accuracy.md", table + "\n")
     update_readme("accuracy", table)
@@ -148,6 +160,10 @@ def install(folder: Path) -> None:
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("train_state", "train_log.jsonl"))
     print(f"installed {folder} into {dest}")
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
 def f3(v) -> str:
@@ -165,7 +181,7 @@ def markdown(rows: dict, chosen: str) -> str:
         val = " / ".join(f3(v) for v in r["val"].values())
         for i, (t, m) in enumerate(r["test"].items()):
             worst = r["worst_real"][f"{t.split()[0]} test"] if t != "forensynths_thumbs" else None
-            first = (mark, val, f"{r['images_per_s']:.1f}", f"{r['bytes'] / 2**20:.1f} MiB") if i == 0 else ("",) * 4
+            first = (mark, val, f"{r['images_per_s']:.1f}", size_text(r["bytes"])) if i == 0 else ("",) * 4
             kind = f"{worst['kind']} ({worst['real_acc']:.2f})" if worst else ""
             lines.append(
                 "| " + " | ".join(first) + f" | {t} | {f3(m['auroc'])} | {f3(m['real_acc'])} | {kind} "
@@ -197,7 +213,7 @@ def targets_markdown(r: dict, chosen: str) -> str:
     ]
     lines += [f"| {what} | {v:.3f} | {'yes' if v >= bound else 'no'} |" for what, v, bound in checks]
     cover = ", ".join(f"{s} {f3(m['coverage'])}" for s, m in t.items())
-    lines += ["", f"Coverage of the 0.95 band on each test set: {cover}. Model folder: {r['bytes'] / 2**20:.1f} MiB."]
+    lines += ["", f"Coverage of the 0.95 band on each test set: {cover}. Model folder: {size_text(r['bytes'])}."]
     return "\n".join(lines)
 
 
