@@ -4,9 +4,9 @@ any test number was looked at, and where the chosen one stands against the issue
     python benchmarks/accuracy.py [--data-root ../shared/data] [--install]
 
 The rule (fixed in advance; only validation images decide it): a candidate must run `aigi detect` at >= 20 images/s
-end to end on this 2-core CPU (the CLI run with its start-up, 256 images, feature cache off); among those, the one
-with the highest mean AUROC over aigi-mini `val/` and aigi-wide `val/` wins; AUROCs within 0.005 are a tie, and a
-tie goes to the faster. A stack's combiner is fitted on val, so its val AUROC is the 5-fold cross-fitted one
+end to end on this 2-core CPU (the median of 3 CLI runs with their start-up, 256 images, feature cache off); among
+those, the one with the highest mean AUROC over aigi-mini `val/` and aigi-wide `val/` wins; AUROCs within 0.005 are a
+tie, and a tie goes to the faster. A stack's combiner is fitted on val, so its val AUROC is the 5-fold cross-fitted one
 (each val image scored by a combiner fitted without it).
 
 Then every candidate is evaluated on every test set (aigi-mini `test/`, `forensynths_thumbs/`, aigi-wide `test/`:

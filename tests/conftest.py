@@ -67,3 +67,16 @@ def labelled_images(tmp_path):
                 a = np.cumsum(a.astype(np.int64), axis=1).astype(np.uint8)
             Image.fromarray(a).save(root / label / f"{label}_{i}.jpg")
     return root
+
+
+@pytest.fixture()
+def probe_dir(labelled_images, tmp_path):
+    """A univfd linear probe (a model with no per-patch map) trained on the tiny random backbone."""
+    from tiny import EFFNET_SPEC, SMALL_PROTOCOL
+
+    from aigi.engine.trainer import train
+
+    out = tmp_path / "probe"
+    tiny = {"spec": EFFNET_SPEC.model_dump(mode="json"), "eval_protocol": SMALL_PROTOCOL.model_dump(mode="json")}
+    train("univfd", {"data": labelled_images, "out": out, **tiny}, progress=False)
+    return out

@@ -62,9 +62,9 @@ def test_to_dict_is_what_detect_json_prints(model, tmp_path):
     assert set(printed) == {"path", "verdict", "basis", "prob_generated", "detector_verdict", "error", "provenance"}
 
 
-def test_explain_without_a_patch_map_is_a_clear_error(model):
+def test_explain_without_a_patch_map_is_a_clear_error(probe_dir):
     with pytest.raises(AigiError, match="no per-patch map"):
-        api.detect(model, [("a.jpg", _jpeg_bytes(5))], explain=True)
+        api.detect(api.load(probe_dir), [("a.jpg", _jpeg_bytes(5))], explain=True)
 
 
 def test_evaluate_returns_a_report_that_writes_its_files(model, labelled_images, tmp_path):
@@ -134,7 +134,7 @@ def test_version_and_info_say_where_the_model_is():
 
     assert runner.invoke(app, ["--version"]).output.strip() == f"aigi {__version__}"
     info = json.loads(runner.invoke(app, ["info"]).stdout)
-    assert info["folder"].endswith("default_model") and info["detector"] == "univfd"
+    assert info["folder"].endswith("default_model") and info["detector"] == "cnnspot"
 
 
 def test_the_shipped_config_holds_no_absolute_paths():

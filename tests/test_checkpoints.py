@@ -119,7 +119,7 @@ def test_hf_backbone_folder_round_trip(tmp_path):
 
 def test_shipped_default_model_loads():
     model = load_default_model()
-    assert model.config.detector == "univfd"
+    assert model.config.detector == "cnnspot"
     assert model.config.backbone.family == "efficientnet_lite0"
     assert 0.0 < model.threshold < 1.0
     assert model.config.calibration is not None

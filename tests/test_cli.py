@@ -132,4 +132,4 @@ def test_samples_and_info(tmp_path):
     assert res.exit_code == 0
     assert (tmp_path / "s" / "chelsea.png").is_file()
     res = runner.invoke(app, ["info"])
-    assert json.loads(res.stdout)["detector"] == "univfd"
+    assert json.loads(res.stdout)["detector"] == "cnnspot"

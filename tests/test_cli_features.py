@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from aigi.backbones import BackboneSpec
 from aigi.checkpoints import ModelConfig, build_model, load_default_model
 from aigi.cli import app
 from aigi.data.transforms import EvalProtocol
@@ -66,9 +67,14 @@ def test_features_fills_the_cache_that_eval_reads(images, tmp_path):
     assert res.exit_code == 0, res.output
     assert _counts(res.output) == (0, 5, 1)
 
-    # the shipped model (univfd, EfficientNet-Lite0 head, format-aligned protocol) reads the same entries
+    # a probe on the same features (EfficientNet-Lite0 head, the default format-aligned protocol) reads the same
+    # entries; the shipped model fine-tunes its backbone, so its features are its own and never come from the cache
     paths = sorted(p for p in images.rglob("*") if p.suffix in {".png", ".jpg"} and p.name != "broken.png")
-    assert score_paths(load_default_model(), paths, progress=False).cache_hits == 5
+    probe = build_model(
+        ModelConfig(detector="univfd", backbone=BackboneSpec(), protocol=EvalProtocol(format_align=True))
+    )
+    assert score_paths(probe, paths, progress=False).cache_hits == 5
+    assert score_paths(load_default_model(), paths, progress=False).cache_hits == 0
 
 
 def test_features_patches_are_the_mdmf_namespace(images, tmp_path):

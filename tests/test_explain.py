@@ -66,10 +66,10 @@ def test_explain_writes_one_heatmap_per_readable_image(mirror_dir, images, tmp_p
         assert rows[name]["prob_generated"] == pytest.approx(plain_rows[name]["prob_generated"], abs=1e-4)
 
 
-def test_explain_needs_a_model_with_a_patch_map(images, tmp_path):
+def test_explain_needs_a_model_with_a_patch_map(images, probe_dir, tmp_path):
     res = runner.invoke(
-        app, ["detect", "--explain", "--explain-dir", str(tmp_path / "h"), str(images)]
-    )  # default: univfd
+        app, ["detect", "--model", str(probe_dir), "--explain", "--explain-dir", str(tmp_path / "h"), str(images)]
+    )
     assert res.exit_code == 2
     assert "no per-patch map" in res.output
     assert not (tmp_path / "h").exists()
