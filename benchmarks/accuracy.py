@@ -95,11 +95,12 @@ def choose(rows: dict[str, dict]) -> str | None:
     return max(tied, key=lambda k: fast[k]["images_per_s"])
 
 
-def candidate_row(name: str, folder: Path, root: Path) -> dict:
+def candidate_row(name: str, folder: Path, root: Path, reports: Path = OUT / "reports") -> dict:
+    """One model measured: val AUROC, ``aigi detect`` speed, every test set (reports under ``reports``), real kinds."""
     model = api.load(folder)
     val = val_aurocs(model, root)
     speed = throughput(folder, root / "aigi-mini" / "val")
-    test = {t: measure(model, root, t, name.replace(" ", "_"), OUT / "reports") for t in TEST_SETS}
+    test = {t: measure(model, root, t, name.replace(" ", "_"), reports) for t in TEST_SETS}
     kinds = real_accuracy_by_kind(model, root)
     worst_real = {s: next(iter(k.items())) for s, k in kinds.items()}
     return {

@@ -16,6 +16,8 @@ import argparse
 import os
 from pathlib import Path
 
+from default_model import OLD_PROBE
+
 from aigi.checkpoints import load_model
 from aigi.data.folders import discover
 from aigi.data.perturb import DEFAULT_SWEEP, parse_perturbation
@@ -35,7 +37,7 @@ def models() -> dict:
     mirror_runs = sorted((HERE / "results" / "mirror" / "runs").glob("*/summary.json"))
     best = max(mirror_runs, key=lambda p: read_json(p)["rows"]["val"][0]["auroc"])
     folders = {
-        "probe": REPO / "src" / "aigi" / "default_model",
+        "probe": OLD_PROBE,  # the probe these numbers were measured with (the shipped default until issue #12)
         "MIRROR": best.parent / "model",
         "MDMF": HERE / "results" / "mdmf" / "run" / "model",
     }

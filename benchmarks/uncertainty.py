@@ -47,14 +47,20 @@ def pooled_val_manifest(root: Path, folder: Path) -> Path:
 
 
 def measure(model, root: Path, name: str, stem: str, out: Path = OUT) -> dict:
-    """Evaluate ``model`` on the test set ``name``, write its report under ``out``; the MEAN row's numbers and the
-    subset with the lowest AUROC."""
+    """Evaluate ``model`` on the test set ``name``, write its report under ``out``; the MEAN row's numbers, the
+    subset with the lowest AUROC and every subset's AUROC (``groups``)."""
     report = api.evaluate(model, root / TEST_SETS[name], model_name=stem, progress=False)
     report.write(out, stem=f"{stem}_{name.replace(' ', '_')}")
     mean = report.mean
     keys = ("auroc", "real_acc", "fake_acc", "ece", "coverage", "decided_acc")
     worst = min((r for r in report.rows[:-1] if r["auroc"] is not None), key=lambda r: r["auroc"])
-    return {**{k: mean.get(k) for k in keys}, "worst_subset": worst["subset"], "worst_auroc": worst["auroc"]}
+    groups = {r["subset"]: r["auroc"] for r in report.rows[:-1]}
+    return {
+        **{k: mean.get(k) for k in keys},
+        "worst_subset": worst["subset"],
+        "worst_auroc": worst["auroc"],
+        "groups": groups,
+    }
 
 
 def main() -> None:

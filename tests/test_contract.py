@@ -13,7 +13,8 @@ from tiny import EFFNET_SPEC, SMALL_PROTOCOL, tiny_vit_folder
 
 from aigi.backbones import BackboneSpec
 from aigi.checkpoints import ModelConfig, ModelLoadError, build_model, load_model, save_model
-from aigi.detectors import detector_names
+from aigi.data.transforms import EvalProtocol
+from aigi.detectors import detector_names, get_detector
 from aigi.engine.trainer import LOG_NAME, get_recipe, recipe_names, train
 
 # Small settings per detector, so that every check runs in seconds on a CPU.
@@ -22,6 +23,8 @@ TINY_PARAMS = {
     "cnnspot": {},
     "mdmf": {"proj_hidden": 16, "proj_dim": 4, "rff_features": 32, "bank_patches": 16},
     "mirror": {"slots": 16, "heads": 4, "top_k": 4, "lora_r": 2},
+    "npr": {},
+    "localpatch": {"receptive_field": 9, "width": 4},
 }
 # Small settings per recipe (one epoch or step), on top of data/out and the tiny backbone.
 TINY_RECIPES = {
@@ -36,8 +39,15 @@ TINY_RECIPES = {
         "augment": {"crop": 64, "rescale_short_range": [64, 96]},
     },
     "stack": {},  # its members: two tiny probes, trained in the test
+    "npr": {"epochs": 1, "batch_size": 4, "num_workers": 0, "crop": 32, "augment": {"crop": 32}},
+    "localpatch": {"epochs": 1, "batch_size": 4, "num_workers": 0, "crop": 32, "augment": {"crop": 32}},
 }
 BACKBONES = ["efficientnet", "vit"]
+NATIVE_SIDE = 32  # detectors of pixel traces: the pixels backbone, crops of this side, a protocol that never resizes
+
+
+def _kinds(name: str) -> list[str]:
+    return ["pixels"] if get_detector(name).native_resolution else BACKBONES
 
 
 def test_every_registered_detector_and_recipe_has_tiny_settings_here():
@@ -48,6 +58,8 @@ def test_every_registered_detector_and_recipe_has_tiny_settings_here():
 def _spec(kind: str, tmp_path_factory) -> BackboneSpec:
     if kind == "efficientnet":
         return EFFNET_SPEC
+    if kind == "pixels":
+        return BackboneSpec(family="pixels", preprocess={"size": NATIVE_SIDE})
     folder = tiny_vit_folder(tmp_path_factory.getbasetemp())
     return BackboneSpec(
         family="hf_vit", source=str(folder), preprocess={"size": 56, "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -56,7 +68,13 @@ def _spec(kind: str, tmp_path_factory) -> BackboneSpec:
 
 def _model(name: str, kind: str, tmp_path_factory, **params):
     torch.manual_seed(0)
-    config = ModelConfig(detector=name, params={**TINY_PARAMS[name], **params}, backbone=_spec(kind, tmp_path_factory))
+    native = EvalProtocol(max_short_side=None, crop=NATIVE_SIDE, resample=False)
+    config = ModelConfig(
+        detector=name,
+        params={**TINY_PARAMS[name], **params},
+        backbone=_spec(kind, tmp_path_factory),
+        **({"protocol": native} if kind == "pixels" else {}),
+    )
     model = build_model(config)
     for t in model.detector.trainable_state_dict().values():  # trained tensors that start at zero would hide mismatches
         if t.is_floating_point() and t.numel() and not t.abs().sum():
@@ -69,7 +87,7 @@ def _pixels(model, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.fixture(params=[(n, k) for n in sorted(TINY_PARAMS) for k in BACKBONES], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(params=[(n, k) for n in sorted(TINY_PARAMS) for k in _kinds(n)], ids=lambda p: f"{p[0]}-{p[1]}")
 def model(request, tmp_path_factory):
     name, kind = request.param
     return _model(name, kind, tmp_path_factory)
@@ -98,12 +116,15 @@ def test_cacheable_features_are_deterministic_and_the_cache_variant_is_cacheable
     with torch.no_grad():
         if det.cacheable:
             assert torch.equal(det.features(x), det.features(x))
+    if det.cache_variant is None:  # declared to have no cacheable variant: none may claim to be
+        assert not det.cacheable
+        return
     variant = _model(model.config.detector, _kind(model), tmp_path_factory, **det.cache_variant).detector
     assert variant.cacheable, f"{det.name}: params {det.cache_variant} should make features() cacheable"
 
 
 def _kind(model) -> str:
-    return "vit" if model.config.backbone.family == "hf_vit" else "efficientnet"
+    return {"hf_vit": "vit", "pixels": "pixels"}.get(model.config.backbone.family, "efficientnet")
 
 
 def test_save_and_load_are_bit_exact(model, tmp_path):
@@ -129,6 +150,9 @@ def test_every_trained_tensor_is_saved_and_no_frozen_one(model):
 def test_a_backbone_tensor_the_detector_trains_is_saved(model, tmp_path):
     """A detector that unfreezes part of its backbone (a fine-tuned stage) keeps it, with its norm statistics."""
     det = model.detector
+    if not list(det.backbone.parameters()):  # the pixels backbone: nothing of it to train, nothing of it saved
+        assert not any(k.startswith("backbone.") for k in det.trainable_state_dict())
+        return
     name, param = next((n, p) for n, p in det.backbone.named_parameters() if p.ndim == 1 and ".lora_" not in n)
     param.requires_grad_(True)  # as a constructor that unfreezes it would
     det.settle()
@@ -161,7 +185,7 @@ def test_one_recipe_step_gives_a_finite_loss_and_a_usable_output(name, labelled_
             probe = {"data": labelled_images, "out": folder, "params": {"C": c}, **_tiny_backbone()}
             train("univfd", probe, progress=False)
         settings = {"member": members, "val": labelled_images, "out": tmp_path / "out"}
-    else:
+    elif not get_detector(get_recipe(name).detector).native_resolution:  # those choose their own (pixels) backbone
         settings.update(_tiny_backbone())
     recipe = get_recipe(name)
     if recipe.param_options:

@@ -27,6 +27,12 @@ def _photo(seed=0, size=(96, 80)):
     return Image.fromarray(a)
 
 
+def test_resize_rescales_each_side_by_the_factor():
+    im = _photo(size=(96, 81))
+    assert parse_perturbation("resize:0.5").apply(im).size == (48, 40)
+    assert parse_perturbation("resize:2").apply(im).size == (192, 162)
+
+
 def test_parse_and_names():
     assert parse_perturbation("JPEG:75") == Perturbation(kind="jpeg", level=75)
     assert parse_perturbation("none").kind == "none"
@@ -37,6 +43,8 @@ def test_parse_and_names():
         ("jpeg:75.5", "whole number"),
         ("blur:-1", "between"),
         ("noise:2", "between"),
+        ("resize:0", "between"),
+        ("resize:5", "between"),
         ("sharpen:2", "expected none"),
         ("jpeg:high", "not a number"),
         ("jpeg", "expected none"),

@@ -156,6 +156,7 @@ def build_model(config: ModelConfig, allow_download: bool | None = None, stored:
     except UnknownNameError as e:
         raise ModelLoadError(str(e)) from None
     config.params = params.model_dump(mode="json")
+    _native_or_fail(cls, config, backbone)
     what = f"{config.detector} hyper-parameters for a {backbone.dim}-d {config.backbone.family} backbone"
     if stored is not None:
         skeleton = _construct(cls, params, meta_copy(backbone), what, device="meta")
@@ -165,6 +166,18 @@ def build_model(config: ModelConfig, allow_download: bool | None = None, stored:
     detector = _construct(cls, params, backbone, what)
     detector.settle()
     return Model(detector, config)
+
+
+def _native_or_fail(cls: type[Detector], config: ModelConfig, backbone) -> None:
+    """A detector of pixel traces must see crops exactly as the file holds them: no resize anywhere on its path."""
+    protocol = config.protocol
+    if cls.native_resolution and (
+        protocol.resample or (protocol.crop or backbone.preprocess.size) != backbone.preprocess.size
+    ):
+        raise ModelLoadError(
+            f"a {config.detector} model reads pixels at native resolution: its protocol needs resample=false and "
+            f"crop equal to the input side {backbone.preprocess.size}"
+        )
 
 
 def detector_params(config: ModelConfig) -> tuple[type[Detector], DetectorParams]:

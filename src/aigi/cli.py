@@ -308,7 +308,7 @@ def evaluate(
         typer.Option(
             "--perturb",
             metavar="KIND:LEVEL",
-            help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px) or noise:SIGMA (0-1 scale), e.g. jpeg:75.",
+            help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px), noise:SIGMA (0-1 scale) or resize:FACTOR, e.g. jpeg:75.",
         ),
     ] = None,
     confine: Annotated[
@@ -380,7 +380,7 @@ def robustness(
             "--perturb",
             "-p",
             metavar="KIND:LEVEL",
-            help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.",
+            help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA, resize:FACTOR. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.",
         ),
     ] = None,
     out_dir: Annotated[
@@ -437,7 +437,7 @@ def _feature_detector(kind: str) -> tuple[str, Optional[str]]:
     from aigi.engine.trainer import RECIPES
 
     load_all()
-    kinds = {DETECTORS.get(n).feature_kind: n for n in DETECTORS.names()}
+    kinds = {DETECTORS.get(n).feature_kind: n for n in DETECTORS.names() if DETECTORS.get(n).cache_variant is not None}
     if kind not in kinds:
         raise ConfigError(f"--kind must be one of {', '.join(sorted(kinds))}, got {kind!r}")
     levels = [

@@ -4,6 +4,7 @@
   offline default.
 - ``hf_vit`` (:mod:`aigi.backbones.hf_vit`): DINOv2, DINOv2 with registers, DINOv3 ViT, CLIP and SigLIP vision
   towers from a Hugging Face id or a local folder.
+- ``pixels`` (:mod:`aigi.backbones.pixels`): no network, the normalised pixels; for detectors trained from scratch.
 """
 
 from __future__ import annotations
@@ -28,10 +29,18 @@ def _hf_vit(spec: BackboneSpec, allow_download: bool) -> Backbone:
     return HFViTBackbone.from_spec(spec, allow_download)
 
 
+def _pixels(spec: BackboneSpec, allow_download: bool) -> Backbone:
+    from aigi.backbones.pixels import PixelsBackbone
+
+    return PixelsBackbone.from_spec(spec)
+
+
 _efficientnet.options = ("feature_level",)  # the spec options each family reads
 _hf_vit.options = ("dtype",)
+_pixels.options = ()
 BACKBONES.register("efficientnet_lite0")(_efficientnet)
 BACKBONES.register("hf_vit")(_hf_vit)
+BACKBONES.register("pixels")(_pixels)
 
 
 def backbone_spec(family: str, source: str | None = None, feature_level: str | None = None) -> BackboneSpec:

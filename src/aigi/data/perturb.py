@@ -4,6 +4,8 @@ A :class:`Perturbation` is a kind and a level, written ``kind:level`` on the com
 
 - ``jpeg:Q``  re-encode as JPEG at quality Q (1-100);
 - ``blur:S``  Gaussian blur with standard deviation S pixels (PIL's ``GaussianBlur``);
+- ``resize:F`` rescale by the factor F (0.05-4; bicubic, antialiased when shrinking), as a platform's downscaling
+  would (``resize:0.5`` halves each side);
 - ``noise:S`` additive Gaussian noise with standard deviation S on the [0, 1] pixel scale, clipped; the noise
   is seeded from the image's pixels, so a measurement is repeatable;
 - ``none``    the clean image (the reference level of a sweep).
@@ -26,7 +28,8 @@ from aigi.backbones.base import Preprocess
 from aigi.data.transforms import jpeg_roundtrip
 from aigi.errors import ConfigError
 
-Kind = Literal["none", "jpeg", "blur", "noise"]
+Kind = Literal["none", "jpeg", "blur", "noise", "resize"]
+RESIZE_RANGE = (0.05, 4.0)
 
 
 class PerturbationError(ConfigError):
@@ -46,6 +49,8 @@ class Perturbation(BaseModel):
             raise PerturbationError(f"jpeg quality must be a whole number from 1 to 100, got {v:g}")
         if k in ("blur", "noise") and not (0 <= v <= (50 if k == "blur" else 1)):
             raise PerturbationError(f"{k} sigma must be between 0 and {50 if k == 'blur' else 1}, got {v:g}")
+        if k == "resize" and not RESIZE_RANGE[0] <= v <= RESIZE_RANGE[1]:
+            raise PerturbationError(f"resize factor must be between {RESIZE_RANGE[0]} and {RESIZE_RANGE[1]}, got {v:g}")
         return self
 
     @property
@@ -58,6 +63,9 @@ class Perturbation(BaseModel):
             return jpeg_roundtrip(im, int(self.level))
         if self.kind == "blur" and self.level > 0:
             return im.filter(ImageFilter.GaussianBlur(radius=self.level))
+        if self.kind == "resize":
+            size = (max(1, round(im.width * self.level)), max(1, round(im.height * self.level)))
+            return im.resize(size, Image.BICUBIC, reducing_gap=None)
         if self.kind == "noise" and self.level > 0:
             x = np.asarray(im, dtype=np.float32) / 255.0
             rng = np.random.default_rng(zlib.crc32(x.tobytes()))
@@ -72,9 +80,10 @@ def parse_perturbation(text: str) -> Perturbation:
     if text in ("none", "clean"):
         return Perturbation()
     kind, sep, level = text.partition(":")
-    if not sep or kind not in ("jpeg", "blur", "noise"):
+    if not sep or kind not in ("jpeg", "blur", "noise", "resize"):
         raise PerturbationError(
-            f"{text!r}: expected none, jpeg:QUALITY, blur:SIGMA or noise:SIGMA (e.g. jpeg:75, blur:2, noise:0.1)"
+            f"{text!r}: expected none, jpeg:QUALITY, blur:SIGMA, noise:SIGMA or resize:FACTOR "
+            "(e.g. jpeg:75, blur:2, noise:0.1, resize:0.5)"
         )
     try:
         value = float(level)
@@ -119,6 +128,6 @@ class Perturbed:
         # the perturbation cannot bring back a per-class file-format trace.
         if self.perturbation.kind == "jpeg":
             fmt = "JPEG"
-        elif self.perturbation.kind in ("blur", "noise"):
+        elif self.perturbation.kind in ("blur", "noise", "resize"):
             fmt = "PNG"
         return self.protocol.apply(self.perturbation.apply(im), fmt, pre)

@@ -5,7 +5,8 @@ antialiased), a centre crop (padded with zeros when the image is smaller), optio
 a lossless file re-encoded as JPEG q96), then the backbone's normalisation. A protocol may look at more than the
 centre (``views``): the centre and the four corners, or a grid of native-resolution tiles covering the whole image;
 optionally each view's horizontal mirror too (``flip``). Each view is scored and the views' logits are combined into
-the image's (``combine``).
+the image's (``combine``). With ``resample=False`` (the artifact detectors, which read the pixels as the generator left
+them) nothing is ever resized: no short-side resize, a grid never downscaled, crops of exactly the backbone's size.
 
 Training (as MIRROR trains): one geometric op drawn with weights 0.3/0.1/0.3/0.3 (centre crop / direct resize /
 random crop / rescale so the short side lies in [224, 1024] then random crop); generated crops then JPEG q96 (so
@@ -81,6 +82,20 @@ def grid_boxes(width: int, height: int, tile: int) -> list[Box]:
     return _boxes(_spread(width, tile, math.ceil(width / tile)), _spread(height, tile, math.ceil(height / tile)), tile)
 
 
+def native_grid_boxes(width: int, height: int, tile: int, max_tiles: int) -> list[Box]:
+    """The grid of :func:`grid_boxes` when it has at most ``max_tiles`` tiles; else, at native resolution, the
+    ``cols x rows <= max_tiles`` tiles (the tiles' aspect closest to the image's) spread evenly over it: the gaps
+    between them are not seen, but no pixel is resampled."""
+    cols, rows = math.ceil(width / tile), math.ceil(height / tile)
+    if cols * rows > max_tiles:
+        cols, rows = min(
+            ((c, max_tiles // c) for c in range(1, max_tiles + 1)),
+            key=lambda cr: (abs(math.log(cr[0] * height / (cr[1] * width))), -cr[0] * cr[1]),
+        )
+        cols, rows = min(cols, math.ceil(width / tile)), min(rows, math.ceil(height / tile))
+    return _boxes(_spread(width, tile, cols), _spread(height, tile, rows), tile)
+
+
 def grid_size(width: int, height: int, tile: int, max_tiles: int) -> tuple[int, int]:
     """The size to tile an image at: its own when a grid of at most ``max_tiles`` covers it, else the largest
     downscale (aspect kept) that a grid of ``cols x rows <= max_tiles`` tiles covers."""
@@ -149,16 +164,31 @@ class EvalProtocol(BaseModel):
     flip: bool = Field(False, strict=True, description="also score each view's horizontal mirror")
     combine: Combine = Field("mean", description="the image's logit from its views': mean, max or mean of the top_k")
     top_k: int = Field(2, ge=1, le=256, description="combine=topk: how many of the highest view logits are averaged")
+    resample: bool = Field(
+        True,
+        strict=True,
+        description="false: never resize (max_short_side must be None; a grid that would need more than max_tiles "
+        "tiles is spread evenly over the image at native resolution instead of downscaled)",
+    )
 
     @model_serializer(mode="wrap")
     def _legacy_when_default(self, handler) -> dict:
-        """Leave the view fields out while all are at their defaults (see the class docstring)."""
+        """Leave the view fields out while all are at their defaults, and ``resample`` while true (see the class
+        docstring)."""
         data = handler(self)
         defaults = {k: EvalProtocol.model_fields[k].default for k in VIEW_FIELDS if k in data}
         if all(data[k] == v for k, v in defaults.items()):
             for k in defaults:
                 del data[k]
+        if data.get("resample") is True:
+            del data["resample"]
         return data
+
+    @model_validator(mode="after")
+    def _no_resize_when_native(self) -> "EvalProtocol":
+        if not self.resample and self.max_short_side is not None:
+            raise ValueError("resample=false never resizes: max_short_side must be null")
+        return self
 
     @property
     def multi_view(self) -> bool:
@@ -207,7 +237,7 @@ class EvalProtocol(BaseModel):
         if self.max_short_side and min(im.size) > self.max_short_side:
             im = resize_short_side(im, self.max_short_side)
         tile = self.crop or pre.size
-        if self.views == "grid":
+        if self.views == "grid" and self.resample:
             size = grid_size(*im.size, tile, self.max_tiles)
             im = im if size == im.size else im.resize(size, Image.BICUBIC, reducing_gap=None)
         crops = [im.crop(box) for box in self.boxes(*im.size, tile)]
@@ -218,7 +248,11 @@ class EvalProtocol(BaseModel):
     def boxes(self, width: int, height: int, tile: int) -> list[Box]:
         """The views' boxes in an image of ``width x height`` (after any resizing), first the centre's or the grid's."""
         if self.views == "grid":
-            return grid_boxes(width, height, tile)
+            return (
+                grid_boxes(width, height, tile)
+                if self.resample
+                else native_grid_boxes(width, height, tile, self.max_tiles)
+            )
         centre = [center_box(width, height, tile)]
         return centre + corner_boxes(width, height, tile) if self.views == "center_corners" else centre
 
@@ -226,6 +260,8 @@ class EvalProtocol(BaseModel):
         if self.format_align and fmt.upper() in LOSSLESS_FORMATS:  # on the crop, as MIRROR's evaluation does
             crop = jpeg_roundtrip(crop, self.align_quality)
         if crop.size != (pre.size, pre.size):
+            if not self.resample:
+                raise ValueError(f"resample=false: a {crop.size[0]}-pixel crop would be resized to {pre.size}")
             crop = crop.resize((pre.size, pre.size), Image.BICUBIC)
         return crop
 

@@ -57,8 +57,11 @@ class Detector(nn.Module):
     - ``feature_kind``: what ``features()`` returns, part of the feature-cache key (``global``, ``patches``, ``tokens``).
     - ``cacheable``: ``features()`` depends only on the frozen backbone and the image, so it may be cached per file.
       A class default that an instance may turn off (MIRROR with LoRA adapters on its backbone).
-    - ``cache_variant``: the params under which ``features()`` is cacheable (``aigi features`` builds that variant).
+    - ``cache_variant``: the params under which ``features()`` is cacheable (``aigi features`` builds that variant);
+      None when no variant is (a network trained whole, from scratch).
     - ``patch_map_label``: what ``Output.patch_map`` shows, or None when the detector gives no per-patch map.
+    - ``native_resolution``: the detector reads the pixels as the generator left them; a model folder whose protocol
+      could resize them is refused.
     - ``patch_grid()``: the ``(h, w)`` of the patch map for the backbone's input size (None without a map).
     """
 
@@ -66,8 +69,9 @@ class Detector(nn.Module):
     Params: ClassVar[type[DetectorParams]] = DetectorParams
     feature_kind: ClassVar[str] = "logit"
     cacheable: bool = False
-    cache_variant: ClassVar[dict] = {}
+    cache_variant: ClassVar[dict | None] = {}
     patch_map_label: ClassVar[str | None] = None
+    native_resolution: ClassVar[bool] = False  # reads pixel traces: its protocol must never resize (resample=false)
 
     def __init__(self, params: DetectorParams, backbone: Backbone) -> None:
         super().__init__()
@@ -83,9 +87,29 @@ class Detector(nn.Module):
     def score(self, features: torch.Tensor) -> Output:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def training_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What a recipe that trains on pixels fits to the labels: one logit per image [B] by default; a detector
+        trained per patch returns [B, h, w] (each patch gets its image's label)."""
+        return self.score(self.features(pixels)).logit
+
     def patch_grid(self) -> tuple[int, int] | None:
         """The patch map's grid; by default the backbone's token grid when the detector has a map."""
         return self.backbone.token_grid() if self.patch_map_label else None
+
+    def measured_patch_grid(self) -> tuple[int, int]:
+        """The patch map's grid found by one dry run on a zero image of the preprocessing size (eval mode, batch-norm
+        statistics untouched), remembered per size: for detectors whose map is not the backbone's token grid."""
+        size = self.backbone.preprocess.size
+        grids = self.__dict__.setdefault("_map_grids", {})
+        if size not in grids:
+            ref = next(self.parameters())
+            was_training = self.training
+            self.eval()
+            with torch.no_grad():
+                out = self(torch.zeros(1, 3, size, size, device=ref.device, dtype=ref.dtype))
+            self.train(was_training)
+            grids[size] = tuple(out.patch_map.shape[-2:])
+        return grids[size]
 
     def weights_metadata(self) -> dict[str, str]:
         """Settings the weights were made with that their shapes do not show (e.g. attention heads, top-k);

@@ -19,36 +19,15 @@ global feature is the mean of the cells, so the image's logit is exactly the mea
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torch.utils.data import DataLoader
 
 from aigi.backbones.base import Backbone
-from aigi.data.augment import ForensicAugment
 from aigi.detectors import DETECTORS
 from aigi.detectors.base import Detector, DetectorParams, Output, zero_linear
-from aigi.engine.train_images import (
-    BalancedEpochDraw,
-    EpochShuffle,
-    PixelEpochs,
-    TrainImages,
-    collate_images,
-    param_groups,
-)
-from aigi.engine.trainer import (
-    RECIPES,
-    BackboneChoice,
-    DetectorTrainConfig,
-    Recipe,
-    Run,
-    balanced_weights,
-    labelled_or_fail,
-    resume_model,
-)
+from aigi.engine.pixel_recipe import PixelClassifierRecipe, PixelTrainConfig
+from aigi.engine.trainer import RECIPES, BackboneChoice
 
 
 class CNNSpotParams(DetectorParams):
@@ -112,38 +91,15 @@ class CNNSpot(Detector):
 
 
 # -- training recipe -------------------------------------------------------------------------------------------------
-class CNNSpotTrainConfig(DetectorTrainConfig, BackboneChoice):
+class CNNSpotTrainConfig(PixelTrainConfig, BackboneChoice):
     """The fine-tuning recipe (defaults measured on aigi-mini + aigi-wide train, chosen on their val)."""
 
-    epochs: int = Field(4, ge=1, description="passes over the training images (each a balanced draw)")
-    batch_size: int = Field(32, ge=1, description="images per step and device")
     lr: float = Field(1e-4, gt=0, description="peak AdamW learning rate of the backbone (CNNSpot: Adam 1e-4)")
     head_lr_scale: float = Field(10.0, gt=0, description="the fresh linear head learns this many times faster")
-    min_lr: float = Field(1e-6, ge=0, description="learning rate at the end of the cosine")
-    warmup_epochs: float = Field(0.25, ge=0, description="linear warm-up, in epochs")
-    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay (none on biases and norms)")
-    balance: Literal["none", "subset"] = Field(
-        "subset",
-        description="subset: draw each epoch's images so that every subset (generator, photo source: a manifest's "
-        "subset column or the layout's folders) counts alike within its label; none: a plain shuffle",
-    )
-    augment: ForensicAugment = Field(default_factory=ForensicAugment)
-    num_workers: int = Field(1, ge=0, description="data-loading worker processes")
-
-
-class _Logits(nn.Module):
-    """The trainable forward pass as one module, so DDP sees it: pixels -> logits (no patch map)."""
-
-    def __init__(self, detector: CNNSpot) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.detector.score(self.detector.features(pixels)).logit
 
 
 @RECIPES.register("cnnspot")
-class CNNSpotRecipe(PixelEpochs, Recipe):
+class CNNSpotRecipe(PixelClassifierRecipe):
     """CNNSpot: the backbone fine-tuned end to end with post-processing and hard-real augmentation."""
 
     name = "cnnspot"
@@ -151,43 +107,11 @@ class CNNSpotRecipe(PixelEpochs, Recipe):
     Config = CNNSpotTrainConfig
     param_options = ("train_from", "finetune", "dropout")
 
-    def check(self) -> None:
-        self.train_set = labelled_or_fail(self.config.data, "training")
-        if self.config.val is not None:
-            labelled_or_fail(self.config.val, "validation", need_both=False)
-
-    def setup(self, run: Run) -> None:
-        from aigi.checkpoints import ModelConfig, build_model
+    def model_config(self):
+        from aigi.checkpoints import ModelConfig
 
         cfg = self.config
-        run.model = build_model(
-            ModelConfig(detector="cnnspot", params=cfg.params, backbone=cfg.backbone_spec(), protocol=cfg.protocol()),
-            allow_download=True,  # training: the backbone is the user's choice
-        )
-        det = run.model.detector
-        samples = self.train_set.samples
-        self.dataset = TrainImages(samples, cfg.augment, det.backbone.preprocess, cfg.seed)
-        if cfg.balance == "subset":
-            self.order = BalancedEpochDraw(balanced_weights(self.train_set, list(range(len(samples)))), cfg.seed)
-        else:
-            self.order = EpochShuffle(len(samples), cfg.seed)
-        run.loader = DataLoader(
-            self.dataset,
-            batch_size=cfg.batch_size,
-            sampler=self.order,
-            drop_last=len(samples) > cfg.batch_size,
-            num_workers=cfg.num_workers,
-            collate_fn=collate_images,
-        )
-        run.module = _Logits(det)
-        groups = param_groups(det, cfg.weight_decay, {"head.": cfg.head_lr_scale})
-        self.base_lr = cfg.lr
-        run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        return ModelConfig(detector="cnnspot", params=cfg.params, backbone=cfg.backbone_spec(), protocol=cfg.protocol())
 
-    def resume_from(self, run: Run) -> int:
-        return resume_model(run)
-
-    def loss(self, run: Run, batch):
-        x, y, _ = batch
-        logits = run.module(x)
-        return F.binary_cross_entropy_with_logits(logits.float(), y.float()), len(y), {}
+    def lr_scales(self) -> dict[str, float]:
+        return {"head.": self.config.head_lr_scale}
