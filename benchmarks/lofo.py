@@ -1,6 +1,6 @@
 """Leave one generator family out (issue #12, item 5): how a detector does on a family of generators it never saw.
 
-    python benchmarks/lofo.py --detector univfd|cnnspot [--epochs N] [--data-root ../shared/data] [--reuse]
+    python benchmarks/lofo.py --detector univfd|cnnspot|npr [--epochs N] [--data-root ../shared/data] [--reuse]
 
 For each family in ``families.csv`` with at least ``MIN_TRAIN`` generated images in aigi-mini + aigi-wide train and
 val, trains the detector on both train splits without that family (every real photo kept; ``--balance subset``),
@@ -66,10 +66,12 @@ SETS = ("aigi-mini", "aigi-wide")
 MIN_TRAIN = 20  # generated train+val images a family needs to be a fold (fewer: leaving it out changes little)
 # Training settings per detector beyond the fold's manifests (both recipes take DetectorTrainConfig's fields);
 # "epochs": None marks a detector that trains in epochs (the recipe's default unless --epochs says otherwise).
-# cnnspot: the shipped fine-tuning's settings (backbone trained from stage 3 on), one epoch per fold on this CPU.
+# cnnspot: the shipped fine-tuning's settings (backbone trained from stage 3 on), one epoch per fold on this CPU;
+# npr: its recipe's defaults.
 DETECTORS = {
     "univfd": {"balance": "subset"},
     "cnnspot": {"balance": "subset", "epochs": None, "params": {"train_from": "net.stages.3"}},
+    "npr": {"balance": "subset", "epochs": None},  # NPR's recipe defaults (128-pixel native crops)
 }
 CALIBRATION = {"probability": "none", "band_accuracy": 0.0}  # the threshold on the detector's own probability
 AGAINST = {"val": "held_out_vs_val_reals", "test": "held_out_vs_test_reals"}

@@ -149,3 +149,16 @@ class Detector(nn.Module):
         """The weights a model folder stores: everything but the frozen backbone's pretrained tensors."""
         frozen = self.frozen_names()
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
+
+
+class PixelTraceDetector(Detector):
+    """A network trained from scratch on the pixels as the file holds them, on the ``pixels`` backbone (NPR, the
+    local-patch detector): nothing frozen, so nothing cacheable, a protocol that never resizes, and a patch map whose
+    grid is found by a dry run."""
+
+    cacheable = False
+    cache_variant = None
+    native_resolution = True
+
+    def patch_grid(self) -> tuple[int, int]:
+        return self.measured_patch_grid()

@@ -31,7 +31,7 @@ from torch import nn
 
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import MAX_WIDTH, Detector, DetectorParams, Output
+from aigi.detectors.base import MAX_WIDTH, DetectorParams, Output, PixelTraceDetector
 from aigi.engine.pixel_recipe import NativePixelRecipe, NativePixelTrainConfig
 from aigi.engine.trainer import RECIPES
 
@@ -57,13 +57,10 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 @DETECTORS.register("localpatch")
-class LocalPatch(Detector):
+class LocalPatch(PixelTraceDetector):
     name = "localpatch"
     Params = LocalPatchParams
     feature_kind = "patch_logits"
-    cacheable = False  # the whole network is trained
-    cache_variant = None  # and no variant of it is frozen
-    native_resolution = True
     patch_map_label = "logit of each patch"
 
     def __init__(self, params: LocalPatchParams, backbone: Backbone) -> None:
@@ -88,9 +85,6 @@ class LocalPatch(Detector):
 
     def training_logits(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.features(pixels)  # every patch learns its image's label
-
-    def patch_grid(self) -> tuple[int, int]:
-        return self.measured_patch_grid()
 
 
 # -- training recipe -------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetSt
 
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import Detector, DetectorParams, Output
+from aigi.detectors.base import DetectorParams, Output, PixelTraceDetector
 from aigi.engine.pixel_recipe import NativePixelRecipe, NativePixelTrainConfig
 from aigi.engine.trainer import RECIPES
 
@@ -51,13 +51,10 @@ def npr_residual(pixels: torch.Tensor, factor: float = 0.5) -> torch.Tensor:
 
 
 @DETECTORS.register("npr")
-class NPR(Detector):
+class NPR(PixelTraceDetector):
     name = "npr"
     Params = NPRParams
     feature_kind = "npr"
-    cacheable = False  # the whole network is trained
-    cache_variant = None  # and no variant of it is frozen
-    native_resolution = True
     patch_map_label = "head logit per cell of the last feature map"
 
     def __init__(self, params: NPRParams, backbone: Backbone) -> None:
@@ -86,9 +83,6 @@ class NPR(Detector):
         fmap = self.feature_map(pixels)
         cells = self.head(fmap.permute(0, 2, 3, 1).float()).squeeze(-1)  # [B, h, w]
         return Output(logit=self.score(fmap.mean(dim=(2, 3))).logit, patch_map=cells)
-
-    def patch_grid(self) -> tuple[int, int]:
-        return self.measured_patch_grid()
 
 
 # -- training recipe -------------------------------------------------------------------------------------------------
