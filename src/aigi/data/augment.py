@@ -133,6 +133,11 @@ class ForensicAugment(BaseModel):
                 raise ValueError(f"{name} {(low, high)}: the first value must not exceed the second")
         return self
 
+    @classmethod
+    def crops_only(cls, crop: int) -> "ForensicAugment":
+        """Native-resolution random crops and flips, nothing else: no rescaling, hard-real looks or post-processing."""
+        return cls(crop=crop, rescale_prob=0, hard_real_prob=0, blur_prob=0, noise_prob=0, jpeg_prob=0)
+
     def apply_pil(self, im: Image.Image, label: int, rng: random.Random) -> Image.Image:
         im = self._geometry(im.convert("RGB"), rng)
         if label == 0 and self.hard_real_kinds and rng.random() < self.hard_real_prob:

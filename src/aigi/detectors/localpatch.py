@@ -37,7 +37,13 @@ from aigi.engine.trainer import RECIPES
 
 
 class LocalPatchParams(DetectorParams):
-    receptive_field: int = Field(17, ge=9, le=401, description="side of the square each patch sees: 9, 13, 17, ...")
+    receptive_field: int = Field(
+        9,
+        ge=9,
+        le=401,
+        description="side of the square each patch sees: 9, 13, 17, ... (val AUROC after one epoch: 9 0.640, 17 0.633, "
+        "33 0.637; the smallest and cheapest kept)",
+    )
     width: int = Field(32, ge=1, le=MAX_WIDTH, description="channels of every convolution")
     pool: Literal["mean", "topk"] = Field(
         "mean", description="the image's logit: mean of the patch logits, or of the top"
