@@ -12,7 +12,8 @@ aigi samples "$samples/photos" >/dev/null
 mini=../shared/data/aigi-mini/test/1_fake
 if [ -d "$mini" ]; then
   for g in dalle2 pixray_vqgan_clip modern_misc; do
-    find "$mini/$g" -type f | sort | head -n 2 | while read -r f; do cp "$f" "$samples/generated/${g}_$(basename "$f")"; done
+    mapfile -t files < <(find "$mini/$g" -type f | sort)  # not `| head`: under pipefail, sort's SIGPIPE would stop the demo
+    for f in "${files[@]:0:2}"; do cp "$f" "$samples/generated/${g}_$(basename "$f")"; done
   done
 fi
 aigi detect "$samples"
