@@ -10,7 +10,8 @@ detector, the stack of probe + CNN (issue #12) and the stack of all four (built 
 (a stack's cross-fitted), ``aigi detect`` images/s end to end (median of 3 CLI runs, 256 images, cache off), model
 size, and on every test set the mean AUROC over generator groups, each group's AUROC and real-photo accuracy.
 The sweep scores the CNN, NPR and the local-patch detector on ``forensynths_thumbs/`` and aigi-wide ``test/`` after JPEG
-95/85/75, a downscale by 0.5 and a Gaussian blur (sigma 1). Writes ``results/artifacts/`` (``artifacts.{json,md}``, the
+95/85/75, a downscale by 0.5 and a Gaussian blur (sigma 1). The local-patch detector's pooling (mean, or the mean of the top 2/10/25% of patch logits) is compared on val.
+Writes ``results/artifacts/`` (``artifacts.{json,md}``, the
 per-set reports, the sweep's CSV and plots) and the README block; ``--reuse`` keeps the rows already measured.
 """
 
@@ -20,13 +21,15 @@ import argparse
 import os
 from pathlib import Path
 
-from accuracy import candidate_row, size_text
+from accuracy import VAL_SETS, candidate_row, size_text
 from default_model import REPO, update_readme
+from sklearn.metrics import roc_auc_score
 from uncertainty import TEST_SETS
 
 from aigi.checkpoints import ModelLoadError, load_model
 from aigi.data.folders import discover
 from aigi.data.perturb import parse_perturbation
+from aigi.engine.inference import labelled_scores
 from aigi.engine.robustness import run_sweep
 from aigi.engine.trainer import train
 from aigi.io import read_json, write_json, write_text
@@ -47,6 +50,7 @@ STACK_MEMBERS = ("wide probe", "cnnspot", "npr", "localpatch")
 SWEEP = ["none", "jpeg:95", "jpeg:85", "jpeg:75", "resize:0.5", "blur:1"]
 SWEEP_MODELS = ("cnnspot", "npr", "localpatch")
 SWEEP_SETS = ("forensynths_thumbs", "aigi-wide test")
+POOLINGS = {"mean": {"pool": "mean"}, **{f"top {f:g}": {"pool": "topk", "top_fraction": f} for f in (0.02, 0.1, 0.25)}}
 
 
 def build_stack() -> None:
@@ -59,7 +63,7 @@ def build_stack() -> None:
 
 
 def measured_rows(root: Path, reuse: bool) -> dict[str, dict]:
-    rows = read_json(RESULTS)["models"] if reuse and RESULTS.is_file() else {}
+    rows = read_json(RESULTS).get("models") or {} if reuse and RESULTS.is_file() else {}
     for name, folder in MODELS.items():
         if name in rows:
             continue
@@ -88,6 +92,25 @@ def sweep(root: Path) -> dict[str, list[dict]]:
             models, discover(root / TEST_SETS[name]), perturbations, folder, batch_size=16, progress=False, data=name
         )
     return out
+
+
+def pooling_choice(root: Path) -> dict[str, dict[str, float]]:
+    """The local-patch detector's val AUROC on each val folder with each way of pooling its patch logits."""
+    model = load_model(MODELS["localpatch"])
+    out = {}
+    for name, params in POOLINGS.items():
+        model.detector.params = model.detector.params.model_copy(update=params)
+        out[name] = {}
+        for val in VAL_SETS:
+            y, p = labelled_scores(model, root / val, progress=False, calibrated=False)
+            out[name][val] = float(roc_auc_score(y, p))
+    return out
+
+
+def pooling_table(pooling: dict) -> str:
+    lines = ["| local-patch pooling | " + " | ".join(f"{v} AUROC" for v in VAL_SETS) + " |", "|---|---|---|"]
+    lines += [f"| {k} | " + " | ".join(f3(a) for a in v.values()) + " |" for k, v in pooling.items()]
+    return "\n".join(lines)
 
 
 def f3(v) -> str:
@@ -139,8 +162,9 @@ def targets_table(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown(rows: dict, sweep_results: dict | None) -> str:
+def markdown(rows: dict, sweep_results: dict | None, pooling: dict) -> str:
     parts = [
+        pooling_table(pooling),
         models_table(rows),
         "Per generator group (AUROC of each group against the set's real photos):",
         groups_table(rows),
@@ -162,10 +186,13 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     build_stack()
+    saved = _saved()
+    pooling = saved["pooling"] if args.reuse and "pooling" in saved else pooling_choice(args.data_root)
+    write_json(RESULTS, {**saved, "pooling": pooling})
     rows = measured_rows(args.data_root, args.reuse)
     sweep_results = None if args.no_sweep else sweep(args.data_root)
-    write_json(RESULTS, {"models": rows, "sweep": sweep_results, "sweep_levels": SWEEP})
-    table = markdown(rows, sweep_results)
+    write_json(RESULTS, {"models": rows, "sweep": sweep_results, "sweep_levels": SWEEP, "pooling": pooling})
+    table = markdown(rows, sweep_results, pooling)
     write_text(OUT / "artifacts.md", table + "\n")
     update_readme("artifacts", table)
     print(table)

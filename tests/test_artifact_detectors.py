@@ -86,7 +86,7 @@ def test_receptive_fields_the_network_cannot_have_are_refused():
 
 def test_local_patch_pooling_mean_and_top_fraction():
     maps = torch.arange(100, dtype=torch.float32).reshape(1, 10, 10)
-    assert float(_model("localpatch").detector.score(maps).logit) == pytest.approx(49.5)
+    assert float(_model("localpatch", pool="mean").detector.score(maps).logit) == pytest.approx(49.5)
     top = _model("localpatch", pool="topk", top_fraction=0.1).detector.score(maps).logit
     assert float(top) == pytest.approx(np.mean(range(90, 100)))
 

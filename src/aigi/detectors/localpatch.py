@@ -11,9 +11,9 @@ patch score. Here the network is a plain stack of 3x3 convolutions without paddi
     conv 3x3 (stride 1) -> conv 3x3 (stride 2) -> (receptive_field - 5) / 4 convs 3x3 (stride 1) -> conv 1x1 -> logit
 
 each with batch norm and ReLU: receptive fields 9, 13, 17, ... (9: one extra convolution; 33: seven). Patches sit
-every 2 pixels. The image's logit pools the patch logits: their mean, or the mean of the highest ``top_fraction``
-(``pool="topk"``: a few generated patches in a real photo, e.g. an inpainted region, then count). The patch map is
-the heatmap of ``--explain``.
+every 2 pixels. The image's logit pools the patch logits: the mean of the highest ``top_fraction`` (``pool="topk"``,
+10% by default, chosen on val: a few generated patches, e.g. an inpainted region, then count), or their mean. The
+patch map is the heatmap of ``--explain``.
 
 Deviations from Chai et al.: not a truncated Xception or ResNet (a truncated ImageNet network would carry its
 pretrained features; this one is trained from scratch on pixels like NPR), and binary cross-entropy on one logit per
@@ -46,7 +46,9 @@ class LocalPatchParams(DetectorParams):
     )
     width: int = Field(32, ge=1, le=MAX_WIDTH, description="channels of every convolution")
     pool: Literal["mean", "topk"] = Field(
-        "mean", description="the image's logit: mean of the patch logits, or of the top"
+        "topk",
+        description="the image's logit: mean of the patch logits, or of the top_fraction highest (val AUROC, aigi-mini / "
+        "aigi-wide: mean 0.611 / 0.618, top 2% 0.653 / 0.665, top 10% 0.653 / 0.671, top 25% 0.652 / 0.664)",
     )
     top_fraction: float = Field(0.1, gt=0, le=1, description="pool=topk: the share of highest patch logits averaged")
 
