@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from tiny import EFFNET_SPEC, SMALL_PROTOCOL, tiny_vit_folder
+from tiny import EFFNET_SPEC, SMALL_PROTOCOL, tiny_clip_folder, tiny_vit_folder
 
 from aigi.backbones import BackboneSpec
 from aigi.checkpoints import ModelConfig, ModelLoadError, build_model, load_model, save_model
@@ -25,6 +25,8 @@ TINY_PARAMS = {
     "mirror": {"slots": 16, "heads": 4, "top_k": 4, "lora_r": 2},
     "npr": {},
     "localpatch": {"receptive_field": 9, "width": 4},
+    "mirage": {"prompt_depth": 2},
+    "mirage-anchors": {"embed_dim": 8},
 }
 # Small settings per recipe (one epoch or step), on top of data/out and the tiny backbone.
 TINY_RECIPES = {
@@ -41,13 +43,23 @@ TINY_RECIPES = {
     "stack": {},  # its members: two tiny probes, trained in the test
     "npr": {"epochs": 1, "batch_size": 4, "num_workers": 0, "crop": 32, "augment": {"crop": 32}},
     "localpatch": {"epochs": 1, "batch_size": 4, "num_workers": 0, "crop": 32, "augment": {"crop": 32}},
+    "mirage": {"epochs": 1, "batch_size": 4, "num_workers": 0, "augment": {"crop": 32}, "memory_size": 8},
+    "mirage-anchors": {"epochs": 1, "batch_size": 4, "num_workers": 0, "augment": {"crop": 64}, "memory_size": 8},
 }
 BACKBONES = ["efficientnet", "vit"]
+TEXT_TOWER = {"mirage": ["clip"], "mirage-anchors": [*BACKBONES, "clip"]}  # detectors that read a whole CLIP
+CLIP_PROTOCOL = {"max_short_side": None, "crop": 32}
+
+
+def CLIP_SPEC(root) -> BackboneSpec:  # noqa: N802 - a constant built on demand (the folder is written once)
+    return BackboneSpec(family="hf_clip", source=str(tiny_clip_folder(root)))
+
+
 NATIVE_SIDE = 32  # detectors of pixel traces: the pixels backbone, crops of this side, a protocol that never resizes
 
 
 def _kinds(name: str) -> list[str]:
-    return ["pixels"] if get_detector(name).native_resolution else BACKBONES
+    return ["pixels"] if get_detector(name).native_resolution else TEXT_TOWER.get(name, BACKBONES)
 
 
 def test_every_registered_detector_and_recipe_has_tiny_settings_here():
@@ -60,6 +72,8 @@ def _spec(kind: str, tmp_path_factory) -> BackboneSpec:
         return EFFNET_SPEC
     if kind == "pixels":
         return BackboneSpec(family="pixels", preprocess={"size": NATIVE_SIDE})
+    if kind == "clip":
+        return CLIP_SPEC(tmp_path_factory.getbasetemp())
     folder = tiny_vit_folder(tmp_path_factory.getbasetemp())
     return BackboneSpec(
         family="hf_vit", source=str(folder), preprocess={"size": 56, "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -124,7 +138,7 @@ def test_cacheable_features_are_deterministic_and_the_cache_variant_is_cacheable
 
 
 def _kind(model) -> str:
-    return {"hf_vit": "vit", "pixels": "pixels"}.get(model.config.backbone.family, "efficientnet")
+    return {"hf_vit": "vit", "pixels": "pixels", "hf_clip": "clip"}.get(model.config.backbone.family, "efficientnet")
 
 
 def test_save_and_load_are_bit_exact(model, tmp_path):
@@ -185,6 +199,8 @@ def test_one_recipe_step_gives_a_finite_loss_and_a_usable_output(name, labelled_
             probe = {"data": labelled_images, "out": folder, "params": {"C": c}, **_tiny_backbone()}
             train("univfd", probe, progress=False)
         settings = {"member": members, "val": labelled_images, "out": tmp_path / "out"}
+    elif name == "mirage":
+        settings.update(spec=CLIP_SPEC(tmp_path).model_dump(mode="json"), eval_protocol=CLIP_PROTOCOL)
     elif not get_detector(get_recipe(name).detector).native_resolution:  # those choose their own (pixels) backbone
         settings.update(_tiny_backbone())
     recipe = get_recipe(name)

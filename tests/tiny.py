@@ -47,3 +47,33 @@ def tiny_vit_folder(root: Path, kind: str = "dinov2") -> Path:
     if not (folder / "config.json").is_file():
         tiny_vit(kind)[0].save_pretrained(folder)
     return folder
+
+
+def tiny_clip_tokenizer() -> transformers.CLIPTokenizer:
+    """A character-level CLIP tokenizer (lower-case letters and a little punctuation; no merges), built in memory."""
+    chars = list("abcdefghijklmnopqrstuvwxyz.,!?'-")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab.update({c: i + 2 for i, c in enumerate(chars)})
+    vocab.update({c + "</w>": i + 2 + len(chars) for i, c in enumerate(chars)})
+    return transformers.CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def tiny_clip(seed: int = 0) -> tuple[transformers.CLIPModel, transformers.CLIPTokenizer]:
+    """A tiny random whole CLIP (both towers, 3 layers each) and its tokenizer."""
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    text = dict(TINY_VIT, num_hidden_layers=3, vocab_size=len(tokenizer), max_position_embeddings=48)
+    text.update(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    vision = dict(TINY_VIT, num_hidden_layers=3, hidden_size=48, intermediate_size=96, image_size=32, patch_size=8)
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
+    return transformers.CLIPModel(config).eval(), tokenizer
+
+
+def tiny_clip_folder(root: Path) -> Path:
+    """A tiny random whole CLIP saved with its tokenizer as a local Hugging Face folder (an ``hf_clip`` source)."""
+    folder = Path(root) / "tiny-clip"
+    if not (folder / "config.json").is_file():
+        model, tokenizer = tiny_clip()
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder

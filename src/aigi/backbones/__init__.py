@@ -4,6 +4,8 @@
   offline default.
 - ``hf_vit`` (:mod:`aigi.backbones.hf_vit`): DINOv2, DINOv2 with registers, DINOv3 ViT, CLIP and SigLIP vision
   towers from a Hugging Face id or a local folder.
+- ``hf_clip`` (:mod:`aigi.backbones.hf_clip`): a whole CLIP (vision tower as ``hf_vit`` gives it, plus the text tower,
+  projections and tokenizer) for detectors that compare images with text (MiraGe).
 - ``pixels`` (:mod:`aigi.backbones.pixels`): no network, the normalised pixels; for detectors trained from scratch.
 """
 
@@ -29,6 +31,12 @@ def _hf_vit(spec: BackboneSpec, allow_download: bool) -> Backbone:
     return HFViTBackbone.from_spec(spec, allow_download)
 
 
+def _hf_clip(spec: BackboneSpec, allow_download: bool) -> Backbone:
+    from aigi.backbones.hf_clip import HFCLIPBackbone
+
+    return HFCLIPBackbone.from_spec(spec, allow_download)
+
+
 def _pixels(spec: BackboneSpec, allow_download: bool) -> Backbone:
     from aigi.backbones.pixels import PixelsBackbone
 
@@ -37,9 +45,11 @@ def _pixels(spec: BackboneSpec, allow_download: bool) -> Backbone:
 
 _efficientnet.options = ("feature_level",)  # the spec options each family reads
 _hf_vit.options = ("dtype",)
+_hf_clip.options = ("dtype",)
 _pixels.options = ()
 BACKBONES.register("efficientnet_lite0")(_efficientnet)
 BACKBONES.register("hf_vit")(_hf_vit)
+BACKBONES.register("hf_clip")(_hf_clip)
 BACKBONES.register("pixels")(_pixels)
 
 

@@ -168,6 +168,48 @@ def _folder_norm(source: str) -> tuple[object, object] | None:
     return None
 
 
+def _dtype_option(spec: BackboneSpec) -> torch.dtype:
+    """The ``dtype`` option of a spec (the only option the transformers families read)."""
+    opts = dict(spec.options)
+    unknown = set(opts) - {"dtype"}
+    if unknown:
+        raise ConfigError(f"unknown {spec.family} options {sorted(unknown)}; supported: ['dtype']")
+    dtype_name = opts.get("dtype", "float32")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
+        raise ConfigError(f"unknown {spec.family} dtype {dtype_name!r}; choose from {list(DTYPES)}")
+    return DTYPES[dtype_name]
+
+
+def load_pretrained(spec: BackboneSpec, allow_download: bool, family_of, tokenizer: bool = False):
+    """``(model, where)``, or ``(model, tokenizer, where)`` with ``tokenizer``: the transformers model a spec's source
+    names (a local folder or a hub id, see the module docstring), of the class ``family_of(config).model_class``
+    (``family_of`` raises a ConfigError for a model type it does not take). Every failure is one
+    :class:`BackboneLoadError` line."""
+    source = spec.source
+    if not source:
+        raise ConfigError(f"{spec.family} backbone needs a source: a Hugging Face model id or a local folder")
+    dtype = _dtype_option(spec)
+    folder = Path(source).expanduser()
+    if not folder.is_dir() and (folder.is_absolute() or source.startswith((".", "~"))):
+        raise BackboneLoadError(f"could not load backbone '{source}': no such folder")
+    where = str(folder) if folder.is_dir() else source
+    hint = "" if folder.is_dir() else "not a local folder; as a Hugging Face model id: "
+    cache_only = not folder.is_dir() and _check_hub_id(source, allow_download)
+    local = {"local_files_only": True} if cache_only else {}
+    try:
+        config = transformers.AutoConfig.from_pretrained(where, **local)
+    except Exception as err:
+        raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
+    family = family_of(config)
+    try:
+        model = getattr(transformers, family.model_class).from_pretrained(where, dtype=dtype, **local)
+        if not tokenizer:
+            return model, where
+        return model, transformers.AutoTokenizer.from_pretrained(where, **local), where
+    except Exception as err:
+        raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
+
+
 class HFViTBackbone(Backbone):
     """Wraps a transformers vision model; ``forward`` returns CLS/global, patch tokens and the grid."""
 
@@ -195,41 +237,14 @@ class HFViTBackbone(Backbone):
     @classmethod
     def from_spec(cls, spec: BackboneSpec, allow_download: bool = False) -> "HFViTBackbone":
         """The backbone a spec names; a Hugging Face id is read from the local cache only unless ``allow_download``."""
-        source = spec.source
-        if not source:
-            raise ConfigError("hf_vit backbone needs a source: a Hugging Face model id or a local folder")
-        opts = dict(spec.options)
-        unknown = set(opts) - {"dtype"}
-        if unknown:
-            raise ConfigError(f"unknown hf_vit options {sorted(unknown)}; supported: ['dtype']")
-        dtype_name = opts.get("dtype", "float32")
-        if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-            raise ConfigError(f"unknown hf_vit dtype {dtype_name!r}; choose from {list(DTYPES)}")
-
-        folder = Path(source).expanduser()
-        if not folder.is_dir() and (folder.is_absolute() or source.startswith((".", "~"))):
-            raise BackboneLoadError(f"could not load backbone '{source}': no such folder")
-        where = str(folder) if folder.is_dir() else source
-        hint = "" if folder.is_dir() else "not a local folder; as a Hugging Face model id: "
-        cache_only = not folder.is_dir() and _check_hub_id(source, allow_download)
-        local = {"local_files_only": True} if cache_only else {}
-        try:
-            config = transformers.AutoConfig.from_pretrained(where, **local)
-        except Exception as err:
-            raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
-        family = _family(config.model_type, source)
-        try:
-            model = getattr(transformers, family.model_class).from_pretrained(where, dtype=DTYPES[dtype_name], **local)
-        except Exception as err:
-            raise BackboneLoadError(f"could not load backbone '{source}': {hint}{_one_line(err)}") from err
-
+        model, where = load_pretrained(spec, allow_download, lambda config: _family(config.model_type, spec.source))
         try:
             backbone = cls(model.eval())  # eval mode, like from_pretrained's model
             norm = _folder_norm(where)
             if norm is not None:
                 backbone.preprocess = Preprocess(size=backbone.preprocess.size, mean=norm[0], std=norm[1])
         except (ValueError, TypeError) as err:  # a config out of bounds (image_size), bad image_mean/image_std
-            raise BackboneLoadError(f"could not load backbone '{source}': {_one_line(err)}") from None
+            raise BackboneLoadError(f"could not load backbone '{spec.source}': {_one_line(err)}") from None
         return backbone
 
     def lora_targets(self) -> list[str]:

@@ -162,3 +162,30 @@ class PixelTraceDetector(Detector):
 
     def patch_grid(self) -> tuple[int, int]:
         return self.measured_patch_grid()
+
+
+class PartlyTrainedBackbone:
+    """Mixed into a detector that fine-tunes its backbone from one parameter on (the fine-tuned CNN, MiraGe's offline
+    variant): everything before stays frozen, batch norms included, and is not stored in the model folder."""
+
+    backbone: Backbone
+
+    def unfreeze_from(self, first: str | None) -> None:
+        """Train the backbone's parameters from the first whose name starts with ``first`` (None: all of them)."""
+        names = [n for n, _ in self.backbone.named_parameters()]
+        if first is not None and not any(n.startswith(first) for n in names):
+            raise ValueError(f"train_from {first!r} names no backbone parameter (they start {names[0]!r} ...)")
+        training = first is None
+        for name, p in self.backbone.named_parameters():
+            training = training or name.startswith(first)
+            p.requires_grad_(training)
+
+    def train(self, mode: bool = True):
+        """Train mode for what is trained; the frozen part of the backbone (its batch norms) stays in eval mode, so
+        its running statistics, which the model folder does not store, never move."""
+        super().train(mode)
+        for module in self.backbone.modules():
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+        return self

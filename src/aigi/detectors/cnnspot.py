@@ -25,7 +25,7 @@ from torch import nn
 
 from aigi.backbones.base import Backbone
 from aigi.detectors import DETECTORS
-from aigi.detectors.base import Detector, DetectorParams, Output, zero_linear
+from aigi.detectors.base import Detector, DetectorParams, Output, PartlyTrainedBackbone, zero_linear
 from aigi.engine.pixel_recipe import PixelClassifierRecipe, PixelTrainConfig
 from aigi.engine.trainer import RECIPES, BackboneChoice
 
@@ -42,7 +42,7 @@ class CNNSpotParams(DetectorParams):
 
 
 @DETECTORS.register("cnnspot")
-class CNNSpot(Detector):
+class CNNSpot(PartlyTrainedBackbone, Detector):
     name = "cnnspot"
     Params = CNNSpotParams
     feature_kind = "global"
@@ -55,27 +55,8 @@ class CNNSpot(Detector):
         self.head = zero_linear(backbone.dim)
         self.dropout = nn.Dropout(params.dropout)
         if params.finetune:
-            self._unfreeze(params.train_from)
+            self.unfreeze_from(params.train_from)
         self.cacheable = not params.finetune
-
-    def _unfreeze(self, first: str | None) -> None:
-        names = [n for n, _ in self.backbone.named_parameters()]
-        if first is not None and not any(n.startswith(first) for n in names):
-            raise ValueError(f"train_from {first!r} names no backbone parameter (they start {names[0]!r} ...)")
-        training = first is None
-        for name, p in self.backbone.named_parameters():
-            training = training or name.startswith(first)
-            p.requires_grad_(training)
-
-    def train(self, mode: bool = True) -> "CNNSpot":
-        """Train mode for what is trained; the frozen part of the backbone (its batch norms) stays in eval mode, so
-        its running statistics, which the model folder does not store, never move."""
-        super().train(mode)
-        for module in self.backbone.modules():
-            own = list(module.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
-                module.eval()
-        return self
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone(pixels).cls

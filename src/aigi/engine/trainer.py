@@ -98,9 +98,12 @@ class DetectorTrainConfig(RecipeConfig):
 class BackboneChoice(BaseModel):
     """Which frozen backbone a recipe trains on, and the evaluation protocol its model will record."""
 
-    backbone: str = Field("efficientnet_lite0", description="backbone family: efficientnet_lite0 or hf_vit")
+    backbone: str = Field(
+        "efficientnet_lite0",
+        description="backbone family: efficientnet_lite0, hf_vit, or hf_clip (CLIP with its text tower)",
+    )
     backbone_source: str | None = Field(
-        None, description="hf_vit: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP)"
+        None, description="hf_vit, hf_clip: Hugging Face model id or local folder (DINOv2/v3, CLIP, SigLIP)"
     )
     feature_level: str | None = Field(
         None,
