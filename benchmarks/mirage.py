@@ -1,0 +1,199 @@
+"""Issue #13's benchmark: MiraGe's objective on the offline backbone (``mirage-anchors``) against the fine-tuned CNN
+trained on the same data with plain cross-entropy, beside the probe, and an ablation of the objective's three parts.
+
+    python benchmarks/mirage.py [--data-root ../shared/data] [--reuse] [--skip-train]
+
+No CLIP weights can be reached here, so the published ``mirage`` (prompts in CLIP's towers) is never measured; this
+measures its objective. Every run trains on aigi-mini + aigi-wide ``train/``, validates and calibrates on both
+``val/`` (``results/wide_probe/{train,val}.csv``); the test folders choose nothing.
+
+- **main**: ``mirage-anchors`` with the fine-tuned CNN's recipe (EfficientNet-Lite0 from ``net.stages.3``, 6 epochs,
+  the same augmentation, balanced draw, AdamW and schedule): only the objective differs. Measured as
+  ``benchmarks/accuracy.py`` measures a candidate (val AUROC, ``aigi detect`` images/s end to end, size, every test
+  set per generator group with real-photo accuracy). The CNN's and the probe's rows are ``accuracy.json``'s.
+- **ablation** (1 epoch each, so that all five fit on a 2-core CPU): the full objective; without compactness and
+  separation (anchor loss only); without the memory bank (the batch only); without the anchor loss (anchors set to
+  the memory's class means); and cross-entropy (``cnnspot``) with the same epoch, as the baseline.
+- **training step**: seconds per step of 32 images on this CPU, from the runs' logs (epoch seconds / steps).
+
+Writes ``results/mirage/`` (``mirage.{json,md}``, per-set reports) and the README block; the runs stay under
+``results/mirage/runs/`` (weights not committed). ``--reuse`` keeps rows already measured; runs resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from accuracy import OUT as ACCURACY_OUT
+from accuracy import candidate_row, f3, size_text, val_aurocs
+from default_model import REPO, update_readme
+from uncertainty import TEST_SETS, measure
+
+from aigi import api
+from aigi.engine.trainer import LOG_NAME, train
+from aigi.io import read_json, write_json, write_text
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "mirage"
+RUNS = OUT / "runs"
+RESULTS = OUT / "mirage.json"
+TRAIN_CSV = HERE / "results" / "wide_probe" / "train.csv"
+VAL_CSV = HERE / "results" / "wide_probe" / "val.csv"
+CNN_PARAMS = {"train_from": "net.stages.3"}
+MAIN_EPOCHS = 6  # the fine-tuned CNN's
+ABLATIONS = {
+    "full objective": ("mirage-anchors", {}),
+    "no compactness/separation (anchor loss only)": ("mirage-anchors", {"contrast_weight": 0.0}),
+    "no memory bank (batch only)": ("mirage-anchors", {"memory_size": 0}),
+    "no anchor loss (class-mean anchors)": ("mirage-anchors", {"anchor_weight": 0.0}),
+    "cross-entropy (cnnspot)": ("cnnspot", {}),
+}
+COMPARED = ("wide probe", "cnnspot")  # rows of accuracy.json, measured the same way
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")[:40]
+
+
+def train_run(recipe: str, extra: dict, out: Path, epochs: int) -> Path:
+    """Train (or resume, or keep) one run; returns its model folder."""
+    if (out / "config.json").is_file() and not (out / "train_state").is_dir():
+        return out
+    settings = {
+        "data": TRAIN_CSV,
+        "val": VAL_CSV,
+        "calibrate_on": VAL_CSV,
+        "out": out,
+        "epochs": epochs,
+        "params": dict(CNN_PARAMS),
+        **extra,
+    }
+    train(recipe, settings, progress=True)
+    return out
+
+
+def seconds_per_step(folder: Path) -> float:
+    """Mean seconds per training step over the run's epochs (batch 32), from its log and the training set's size."""
+    log = [json.loads(line) for line in (folder / LOG_NAME).read_text().splitlines()]
+    per_epoch = np.diff([0.0] + [r["seconds"] for r in log]) if log[-1]["seconds"] > log[0]["seconds"] else None
+    seconds = float(np.mean(per_epoch)) if per_epoch is not None else float(np.mean([r["seconds"] for r in log]))
+    images = sum(1 for _ in TRAIN_CSV.open()) - 1
+    return seconds / (images // 32)
+
+
+def ablation_row(folder: Path, root: Path) -> dict:
+    model = api.load(folder)
+    val = val_aurocs(model, root)
+    test = {t: measure(model, root, t, folder.name, OUT / "reports") for t in TEST_SETS}
+    return {
+        "val": val,
+        "val_mean_auroc": float(np.mean(list(val.values()))),
+        "test": test,
+        "seconds_per_step": seconds_per_step(folder),
+    }
+
+
+def rows(root: Path, reuse: bool, skip_train: bool) -> dict:
+    saved = read_json(RESULTS) if reuse and RESULTS.is_file() else {}
+    main_rows, ablation = saved.get("main", {}), saved.get("ablation", {})
+    main_folder = RUNS / "mirage_anchors_6ep"
+    if "mirage-anchors" not in main_rows:
+        if not skip_train:
+            train_run("mirage-anchors", {}, main_folder, MAIN_EPOCHS)
+        row = candidate_row("mirage-anchors", main_folder, root, OUT / "reports")
+        main_rows["mirage-anchors"] = {**row, "seconds_per_step": seconds_per_step(main_folder)}
+        write_json(RESULTS, {"main": main_rows, "ablation": ablation})
+    for name, (recipe, extra) in ABLATIONS.items():
+        if name in ablation:
+            continue
+        folder = RUNS / f"ablation_{slug(name)}"
+        if not skip_train:
+            train_run(recipe, extra, folder, 1)
+        ablation[name] = ablation_row(folder, root)
+        print(f"measured {name}", flush=True)
+        write_json(RESULTS, {"main": main_rows, "ablation": ablation})
+    return {"main": main_rows, "ablation": ablation}
+
+
+def compared_rows(main_rows: dict) -> dict:
+    accuracy = read_json(ACCURACY_OUT / "accuracy.json")["candidates"]
+    return {**{name: accuracy[name] for name in COMPARED}, **main_rows}
+
+
+def main_table(table_rows: dict) -> str:
+    sets = list(TEST_SETS)
+    head = "| model | val AUROC (mini / wide) | img/s | size | " + " | ".join(f"{s} AUROC / Real_Acc" for s in sets)
+    lines = [head + " |", "|" + "---|" * (4 + len(sets))]
+    for name, r in table_rows.items():
+        val = " / ".join(f3(v) for v in r["val"].values())
+        tests = " | ".join(f"{f3(r['test'][s]['auroc'])} / {f3(r['test'][s]['real_acc'])}" for s in sets)
+        lines.append(f"| {name} | {val} | {r['images_per_s']:.1f} | {size_text(r['bytes'])} | {tests} |")
+    return "\n".join(lines)
+
+
+def groups_table(table_rows: dict) -> str:
+    names = list(table_rows)
+    lines = ["| test set | generator group | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
+    for s in TEST_SETS:
+        for g in table_rows[names[-1]]["test"][s]["groups"]:
+            lines.append(
+                f"| {s} | {g} | " + " | ".join(f3(table_rows[n]["test"][s]["groups"].get(g)) for n in names) + " |"
+            )
+    return "\n".join(lines)
+
+
+def ablation_table(ablation: dict) -> str:
+    sets = list(TEST_SETS)
+    head = "| 1 epoch | val AUROC (mini / wide) | " + " | ".join(f"{s} AUROC / worst group" for s in sets)
+    lines = [head + " | s/step |", "|" + "---|" * (3 + len(sets))]
+    for name, r in ablation.items():
+        val = " / ".join(f3(v) for v in r["val"].values())
+        tests = " | ".join(f"{f3(r['test'][s]['auroc'])} / {f3(r['test'][s]['worst_auroc'])}" for s in sets)
+        lines.append(f"| {name} | {val} | {tests} | {r['seconds_per_step']:.2f} |")
+    return "\n".join(lines)
+
+
+def target_table(table_rows: dict) -> str:
+    lines = ["| target: mirage-anchors > the CE-trained CNN | mirage-anchors | cnnspot | met |", "|---|---|---|---|"]
+    ours, cnn = table_rows.get("mirage-anchors"), table_rows.get("cnnspot")
+    if ours and cnn:
+        for s in TEST_SETS:
+            a, b = ours["test"][s]["auroc"], cnn["test"][s]["auroc"]
+            lines.append(f"| {s} mean AUROC | {a:.3f} | {b:.3f} | {'yes' if a > b else 'no'} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    table_rows = compared_rows(result["main"])
+    return "\n\n".join(
+        [
+            main_table(table_rows),
+            "Per generator group (AUROC of each group against the set's real photos):",
+            groups_table(table_rows),
+            "Ablation of the objective (each run 1 epoch, otherwise the main run's recipe):",
+            ablation_table(result["ablation"]),
+            target_table(table_rows),
+        ]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-root", type=Path, default=Path(os.path.relpath(REPO.parent / "shared" / "data")))
+    ap.add_argument("--reuse", action="store_true", help="keep the rows already measured in mirage.json")
+    ap.add_argument("--skip-train", action="store_true", help="measure the run folders as they are")
+    args = ap.parse_args()
+    os.environ.setdefault("AIGI_NO_PROGRESS", "1")
+    result = rows(args.data_root, args.reuse, args.skip_train)
+    table = markdown(result)
+    write_text(OUT / "mirage.md", table + "\n")
+    update_readme("mirage", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
