@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import OUT as ACCURACY_OUT
-from accuracy import candidate_row, f3, size_text, val_aurocs
+from accuracy import candidate_row, f3, val_aurocs
+from artifacts import groups_table, models_table
 from default_model import REPO, update_readme
 from uncertainty import TEST_SETS, measure
 
@@ -124,28 +125,6 @@ def compared_rows(main_rows: dict) -> dict:
     return {**{name: accuracy[name] for name in COMPARED}, **main_rows}
 
 
-def main_table(table_rows: dict) -> str:
-    sets = list(TEST_SETS)
-    head = "| model | val AUROC (mini / wide) | img/s | size | " + " | ".join(f"{s} AUROC / Real_Acc" for s in sets)
-    lines = [head + " |", "|" + "---|" * (4 + len(sets))]
-    for name, r in table_rows.items():
-        val = " / ".join(f3(v) for v in r["val"].values())
-        tests = " | ".join(f"{f3(r['test'][s]['auroc'])} / {f3(r['test'][s]['real_acc'])}" for s in sets)
-        lines.append(f"| {name} | {val} | {r['images_per_s']:.1f} | {size_text(r['bytes'])} | {tests} |")
-    return "\n".join(lines)
-
-
-def groups_table(table_rows: dict) -> str:
-    names = list(table_rows)
-    lines = ["| test set | generator group | " + " | ".join(names) + " |", "|" + "---|" * (2 + len(names))]
-    for s in TEST_SETS:
-        for g in table_rows[names[-1]]["test"][s]["groups"]:
-            lines.append(
-                f"| {s} | {g} | " + " | ".join(f3(table_rows[n]["test"][s]["groups"].get(g)) for n in names) + " |"
-            )
-    return "\n".join(lines)
-
-
 def ablation_table(ablation: dict) -> str:
     sets = list(TEST_SETS)
     head = "| 1 epoch | val AUROC (mini / wide) | " + " | ".join(f"{s} AUROC / worst group" for s in sets)
@@ -171,7 +150,7 @@ def markdown(result: dict) -> str:
     table_rows = compared_rows(result["main"])
     return "\n\n".join(
         [
-            main_table(table_rows),
+            models_table(table_rows),
             "Per generator group (AUROC of each group against the set's real photos):",
             groups_table(table_rows),
             "Ablation of the objective (each run 1 epoch, otherwise the main run's recipe):",

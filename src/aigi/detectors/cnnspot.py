@@ -88,11 +88,5 @@ class CNNSpotRecipe(PixelClassifierRecipe):
     Config = CNNSpotTrainConfig
     param_options = ("train_from", "finetune", "dropout")
 
-    def model_config(self):
-        from aigi.checkpoints import ModelConfig
-
-        cfg = self.config
-        return ModelConfig(detector="cnnspot", params=cfg.params, backbone=cfg.backbone_spec(), protocol=cfg.protocol())
-
     def lr_scales(self) -> dict[str, float]:
         return {"head.": self.config.head_lr_scale}

@@ -126,10 +126,3 @@ class MirageRecipe(AnchoredRecipe):
     detector = "mirage"
     Config = MirageTrainConfig
     param_options = ("n_ctx", "prompt_depth", "ctx_init")
-
-    def model_config(self):
-        from aigi.checkpoints import ModelConfig
-
-        cfg = self.config
-        spec, protocol = cfg.backbone_spec(), cfg.protocol()
-        return ModelConfig(detector=self.detector, params=cfg.params, backbone=spec, protocol=protocol)

@@ -111,12 +111,5 @@ class MirageAnchorsRecipe(AnchoredRecipe):
     Config = MirageAnchorsTrainConfig
     param_options = ("train_from", "finetune", "lora_r", "embed_dim", "temperature")
 
-    def model_config(self):
-        from aigi.checkpoints import ModelConfig
-
-        cfg = self.config
-        spec, protocol = cfg.backbone_spec(), cfg.protocol()
-        return ModelConfig(detector=self.detector, params=cfg.params, backbone=spec, protocol=protocol)
-
     def lr_scales(self) -> dict[str, float]:
         return {"head.": self.config.head_lr_scale, "anchor_weights": self.config.head_lr_scale}

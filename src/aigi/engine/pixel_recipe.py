@@ -73,9 +73,14 @@ class PixelClassifierRecipe(PixelEpochs, Recipe):
 
     Config = PixelTrainConfig
 
-    def model_config(self):  # pragma: no cover - every recipe overrides it
-        """The :class:`aigi.checkpoints.ModelConfig` of the model this recipe trains."""
-        raise NotImplementedError
+    def model_config(self):
+        """The :class:`aigi.checkpoints.ModelConfig` of the model this recipe trains: by default the backbone and
+        protocol its config chooses (a :class:`aigi.engine.trainer.BackboneChoice`)."""
+        from aigi.checkpoints import ModelConfig
+
+        cfg = self.config
+        spec, protocol = cfg.backbone_spec(), cfg.protocol()
+        return ModelConfig(detector=self.detector, params=cfg.params, backbone=spec, protocol=protocol)
 
     def lr_scales(self) -> dict[str, float]:
         """Parameter-name prefixes that learn at a multiple of the learning rate (e.g. a fresh head)."""
