@@ -11,6 +11,8 @@ measures its objective. Every run trains on aigi-mini + aigi-wide ``train/``, va
   the same augmentation, balanced draw, AdamW and schedule): only the objective differs. Measured as
   ``benchmarks/accuracy.py`` measures a candidate (val AUROC, ``aigi detect`` images/s end to end, size, every test
   set per generator group with real-photo accuracy). The CNN's and the probe's rows are ``accuracy.json``'s.
+- **MIRROR and MDMF**, retrained on the same data with the recipes their own benchmarks chose on aigi-mini (MIRROR
+  "short" at stage6 without LoRA; MDMF on stage6's native 32-pixel patches), measured the same way.
 - **ablation** (1 epoch each, so that all five fit on a 2-core CPU): the full objective; without compactness and
   separation (anchor loss only); without the memory bank (the batch only); without the anchor loss (anchors set to
   the memory's class means); and cross-entropy (``cnnspot``) with the same epoch, as the baseline.
@@ -54,6 +56,11 @@ ABLATIONS = {
     "cross-entropy (cnnspot)": ("cnnspot", {}),
 }
 COMPARED = ("wide probe", "cnnspot")  # rows of accuracy.json, measured the same way
+# MIRROR and MDMF with the recipes their own benchmarks chose on aigi-mini (benchmarks/mirror.py "short" at stage6,
+# benchmarks/mdmf.py's stage6 native patches), trained here on the same data as the rest
+MIRROR_MEMORY = dict(slots=1024, top_k=32, heads=8, epochs=6, batch_size=32, views=1, lr=3e-3, feature_level="stage6")
+MIRROR_PHASE2 = dict(epochs=6, batch_size=32, blr=2e-3, params={"lora_r": 0})  # no LoRA: cached tokens (CPU)
+MDMF = dict(steps=1000, lr=1e-3, images_per_side=16, patches_per_side=512, criterion="image", feature_level="stage6")
 
 
 def slug(name: str) -> str:
@@ -98,6 +105,33 @@ def ablation_row(folder: Path, root: Path) -> dict:
     }
 
 
+def real_train_manifest() -> Path:
+    """The real photos of the training manifest, as a manifest of their own (MIRROR's memory, MDMF's bank)."""
+    out = RUNS / "train_real.csv"
+    lines = TRAIN_CSV.read_text().splitlines()
+    header = lines[0].split(",")
+    label = header.index("label")
+    reals = [line for line in lines[1:] if line.split(",")[label] in ("real", "0")]
+    base = os.path.relpath(TRAIN_CSV.parent, out.parent)
+    rows = [",".join([os.path.join(base, line.split(",")[0]), *line.split(",")[1:]]) for line in reals]
+    write_text(out, "\n".join([lines[0], *rows]) + "\n")
+    return out
+
+
+def train_others() -> dict[str, Path]:
+    """MIRROR and MDMF on the same data (kept when already trained)."""
+    reals, calibration = real_train_manifest(), {"val": VAL_CSV, "calibrate_on": VAL_CSV}
+    memory, mirror, mdmf = RUNS / "mirror_memory", RUNS / "mirror", RUNS / "mdmf"
+    if not (memory / "config.json").is_file():
+        train("mirror-memory", dict(data=reals, out=memory, format_align=True, **MIRROR_MEMORY), progress=False)
+    if not (mirror / "config.json").is_file() or (mirror / "train_state").is_dir():
+        train("mirror", dict(data=TRAIN_CSV, out=mirror, memory=memory, **calibration, **MIRROR_PHASE2), progress=False)
+    if not (mdmf / "config.json").is_file():
+        settings = dict(data=TRAIN_CSV, out=mdmf, reference=reals, params={"pool": 1}, seed=0, **MDMF)
+        train("mdmf", {**settings, **calibration}, progress=False)
+    return {"MIRROR": mirror, "MDMF": mdmf}
+
+
 def rows(root: Path, reuse: bool, skip_train: bool) -> dict:
     saved = read_json(RESULTS) if reuse and RESULTS.is_file() else {}
     main_rows, ablation = saved.get("main", {}), saved.get("ablation", {})
@@ -108,6 +142,11 @@ def rows(root: Path, reuse: bool, skip_train: bool) -> dict:
         row = candidate_row("mirage-anchors", main_folder, root, OUT / "reports")
         main_rows["mirage-anchors"] = {**row, "seconds_per_step": seconds_per_step(main_folder)}
         write_json(RESULTS, {"main": main_rows, "ablation": ablation})
+    others = train_others() if not skip_train else {"MIRROR": RUNS / "mirror", "MDMF": RUNS / "mdmf"}
+    for name, folder in others.items():
+        if name not in main_rows:
+            main_rows[name] = candidate_row(name, folder, root, OUT / "reports")
+            write_json(RESULTS, {"main": main_rows, "ablation": ablation})
     for name, (recipe, extra) in ABLATIONS.items():
         if name in ablation:
             continue
@@ -122,7 +161,9 @@ def rows(root: Path, reuse: bool, skip_train: bool) -> dict:
 
 def compared_rows(main_rows: dict) -> dict:
     accuracy = read_json(ACCURACY_OUT / "accuracy.json")["candidates"]
-    return {**{name: accuracy[name] for name in COMPARED}, **main_rows}
+    order = [*COMPARED, "MIRROR", "MDMF", "mirage-anchors"]
+    merged = {**{name: accuracy[name] for name in COMPARED}, **main_rows}
+    return {name: merged[name] for name in order if name in merged}
 
 
 def ablation_table(ablation: dict) -> str:
