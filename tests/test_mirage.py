@@ -54,10 +54,12 @@ def _sequence_lengths(layers) -> list[int]:
 
 
 # -- the backbone ---------------------------------------------------------------------------------------------------
-def test_the_text_tower_without_context_is_clips_own(clip_dir):
-    backbone = build_backbone(_clip_spec(clip_dir))
-    clip, _ = tiny_clip()
-    ids, eos = backbone.tokenize(["a photo of a real.", "a photo of a fake."])
+@pytest.mark.parametrize("legacy", [False, True], ids=["eos-id", "eos-largest-id"])
+def test_the_text_tower_without_context_is_clips_own(legacy, tmp_path):
+    backbone = build_backbone(_clip_spec(tiny_clip_folder(tmp_path, legacy)))
+    clip, _ = tiny_clip(legacy=legacy)
+    ids, eos = backbone.tokenize(["a photo of a real.", "a photo of a fake image."])
+    assert (ids[torch.arange(2), eos] == backbone.tokenizer.convert_tokens_to_ids("<|endoftext|>")).all()
     with torch.no_grad():
         ours = backbone.text_features(ids, eos)
         theirs = clip.get_text_features(input_ids=ids).pooler_output
@@ -88,6 +90,26 @@ def test_prompts_are_inserted_in_both_towers_to_the_configured_depth(clip_dir):
     assert text == [det.prompt_ids.shape[1]] * 3  # the context replaces tokens: the length is the prompt's
     assert out.logit.shape == (2,) and out.patch_map.shape == (2, 4, 4) and det.anchors().shape == (2, 24)
     assert len(det.deep_ctx) == 1 and len(det.vision_proj) == 2
+
+
+def test_each_layer_gets_its_own_prompts_in_the_right_places(clip_dir):
+    det = _mirage(clip_dir, n_ctx=2, prompt_depth=3).detector
+    seen = {}
+    for tower, layers in (
+        ("vision", det.backbone.model.encoder.layers),
+        ("text", det.backbone.text_model.encoder.layers),
+    ):
+        for i, layer in enumerate(layers):
+            layer.register_forward_pre_hook(lambda m, args, key=(tower, i): seen.__setitem__(key, args[0].detach()))
+    with torch.no_grad():
+        det(_pixels())
+        vision_prompts = [proj(ctx) for proj, ctx in zip(det.vision_proj, [det.ctx, *det.deep_ctx])]
+        first = det.backbone.model.pre_layrnorm(vision_prompts[0])
+    assert torch.allclose(seen["vision", 0][0, 17:], first, atol=1e-6)  # appended after CLS + 16 patches
+    for i in (1, 2):
+        assert torch.equal(seen["vision", i][0, 17:], vision_prompts[i])  # replaced, not appended
+        assert torch.equal(seen["text", i][0, 1:3], det.deep_ctx[i - 1])  # the tokens after the start token
+    assert not torch.equal(seen["text", 1][0, 1:3], seen["text", 2][0, 1:3])
 
 
 def test_deep_prompts_reach_both_towers_through_the_coupling(clip_dir):
@@ -199,6 +221,11 @@ def test_the_offline_variant_says_which_it_is_and_uses_clip_text_anchors_when_th
         cls_token = backbone(_pixels()).cls
         assert torch.allclose(text.embed(_pixels()), F.normalize(backbone.visual_projection(cls_token), dim=-1))
     assert not text.learned_anchors and "anchor_weights" not in text.trainable_state_dict()
+    saved = text.trainable_state_dict()
+    assert any(k.startswith("backbone.model.") for k in saved)  # the vision tower fine-tunes
+    assert not any(
+        k.startswith(("backbone.text_model", "backbone.text_projection", "backbone.logit_scale")) for k in saved
+    )
 
 
 def test_without_the_anchor_loss_the_anchors_become_the_class_means(labelled_images, tmp_path):
@@ -215,15 +242,30 @@ def test_without_the_anchor_loss_the_anchors_become_the_class_means(labelled_ima
         "memory_size": 64,
         "params": {"embed_dim": 8},
     }
-    model = train("mirage-anchors", settings, progress=False)
+    means = {}
+    original = DiscriminativeObjective.class_means
+
+    def spy(self, like):
+        means["last"] = original(self, like)
+        return means["last"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DiscriminativeObjective, "class_means", spy)
+        model = train("mirage-anchors", settings, progress=False)
     log = json.loads((tmp_path / "m" / "train_log.jsonl").read_text().splitlines()[-1])
     assert "anchor_loss" not in log and log["contrast_loss"] >= 0
-    anchors = model.detector.anchors()
-    assert torch.allclose(anchors.norm(dim=-1), torch.ones(2)) and not torch.allclose(anchors[0], anchors[1])
+    assert not model.detector.anchor_weights.requires_grad
+    assert torch.allclose(model.detector.anchors(), means["last"], atol=1e-6)
+    for bad, why in (({"memory_size": 0}, "memory_size > 0"), ({"contrast_weight": 0.0}, "nothing would learn")):
+        with pytest.raises(ConfigError, match=why):
+            train("mirage-anchors", {**settings, **bad, "out": tmp_path / "refused"}, progress=False)
 
 
 def test_mirage_without_clip_weights_fails_in_one_line(labelled_images, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # a cached CLIP would be used
     res = runner.invoke(app, ["train", "mirage", "--data", str(labelled_images), "--out", str(tmp_path / "m")])
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output

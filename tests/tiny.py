@@ -49,31 +49,35 @@ def tiny_vit_folder(root: Path, kind: str = "dinov2") -> Path:
     return folder
 
 
-def tiny_clip_tokenizer() -> transformers.CLIPTokenizer:
-    """A character-level CLIP tokenizer (lower-case letters and a little punctuation; no merges), built in memory."""
+def tiny_clip_tokenizer(legacy: bool = False) -> transformers.CLIPTokenizer:
+    """A character-level CLIP tokenizer (lower-case letters and a little punctuation; no merges), built in memory.
+    ``legacy``: the end token has the largest id, as in OpenAI's CLIPs, whose configs say ``eos_token_id`` 2."""
     chars = list("abcdefghijklmnopqrstuvwxyz.,!?'-")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    vocab.update({c: i + 2 for i, c in enumerate(chars)})
-    vocab.update({c + "</w>": i + 2 + len(chars) for i, c in enumerate(chars)})
+    vocab = {"<|startoftext|>": 0} if legacy else {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab.update({c: i + len(vocab) for i, c in enumerate(chars)})
+    vocab.update({c + "</w>": i + len(vocab) for i, c in enumerate(chars)})
+    if legacy:
+        vocab["<|endoftext|>"] = len(vocab)
     return transformers.CLIPTokenizer(vocab=vocab, merges=[])
 
 
-def tiny_clip(seed: int = 0) -> tuple[transformers.CLIPModel, transformers.CLIPTokenizer]:
-    """A tiny random whole CLIP (both towers, 3 layers each) and its tokenizer."""
-    tokenizer = tiny_clip_tokenizer()
+def tiny_clip(seed: int = 0, legacy: bool = False) -> tuple[transformers.CLIPModel, transformers.CLIPTokenizer]:
+    """A tiny random whole CLIP (both towers, 3 layers each) and its tokenizer (``legacy``: OpenAI's end-token ids)."""
+    tokenizer = tiny_clip_tokenizer(legacy)
     torch.manual_seed(seed)
     text = dict(TINY_VIT, num_hidden_layers=3, vocab_size=len(tokenizer), max_position_embeddings=48)
-    text.update(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    text.update(bos_token_id=0, eos_token_id=2 if legacy else end, pad_token_id=end)
     vision = dict(TINY_VIT, num_hidden_layers=3, hidden_size=48, intermediate_size=96, image_size=32, patch_size=8)
     config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
     return transformers.CLIPModel(config).eval(), tokenizer
 
 
-def tiny_clip_folder(root: Path) -> Path:
+def tiny_clip_folder(root: Path, legacy: bool = False) -> Path:
     """A tiny random whole CLIP saved with its tokenizer as a local Hugging Face folder (an ``hf_clip`` source)."""
-    folder = Path(root) / "tiny-clip"
+    folder = Path(root) / ("tiny-clip-legacy" if legacy else "tiny-clip")
     if not (folder / "config.json").is_file():
-        model, tokenizer = tiny_clip()
+        model, tokenizer = tiny_clip(legacy=legacy)
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return folder

@@ -660,6 +660,66 @@ def samples(out_dir: Annotated[Path, typer.Argument(help="Folder to copy the sam
     show.say(f"copied {len(found)} scikit-image photos to {out_dir}")
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model folder to serve; repeat for several (the first is the default). None: the shipped default.",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the models.")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body in MiB (413 above).")] = 32.0,
+    max_images: Annotated[int, typer.Option(min=1, help="Images per request (413 above).")] = 16,
+    max_megapixels: Annotated[float, typer.Option(min=0.001, help="Pixels per image, in millions.")] = 50.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting for the model (503 above).")] = 32,
+    timeout_s: Annotated[float, typer.Option(min=0.001, help="Seconds a request may take (504 above).")] = 60.0,
+    batch_images: Annotated[int, typer.Option(min=1, help="Images the model scores in one call.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long to wait for more requests to batch.")] = 5.0,
+    log_names: Annotated[bool, typer.Option("--log-names", help="Log uploaded file names (off: none logged).")] = False,
+) -> None:
+    """Serve the HTTP API (POST /v1/detect, /v1/inspect; GET /v1/models, /healthz, /readyz, /docs) and the web page
+    at / . Each model is loaded once at start; images are checked in memory and never written to disk."""
+    try:
+        import uvicorn
+
+        from aigi.serve.app import CONFIG_VAR, Limits, create_app, load_models
+    except ImportError as err:
+        raise ConfigError(
+            f"aigi serve needs the serve extra ({err.name} is missing): pip install 'aigi[serve]'"
+        ) from None
+    limits = Limits(
+        max_upload_mb=max_upload_mb,
+        max_images=max_images,
+        max_megapixels=max_megapixels,
+        max_queue=max_queue,
+        timeout_s=timeout_s,
+        batch_images=batch_images,
+        batch_wait_ms=batch_wait_ms,
+        log_names=log_names,
+    )
+    log_config = {"version": 1, "disable_existing_loggers": False, "root": {"level": "INFO", "handlers": ["out"]},
+                  "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "line"}},
+                  "formatters": {"line": {"format": "%(asctime)s %(name)s %(message)s"}},
+                  "loggers": {"uvicorn.access": {"level": "WARNING"}}}  # fmt: skip
+    if workers > 1:
+        import os
+
+        os.environ[CONFIG_VAR] = json.dumps({"models": [str(m) for m in model or []], "limits": limits.model_dump()})
+        uvicorn.run("aigi.serve.app:from_environment", factory=True, host=host, port=port, workers=workers,
+                    log_config=log_config)  # fmt: skip
+        return
+    models = load_models(model)
+    show.say(f"serving {', '.join(models)} on http://{host}:{port} (page at /, API docs at /docs)")
+    uvicorn.run(create_app(models, limits), host=host, port=port, log_config=log_config)
+
+
 convert_app = typer.Typer(
     cls=AigiGroup, help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True
 )

@@ -2,8 +2,13 @@
 ``hf_vit`` gives it) plus the text tower, both projections into the joint space and the tokenizer, for detectors that
 compare images with text (MiraGe's class anchors, :mod:`aigi.detectors.mirage`).
 
-Only ``model_type`` ``clip`` is taken. SigLIP also has a text tower, but no CLS token for MaPLe's vision prompts to
-feed and a sigmoid (not softmax) image-text objective; it is refused with a line that says so.
+Only ``model_type`` ``clip`` is taken. SigLIP also has a text tower, but its image feature comes from an
+attention-pooling head over the patches (no CLS token that MaPLe's prompted tower ends in) and it was trained with a
+sigmoid, not a softmax, image-text objective; it is refused with a line that says so.
+
+The towers' layers are called one by one (to splice prompts in): transformers 5 layers take ``(hidden, mask)`` and
+return a tensor, 4.x layers ``(hidden, attention_mask, causal_attention_mask)`` and return a tuple; both are handled
+(:func:`run_layer`), the 4.x path untested here.
 
 The tokenizer is read from the same source (its vocabulary and merges files: data, no code is run). The text tower
 works on token embeddings, so detectors can splice learnable context into a prompt (:meth:`text_features`).
@@ -11,13 +16,14 @@ works on token embeddings, so detectors can splice learnable context into a prom
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 
 import torch
 from torch import nn
 
 from aigi.backbones.base import BackboneSpec, Preprocess
-from aigi.backbones.hf_vit import FAMILIES, BackboneLoadError, HFViTBackbone, _one_line, load_pretrained
+from aigi.backbones.hf_vit import FAMILIES, BackboneLoadError, HFViTBackbone, _folder_norm, _one_line, load_pretrained
 from aigi.errors import ConfigError
 
 WHOLE_CLIP = replace(FAMILIES["clip"], model_class="CLIPModel")  # both towers, not CLIPVisionModel
@@ -25,7 +31,8 @@ WHOLE_CLIP = replace(FAMILIES["clip"], model_class="CLIPModel")  # both towers, 
 
 def _clip_only(config, source: str):
     if config.model_type != "clip":
-        why = " (SigLIP has no CLS token and a sigmoid objective)" if "siglip" in config.model_type else ""
+        why = " (SigLIP pools patches with an attention head, not a CLS token, and has a sigmoid objective)"
+        why = why if "siglip" in config.model_type else ""
         raise ConfigError(
             f"backbone '{source}' has model_type {config.model_type!r}; hf_clip needs a whole CLIP (model_type "
             f"'clip', e.g. openai/clip-vit-large-patch14){why}"
@@ -49,9 +56,15 @@ class HFCLIPBackbone(HFViTBackbone):
 
     @classmethod
     def from_spec(cls, spec: BackboneSpec, allow_download: bool = False) -> "HFCLIPBackbone":
-        clip, tokenizer, _ = load_pretrained(spec, allow_download, lambda c: _clip_only(c, spec.source), tokenizer=True)
+        clip, tokenizer, where = load_pretrained(
+            spec, allow_download, lambda c: _clip_only(c, spec.source), tokenizer=True
+        )
         try:
-            return cls(clip.eval(), tokenizer)
+            backbone = cls(clip.eval(), tokenizer)
+            norm = _folder_norm(where)
+            if norm is not None:
+                backbone.preprocess = Preprocess(size=backbone.preprocess.size, mean=norm[0], std=norm[1])
+            return backbone
         except (ValueError, TypeError) as err:
             raise BackboneLoadError(f"could not load backbone '{spec.source}': {_one_line(err)}") from None
 
@@ -76,6 +89,13 @@ class HFCLIPBackbone(HFViTBackbone):
         in place of the ``n`` tokens after the start token (MaPLe's learnable context) and, before text layer
         ``i + 1``, ``deep_context[i]`` in place of the same positions."""
         tower = self.text_model
+        if deep_context and context is None:
+            raise ValueError("deep text prompts need the first layer's context too")
+        if ids.shape[1] > tower.embeddings.position_embedding.num_embeddings:
+            raise ValueError(
+                f"a prompt of {ids.shape[1]} tokens exceeds this CLIP's "
+                f"{tower.embeddings.position_embedding.num_embeddings} text positions"
+            )
         ids = ids.to(tower.embeddings.token_embedding.weight.device)
         x = tower.embeddings.token_embedding(ids)
         n = 0 if context is None else context.shape[0]
@@ -87,7 +107,7 @@ class HFCLIPBackbone(HFViTBackbone):
         for i, layer in enumerate(tower.encoder.layers):
             if 1 <= i <= len(deep_context):
                 x = torch.cat([x[:, :1], deep_context[i - 1].to(x.dtype).expand(len(ids), -1, -1), x[:, 1 + n :]], 1)
-            x = layer(x, mask)
+            x = run_layer(layer, x, mask)
         x = tower.final_layer_norm(x)
         return self.text_projection(x[torch.arange(len(ids), device=x.device), eos.to(x.device)]).float()
 
@@ -107,9 +127,18 @@ class HFCLIPBackbone(HFViTBackbone):
         for i, layer in enumerate(vision.encoder.layers):
             if 1 <= i < len(prompts):
                 x = torch.cat([x[:, :tokens], prompts[i].to(dtype).expand(len(x), -1, -1)], 1)
-            x = layer(x, None)
+            x = run_layer(layer, x, None)
         x = vision.post_layernorm(x[:, :tokens])
         return x[:, 0].float(), x[:, 1:].float()
+
+
+def run_layer(layer: nn.Module, x: torch.Tensor, causal_mask: torch.Tensor | None) -> torch.Tensor:
+    """One CLIP encoder layer on ``x`` with an optional causal mask, in transformers 5 or 4.x (see the docstring)."""
+    if "causal_attention_mask" in inspect.signature(layer.forward).parameters:  # transformers 4.x
+        out = layer(x, None, causal_mask)
+    else:
+        out = layer(x, causal_mask)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _causal_mask(length: int, dtype: torch.dtype, device) -> torch.Tensor:

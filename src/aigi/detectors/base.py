@@ -170,13 +170,15 @@ class PartlyTrainedBackbone:
 
     backbone: Backbone
 
-    def unfreeze_from(self, first: str | None) -> None:
-        """Train the backbone's parameters from the first whose name starts with ``first`` (None: all of them)."""
-        names = [n for n, _ in self.backbone.named_parameters()]
+    def unfreeze_from(self, first: str | None, part: nn.Module | None = None) -> None:
+        """Train the backbone's parameters from the first whose name starts with ``first`` (None: all of them);
+        ``part``: only within this module of the backbone (e.g. CLIP's vision tower), names relative to it."""
+        part = self.backbone if part is None else part
+        names = [n for n, _ in part.named_parameters()]
         if first is not None and not any(n.startswith(first) for n in names):
             raise ValueError(f"train_from {first!r} names no backbone parameter (they start {names[0]!r} ...)")
         training = first is None
-        for name, p in self.backbone.named_parameters():
+        for name, p in part.named_parameters():
             training = training or name.startswith(first)
             p.requires_grad_(training)
 

@@ -17,7 +17,9 @@ machine, so the terms and their defaults below follow the works it builds on, an
   state only (not in the model folder, empty again when a run resumes; per process under DDP).
 
 ``anchor_weight=0`` (the ablation without the anchor loss) leaves learned anchors without a gradient: they are then
-set, each step, to the normalised class means of the memory and the batch (a nearest-class-mean scorer).
+frozen and set, each step, to the normalised class means of the memory (which holds the batch just seen): a
+nearest-class-mean scorer. It needs a memory (``memory_size`` > 0) and learned anchors. Under DDP each process keeps
+its own memory, so these means are each process's own; the saved model is the main process's.
 
 A detector that uses the objective is an :class:`AnchoredDetector`; its recipe subclasses :class:`AnchoredRecipe`.
 """
@@ -33,6 +35,7 @@ from torch import nn
 
 from aigi.detectors.base import Detector, Output
 from aigi.engine.pixel_recipe import PixelClassifierRecipe, PixelTrainConfig
+from aigi.engine.train_images import param_groups
 from aigi.engine.trainer import Run
 from aigi.errors import ConfigError
 
@@ -189,6 +192,7 @@ class AnchoredTrainConfig(PixelTrainConfig):
         1024, ge=0, le=1_000_000, description="features kept in the FIFO memory bank (0: the batch only)"
     )
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd with momentum 0.9 (MaPLe's)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay of either optimizer (none on biases and norms)")
 
 
 class AnchoredRecipe(PixelClassifierRecipe):
@@ -197,19 +201,36 @@ class AnchoredRecipe(PixelClassifierRecipe):
 
     Config = AnchoredTrainConfig
 
+    text_anchors: bool = False  # the recipe's detector always takes its anchors from a text tower
+
+    def check(self) -> None:
+        super().check()
+        cfg = self.config
+        if cfg.anchor_weight == 0 and cfg.contrast_weight == 0:
+            raise ConfigError(f"{self.name}: anchor_weight and contrast_weight are both 0: nothing would learn")
+        if cfg.anchor_weight == 0 and cfg.memory_size == 0:
+            raise ConfigError(
+                f"{self.name}: anchor_weight 0 sets the anchors to the memory's class means: memory_size > 0"
+            )
+        text = self.text_anchors or getattr(cfg, "backbone", None) == "hf_clip"
+        if cfg.anchor_weight == 0 and text:
+            raise ConfigError(
+                f"{self.name}: anchor_weight 0 needs learned anchors; on CLIP they come from its text tower"
+            )
+
     def setup(self, run: Run) -> None:
         super().setup(run)
         cfg = self.config
         det = run.model.detector
-        if cfg.anchor_weight == 0 and not det.learned_anchors:
-            raise ConfigError(f"{self.name}: anchor_weight 0 needs learned anchors; these come from a text tower")
-        self.detector = det
+        self.anchored = det
         run.module = AnchoredTraining(det)
+        if cfg.anchor_weight == 0:  # the anchors follow the class means: no gradient, no optimizer state
+            det.anchor_weights.requires_grad_(False)
+        groups = param_groups(det, cfg.weight_decay, self.lr_scales())
         if cfg.optimizer == "sgd":
-            groups = run.optimizer.param_groups
-            run.optimizer = torch.optim.SGD(
-                [{k: v for k, v in g.items() if k != "lr"} for g in groups], lr=cfg.lr, momentum=0.9
-            )
+            run.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+        else:
+            run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.objective = DiscriminativeObjective(
             cfg.anchor_weight, cfg.contrast_weight, cfg.contrast_temperature, cfg.memory_size
         )
@@ -227,4 +248,4 @@ class AnchoredRecipe(PixelClassifierRecipe):
         means = self.objective.class_means(like)
         if means is not None:
             with torch.no_grad():
-                self.detector.anchor_weights.copy_(means.to(self.detector.anchor_weights))
+                self.anchored.anchor_weights.copy_(means.to(self.anchored.anchor_weights))

@@ -18,12 +18,16 @@ real))``. The heatmap is the same gap for each patch token through the visual pr
 similarity).
 
 The paper's method section could not be read here (only its abstract), so the prompt settings and the optimiser are
-MaPLe's (``n_ctx`` 2, ``ctx_init`` "a photo of a", depth 9, SGD lr 0.0035 with momentum, 5 epochs, a warm-up epoch);
-the class words ``real``/``fake`` follow the abstract's real/fake anchors. SigLIP is refused by the ``hf_clip``
+MaPLe's (``n_ctx`` 2, ``ctx_init`` "a photo of a", depth 9, SGD lr 0.0035 with momentum 0.9, weight decay 5e-4, 5
+epochs); where this differs from MaPLe's recipe: batch 32 (MaPLe trains few-shot with batch 4), a linear warm-up over
+the first epoch (MaPLe holds 1e-5 for one epoch) and a cosine to 1e-6 (MaPLe: to 0). The class words ``real``/``fake``
+follow the abstract's real/fake anchors. SigLIP is refused by the ``hf_clip``
 backbone (no CLS token for the vision prompts, a sigmoid objective); ``mirage-anchors`` runs on any backbone.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +115,7 @@ class MirageTrainConfig(AnchoredTrainConfig, BackboneChoice):
 
     backbone: str = Field("hf_clip", description="backbone family: hf_clip (a whole CLIP, both towers)")
     backbone_source: str | None = Field(PAPER_CLIP, description="CLIP's Hugging Face model id or local folder")
-    optimizer: str = Field("sgd", pattern="^(adamw|sgd)$", description="sgd with momentum 0.9 (MaPLe's), or adamw")
+    optimizer: Literal["adamw", "sgd"] = Field("sgd", description="sgd with momentum 0.9 (MaPLe's), or adamw")
     lr: float = Field(0.0035, gt=0, description="peak learning rate (MaPLe: SGD 0.0035)")
     epochs: int = Field(5, ge=1, description="passes over the training images (MaPLe: 5)")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, in epochs (MaPLe: one)")
@@ -126,3 +130,4 @@ class MirageRecipe(AnchoredRecipe):
     detector = "mirage"
     Config = MirageTrainConfig
     param_options = ("n_ctx", "prompt_depth", "ctx_init")
+    text_anchors = True

@@ -5,7 +5,8 @@ memory bank (:mod:`aigi.detectors.discriminative`) and replaces what needs CLIP:
 - **anchors**: two learned class embeddings (real, fake) on a backbone without a text tower; on an ``hf_clip``
   backbone, CLIP's frozen text embeddings of ``"a photo of a {class}."`` (no learned context);
 - **adaptation**: in place of MiraGe's vision prompts, the backbone's last blocks are fine-tuned (``train_from``, as
-  the fine-tuned CNN does) or, on a ViT, LoRA adapters on its attention (``lora_r``);
+  the fine-tuned CNN does) or, on a ViT, LoRA adapters on its attention (``lora_r``); on CLIP only the vision tower
+  (``train_from`` names are then relative to it, e.g. ``encoder.layers.20``), never the text tower;
 - **projection**: a two-layer MLP head into a ``embed_dim``-d space (SupCon's projection head); on CLIP, a linear head
   started from CLIP's own visual projection, so that training starts from zero-shot CLIP.
 
@@ -30,8 +31,10 @@ VARIANT = "mirage-anchors: MiraGe's objective on any backbone, not the published
 
 
 class MirageAnchorsParams(DetectorParams):
-    embed_dim: int = Field(128, ge=2, le=4096, description="width of the projected features (CLIP: its own)")
-    temperature: float = Field(0.07, gt=0, le=10, description="the logit is the anchor cosine gap over this")
+    embed_dim: int = Field(128, ge=2, le=4096, description="width of the projected features (ignored on hf_clip)")
+    temperature: float = Field(
+        0.07, gt=0, le=10, description="anchor-logit temperature: the logit is the anchor cosine gap over this"
+    )
     train_from: str | None = Field(
         None,
         max_length=200,
@@ -65,12 +68,13 @@ class MirageAnchors(PartlyTrainedBackbone, AnchoredDetector):
                 nn.Linear(backbone.dim, backbone.dim), nn.ReLU(), nn.Linear(backbone.dim, params.embed_dim)
             )
             self.anchor_weights = nn.Parameter(torch.randn(2, params.embed_dim))
+        vision = backbone.model if text else backbone  # on CLIP only the vision tower adapts; the text side is frozen
         if params.lora_r:
             from aigi.detectors.mirror import add_lora
 
-            add_lora(backbone, params.lora_r, params.lora_alpha, None)
+            add_lora(vision, params.lora_r, params.lora_alpha, backbone.lora_targets())
         elif params.finetune:
-            self.unfreeze_from(params.train_from)
+            self.unfreeze_from(params.train_from, vision)
 
     def weights_metadata(self) -> dict[str, str]:
         return {"variant": VARIANT, "anchors": "learned" if self.learned_anchors else "clip text"}
@@ -99,7 +103,7 @@ class MirageAnchorsTrainConfig(AnchoredTrainConfig, BackboneChoice):
     place of cross-entropy, so the two compare on the objective alone."""
 
     lr: float = Field(1e-4, gt=0, description="peak learning rate of the backbone (as the fine-tuned CNN)")
-    head_lr_scale: float = Field(10.0, gt=0, description="the fresh head and anchors learn this many times faster")
+    head_lr_scale: float = Field(10.0, gt=0, description="the head and the anchors learn this many times faster")
 
 
 @RECIPES.register("mirage-anchors")

@@ -1,0 +1,122 @@
+// The aigi page: upload images to /v1/detect and show one card per image. Plain JavaScript, no dependencies.
+"use strict";
+
+const WORDS = { generated: "Generated", real: "Real photo", uncertain: "Uncertain", error: "Could not check" };
+const form = document.getElementById("upload");
+const input = document.getElementById("files");
+const cards = document.getElementById("cards");
+const status = document.getElementById("status");
+const modelSelect = document.getElementById("model");
+const explainBox = document.getElementById("explain");
+let models = [];
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value; else node.setAttribute(key, value);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function loadModels() {
+  const response = await fetch("/v1/models");
+  models = await response.json();
+  for (const m of models) {
+    modelSelect.append(el("option", { value: m.name }, `${m.name} (${m.detector})`));
+  }
+  syncExplain();
+}
+
+function syncExplain() {
+  const chosen = models.find((m) => m.name === modelSelect.value);
+  const hasMap = chosen ? chosen.heatmap : false;
+  explainBox.disabled = !hasMap;
+  if (!hasMap) explainBox.checked = false;
+}
+
+function probabilityText(d) {
+  return d.prob_generated === null ? "" : `probability generated: ${Math.round(d.prob_generated * 100)}%`;
+}
+
+function findingsList(d) {
+  const list = el("ul", { class: "findings" });
+  const prov = d.provenance;
+  if (!prov) return list;
+  for (const f of prov.findings) {
+    list.append(el("li", {}, el("span", { class: "strength" }, `${f.strength}`), ` ${f.source}: ${f.summary}`));
+  }
+  for (const p of prov.problems) list.append(el("li", { class: "problem" }, p));
+  if (!prov.findings.length && !prov.problems.length) {
+    list.append(el("li", { class: "problem" }, "the file declares nothing about its origin (this proves nothing)"));
+  }
+  return list;
+}
+
+function card(d, file) {
+  const verdict = d.verdict in WORDS ? d.verdict : "error";
+  const article = el("article", { class: `card ${verdict}`, "aria-label": `${d.path}: ${WORDS[verdict]}` });
+  article.append(el("h2", {}, d.path));
+  const figure = el("div", { class: "figure" });
+  if (file) figure.append(el("img", { src: URL.createObjectURL(file), alt: `the uploaded image ${d.path}` }));
+  article.append(figure);
+  article.append(el("p", { class: "verdict" }, WORDS[verdict]));
+  if (verdict === "error") {
+    article.append(el("p", { class: "basis error-message" }, `This file could not be checked: ${d.error}`));
+    return article;
+  }
+  article.append(el("p", { class: "prob" }, probabilityText(d)));
+  const bar = el("div", { class: "bar", role: "img", "aria-label": probabilityText(d) }, el("span"));
+  bar.firstChild.style.width = `${Math.round(d.prob_generated * 100)}%`;
+  article.append(bar);
+  article.append(el("p", { class: "basis" }, `Why: ${d.basis}`));
+  article.append(findingsList(d));
+  if (d.heatmap) {
+    const heat = el("img", { class: "heat", src: `data:image/png;base64,${d.heatmap}`, alt: "heatmap of the model's evidence" });
+    figure.append(heat);
+    const id = `heat-${cards.children.length}`;
+    const toggle = el("input", { type: "checkbox", id, class: "heat-toggle" });
+    toggle.checked = true;
+    toggle.addEventListener("change", () => { heat.hidden = !toggle.checked; });
+    article.append(el("label", { for: id }, toggle, " show heatmap"));
+  }
+  return article;
+}
+
+async function send(files) {
+  if (!files.length) return;
+  const body = new FormData();
+  for (const f of files) body.append("files", f, f.name);
+  const query = new URLSearchParams({
+    model: modelSelect.value,
+    explain: explainBox.checked,
+    provenance: document.getElementById("provenance").checked,
+  });
+  status.textContent = `checking ${files.length} image${files.length > 1 ? "s" : ""}...`;
+  let response, payload;
+  try {
+    response = await fetch(`/v1/detect?${query}`, { method: "POST", body });
+    payload = await response.json();
+  } catch (err) {
+    status.textContent = `The server could not be reached: ${err}`;
+    return;
+  }
+  if (!payload.results) {
+    status.textContent = `Not checked: ${payload.error || response.statusText}`;
+    return;
+  }
+  status.textContent = response.ok ? `checked ${files.length} with ${payload.model}` : payload.error;
+  payload.results.forEach((d, i) => cards.prepend(card(d, files[i])));
+}
+
+input.addEventListener("change", () => { send(Array.from(input.files)); input.value = ""; });
+modelSelect.addEventListener("change", syncExplain);
+form.addEventListener("submit", (event) => event.preventDefault());
+for (const name of ["dragenter", "dragover"]) {
+  form.addEventListener(name, (event) => { event.preventDefault(); form.classList.add("over"); });
+}
+for (const name of ["dragleave", "drop"]) {
+  form.addEventListener(name, () => form.classList.remove("over"));
+}
+form.addEventListener("drop", (event) => { event.preventDefault(); send(Array.from(event.dataTransfer.files)); });
+loadModels();
