@@ -2,6 +2,11 @@
 "use strict";
 
 const WORDS = { generated: "Generated", real: "Real photo", uncertain: "Uncertain", error: "Could not check" };
+const MEANING = {
+  generated: "The evidence points to an image made by a generative model.",
+  real: "The evidence points to a real photograph.",
+  uncertain: "The model is not confident either way: its calls in this range are unreliable.",
+};
 const form = document.getElementById("upload");
 const input = document.getElementById("files");
 const cards = document.getElementById("cards");
@@ -65,6 +70,7 @@ function card(d, file) {
     article.append(el("p", { class: "basis error-message" }, `This file could not be checked: ${d.error}`));
     return article;
   }
+  article.append(el("p", { class: "meaning" }, MEANING[verdict]));
   article.append(el("p", { class: "prob" }, probabilityText(d)));
   const bar = el("div", { class: "bar", role: "img", "aria-label": probabilityText(d) }, el("span"));
   bar.firstChild.style.width = `${Math.round(d.prob_generated * 100)}%`;
@@ -72,13 +78,20 @@ function card(d, file) {
   article.append(el("p", { class: "basis" }, `Why: ${d.basis}`));
   article.append(findingsList(d));
   if (d.heatmap) {
-    const heat = el("img", { class: "heat", src: `data:image/png;base64,${d.heatmap}`, alt: "heatmap of the model's evidence" });
+    // The heatmap PNG shows the crop the model analysed, with its per-patch evidence laid over it (and a colour
+    // scale): the toggle swaps the uploaded image for it.
+    const thumb = figure.querySelector("img");
+    const heat = el("img", { class: "heat", src: `data:image/png;base64,${d.heatmap}`,
+      alt: "the analysed crop with the model's per-patch evidence laid over it" });
+    heat.hidden = true;
     figure.append(heat);
-    const id = `heat-${cards.children.length}`;
+    const id = `heat-${cards.children.length}-${Math.random().toString(36).slice(2, 8)}`;
     const toggle = el("input", { type: "checkbox", id, class: "heat-toggle" });
-    toggle.checked = true;
-    toggle.addEventListener("change", () => { heat.hidden = !toggle.checked; });
-    article.append(el("label", { for: id }, toggle, " show heatmap"));
+    toggle.addEventListener("change", () => {
+      heat.hidden = !toggle.checked;
+      if (thumb) thumb.hidden = toggle.checked;
+    });
+    article.append(el("label", { for: id }, toggle, " show heatmap (where the model saw generated traces)"));
   }
   return article;
 }
