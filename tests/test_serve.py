@@ -212,3 +212,32 @@ def test_the_page_and_its_assets_are_served_locally(default_model):
     assert page.status_code == 200 and "<form" in page.text and "/static/app.js" in page.text
     assert "http://" not in page.text.replace("http://127", "") and "https://" not in page.text  # no CDN
     assert script.status_code == 200 and "/v1/detect" in script.text
+
+
+def test_worker_processes_build_the_same_app_from_the_environment(probe_dir, monkeypatch):
+    from aigi.serve.app import CONFIG_VAR, from_environment
+
+    limits = Limits(max_images=3).model_dump()
+    monkeypatch.setenv(CONFIG_VAR, json.dumps({"models": [str(probe_dir), str(probe_dir)], "limits": limits}))
+    app = from_environment()
+    assert list(app.state.models) == ["probe", "probe-2"] and app.state.limits.max_images == 3
+    with TestClient(app) as client:
+        many = client.post("/v1/detect", files=_files(*GOOD, *GOOD))
+    assert many.status_code == 413
+
+
+def test_serve_without_the_extra_says_how_to_install_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_uvicorn(name, *args, **kwargs):
+        if name == "uvicorn":
+            raise ImportError("No module named 'uvicorn'", name="uvicorn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvicorn)
+    res = CliRunner().invoke(cli, ["serve"])
+    assert res.exit_code == 2 and res.output.strip() == (
+        "error: aigi serve needs the serve extra (uvicorn is missing): pip install 'aigi[serve]'"
+    )
