@@ -212,25 +212,25 @@ class AnchoredRecipe(PixelClassifierRecipe):
             raise ConfigError(
                 f"{self.name}: anchor_weight 0 sets the anchors to the memory's class means: memory_size > 0"
             )
-        text = self.text_anchors or getattr(cfg, "backbone", None) == "hf_clip"
+        text = self.text_anchors or cfg.backbone_spec().family == "hf_clip"
         if cfg.anchor_weight == 0 and text:
             raise ConfigError(
                 f"{self.name}: anchor_weight 0 needs learned anchors; on CLIP they come from its text tower"
             )
 
+    def make_optimizer(self, detector) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.anchor_weight == 0:  # the anchors follow the class means: no gradient, no optimizer state
+            detector.anchor_weights.requires_grad_(False)
+        if cfg.optimizer == "adamw":
+            return super().make_optimizer(detector)
+        return torch.optim.SGD(param_groups(detector, cfg.weight_decay, self.lr_scales()), lr=cfg.lr, momentum=0.9)
+
     def setup(self, run: Run) -> None:
         super().setup(run)
         cfg = self.config
-        det = run.model.detector
-        self.anchored = det
-        run.module = AnchoredTraining(det)
-        if cfg.anchor_weight == 0:  # the anchors follow the class means: no gradient, no optimizer state
-            det.anchor_weights.requires_grad_(False)
-        groups = param_groups(det, cfg.weight_decay, self.lr_scales())
-        if cfg.optimizer == "sgd":
-            run.optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
-        else:
-            run.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.anchored = run.model.detector
+        run.module = AnchoredTraining(self.anchored)
         self.objective = DiscriminativeObjective(
             cfg.anchor_weight, cfg.contrast_weight, cfg.contrast_temperature, cfg.memory_size
         )

@@ -117,7 +117,12 @@ class PixelClassifierRecipe(PixelEpochs, Recipe):
         )
         run.module = TrainingLogits(det)
         self.base_lr = cfg.lr
-        run.optimizer = torch.optim.AdamW(param_groups(det, cfg.weight_decay, self.lr_scales()), lr=cfg.lr)
+        run.optimizer = self.make_optimizer(det)
+
+    def make_optimizer(self, detector) -> torch.optim.Optimizer:
+        """AdamW over the detector's trainable parameters (``lr_scales`` honoured); a recipe may choose another."""
+        cfg = self.config
+        return torch.optim.AdamW(param_groups(detector, cfg.weight_decay, self.lr_scales()), lr=cfg.lr)
 
     def resume_from(self, run: Run) -> int:
         return resume_model(run)
