@@ -1,6 +1,6 @@
 """Issue #14's benchmark: `aigi serve` under load on loopback, and the page's screenshot for the README.
 
-    python benchmarks/serve.py load [--requests 500] [--levels 1 8 32 64]
+    python benchmarks/serve.py load [--requests 500] [--levels 1 8 32 64] [--soak 6] [--no-trim-memory]
     python benchmarks/serve.py screenshot
 
 ``load`` starts ``aigi serve`` (the shipped default model, default limits: a queue of 32 waiting requests) as its own
@@ -47,8 +47,8 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def start_server(port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "aigi.cli", "serve", "--port", str(port)]
+def start_server(port: int, options: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "aigi.cli", "serve", "--port", str(port), *options]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -103,7 +103,7 @@ def load(args) -> None:
     photo = sorted((DATA / "val" / "0_real").glob("*.jpg"))[0]
     payload = photo.read_bytes()
     port = free_port()
-    server = start_server(port)
+    server = start_server(port, ["--no-trim-memory"] if args.no_trim_memory else [])
     url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(one_level(url, payload, 20, 2))  # warm-up
@@ -115,18 +115,33 @@ def load(args) -> None:
             row.update(rss_before_mb=round(before[0]), rss_after_mb=round(after[0]), rss_peak_mb=round(after[1]))
             rows.append(row)
             print(row, flush=True)
+        soak = [soak_round(url, payload, server.pid, args.requests) for _ in range(args.soak)]
     finally:
         server.terminate()
         server.wait(timeout=30)
-    meta = {"image": photo.name, "image_bytes": len(payload), "cpu": os.cpu_count(), "server": "aigi serve (defaults)"}
-    write_json(OUT / "load.json", {"meta": meta, "levels": rows})
-    table = markdown(rows)
-    write_text(OUT / "load.md", table + "\n")
-    update_readme("serve_load", table)
+    server_name = "aigi serve --no-trim-memory" if args.no_trim_memory else "aigi serve (defaults)"
+    meta = {"image": photo.name, "image_bytes": len(payload), "cpu": os.cpu_count(), "server": server_name}
+    name = "load_no_trim" if args.no_trim_memory else "load"
+    write_json(OUT / f"{name}.json", {"meta": meta, "levels": rows, "soak_rss_after_mb": soak})
+    table = markdown(rows, soak)
+    write_text(OUT / f"{name}.md", table + "\n")
+    if not args.no_trim_memory:
+        update_readme("serve_load", table)
     print(table)
 
 
-def markdown(rows: list[dict]) -> str:
+def soak_round(url: str, payload: bytes, pid: int, requests: int) -> int:
+    """One more round at 32 clients; the server's resident MiB after it (a leak grows round after round)."""
+    asyncio.run(one_level(url, payload, requests, SOAK_CLIENTS))
+    after = round(rss_mb(pid)[0])
+    print(f"soak: RSS {after} MiB", flush=True)
+    return after
+
+
+SOAK_CLIENTS = 32
+
+
+def markdown(rows: list[dict], soak: list[int]) -> str:
     head = "| clients | requests/s | 200 per s | p50 ms | p95 ms | p99 ms | statuses | RSS before / after / peak MiB |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -135,6 +150,12 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['concurrency']} | {r['requests_per_s']} | {r['ok_per_s']} | {r['p50_ms']} | {r['p95_ms']} | "
             f"{r['p99_ms']} | {statuses} | {r['rss_before_mb']} / {r['rss_after_mb']} / {r['rss_peak_mb']} |"
         )
+    if soak:
+        rounds = " -> ".join(str(mb) for mb in soak)
+        lines += [
+            "",
+            f"Leak check: RSS after each further {rows[0]['requests']} requests at {SOAK_CLIENTS} clients: {rounds} MiB.",
+        ]
     return "\n".join(lines)
 
 
@@ -169,6 +190,8 @@ def main() -> None:
     lo = sub.add_parser("load", help="the load test")
     lo.add_argument("--requests", type=int, default=500)
     lo.add_argument("--levels", type=int, nargs="+", default=[1, 8, 32, 64])
+    lo.add_argument("--soak", type=int, default=6, help="further rounds at 32 clients, RSS after each (leak check)")
+    lo.add_argument("--no-trim-memory", action="store_true", help="the server without trimming (load_no_trim.*)")
     sub.add_parser("screenshot", help="the page with two verdict cards")
     args = ap.parse_args()
     {"load": load, "screenshot": screenshot}[args.command](args)

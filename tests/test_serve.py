@@ -241,3 +241,13 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch):
     assert res.exit_code == 2 and res.output.strip() == (
         "error: aigi serve needs the serve extra (uvicorn is missing): pip install 'aigi[serve]'"
     )
+
+
+@pytest.mark.parametrize("trim", [True, False])
+def test_freed_memory_goes_back_after_each_batch_unless_told_not_to(default_model, monkeypatch, trim):
+    calls = []
+    monkeypatch.setattr("aigi.serve.batcher.release_freed_memory", lambda: calls.append(1))
+    with _client({"default": default_model}, trim_memory=trim) as client:
+        for _ in range(2):
+            assert client.post("/v1/detect", files=_files(GOOD[0])).status_code == 200
+    assert len(calls) == (2 if trim else 0)

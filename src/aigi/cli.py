@@ -683,6 +683,10 @@ def serve(
     batch_images: Annotated[int, typer.Option(min=1, help="Images the model scores in one call.")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="How long to wait for more requests to batch.")] = 5.0,
     log_names: Annotated[bool, typer.Option("--log-names", help="Log uploaded file names (off: none logged).")] = False,
+    trim_memory: Annotated[
+        bool,
+        typer.Option(help="Return freed memory to the system after each batch: flat memory, ~20% less throughput."),
+    ] = True,
 ) -> None:
     """Serve the HTTP API (POST /v1/detect, /v1/inspect; GET /v1/models, /healthz, /readyz, /docs) and the web page
     at / . Each model is loaded once at start; images are checked in memory and never written to disk."""
@@ -703,6 +707,7 @@ def serve(
         batch_images=batch_images,
         batch_wait_ms=batch_wait_ms,
         log_names=log_names,
+        trim_memory=trim_memory,
     )
     log_config = {"version": 1, "disable_existing_loggers": False, "root": {"level": "INFO", "handlers": ["out"]},
                   "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "line"}},

@@ -55,6 +55,7 @@ class Limits(BaseModel):
     batch_images: int = Field(16, ge=1, description="images the model scores in one call")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits for more requests")
     log_names: bool = Field(False, description="log the names of uploaded files")
+    trim_memory: bool = Field(True, description="return freed memory to the system after each batch (flat memory)")
 
 
 class RequestError(Exception):
@@ -71,7 +72,9 @@ def create_app(models: dict[str, Model], limits: Limits | None = None) -> FastAP
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         for name, model in models.items():
-            batchers[name] = Batcher(model, limits.batch_images, limits.batch_wait_ms / 1000, limits.max_queue)
+            batchers[name] = Batcher(
+                model, limits.batch_images, limits.batch_wait_ms / 1000, limits.max_queue, limits.trim_memory
+            )
             batchers[name].start()
         yield
         for batcher in batchers.values():
