@@ -308,7 +308,9 @@ def evaluate(
         typer.Option(
             "--perturb",
             metavar="KIND:LEVEL",
-            help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px), noise:SIGMA (0-1 scale) or resize:FACTOR, e.g. jpeg:75.",
+            help="Post-process every image first: jpeg:QUALITY, blur:SIGMA (px), noise:SIGMA (0-1 scale), "
+            "resize:FACTOR or chain:NAME[:SEED] (social, screenshot, messenger, editing, upscale), e.g. jpeg:75, "
+            "chain:social.",
         ),
     ] = None,
     confine: Annotated[
@@ -349,7 +351,10 @@ def evaluate(
 
 def _sweep(items: list[str]) -> list:
     """--perturb values (repeated or comma-separated) -> distinct perturbations, in order."""
+    from aigi.data.perturb import CHAIN_SWEEP
+
     texts = [t for item in items for t in item.split(",") if t.strip()]
+    texts = [c for t in texts for c in (CHAIN_SWEEP if t.strip().lower() == "chains" else [t])]
     if not texts:
         raise ConfigError("--perturb: no perturbation given (e.g. -p none,jpeg:75,blur:2)")
     return list({p.name: p for p in map(_perturbation, texts)}.values())
@@ -380,7 +385,9 @@ def robustness(
             "--perturb",
             "-p",
             metavar="KIND:LEVEL",
-            help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA, resize:FACTOR. Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.",
+            help="Repeat or comma-separate: none, jpeg:Q, blur:SIGMA, noise:SIGMA, resize:FACTOR, chain:NAME[:SEED] "
+            "(social, screenshot, messenger, editing, upscale), or 'chains' for every chain. "
+            "Default: none, JPEG 100/90/75/50, blur 1/2/3/5, noise 0.05/0.1/0.25.",
         ),
     ] = None,
     out_dir: Annotated[
@@ -390,7 +397,8 @@ def robustness(
     batch_size: BatchOpt = 8,
     allow_download: AllowDownloadOpt = False,
 ) -> None:
-    """AUROC and accuracies under post-processing (JPEG, blur, noise), per model: a table, a CSV and a plot."""
+    """AUROC and accuracies under post-processing (JPEG, blur, noise, resizing, real-world chains), per model: a table,
+    a CSV and a plot."""
     from aigi.data.folders import discover
     from aigi.data.perturb import DEFAULT_SWEEP
     from aigi.engine.robustness import run_sweep

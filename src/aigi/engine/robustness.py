@@ -181,34 +181,57 @@ def plot_png(rows: list[dict], metric: str = "mean_auroc") -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in ("jpeg", "blur", "noise") if any(r["kind"] == k for r in rows)] or ["none"]
+    kinds = [k for k in ("jpeg", "blur", "noise", "resize", "chain") if any(r["kind"] == k for r in rows)] or ["none"]
     titles = {
         "jpeg": "JPEG quality",
         "blur": "Gaussian blur sigma (px)",
         "noise": "Gaussian noise sigma",
+        "resize": "rescale factor",
+        "chain": "real-world chain",
         "none": "clean",
     }
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), dpi=110, sharey=True, squeeze=False)
     models = list(dict.fromkeys(r["model"] for r in rows))
     for ax, kind in zip(axes[0], kinds):
-        for m in models:
-            clean = [r for r in rows if r["model"] == m and r["kind"] == "none"]
-            pts = [r for r in rows if r["model"] == m and r["kind"] == kind and r.get(metric) is not None]
-            xs = [r["level"] for r in pts]
-            ys = [r[metric] for r in pts]
-            if (
-                clean and clean[0].get(metric) is not None and kind != "none"
-            ):  # the clean image is level 0 (JPEG: no re-encoding, drawn at 105)
-                xs, ys = [105.0 if kind == "jpeg" else 0.0, *xs], [clean[0][metric], *ys]
-            order = sorted(range(len(xs)), key=lambda i: xs[i])
-            ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", lw=1.4, label=m)
-        if kind == "jpeg":
-            ticks = sorted({r["level"] for r in rows if r["kind"] == "jpeg"} | {105.0}, reverse=True)
-            ax.set_xticks(ticks, ["clean" if t == 105 else f"{t:g}" for t in ticks], fontsize=8)
-            ax.invert_xaxis()
+        if kind == "chain":
+            _chain_panel(ax, rows, models, metric)
+        else:
+            _level_panel(ax, rows, models, metric, kind)
         ax.axhline(0.5, color="k", ls=":", lw=0.8)
         ax.set(xlabel=titles[kind], title=titles[kind])
     axes[0][0].set_ylabel({"mean_auroc": "mean AUROC over subsets"}.get(metric, metric.replace("_", " ")))
     axes[0][-1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return figure_png(fig)
+
+
+def _clean_value(rows: list[dict], model: str, metric: str) -> float | None:
+    clean = [r for r in rows if r["model"] == model and r["kind"] == "none"]
+    return clean[0].get(metric) if clean else None
+
+
+def _level_panel(ax, rows: list[dict], models: list[str], metric: str, kind: str) -> None:
+    """One line per model against the level; the clean image drawn at level 0 (resize 1, JPEG 105 shown 'clean')."""
+    for m in models:
+        pts = [r for r in rows if r["model"] == m and r["kind"] == kind and r.get(metric) is not None]
+        xs, ys = [r["level"] for r in pts], [r[metric] for r in pts]
+        clean = _clean_value(rows, m, metric)
+        if clean is not None and kind != "none":
+            xs, ys = [{"jpeg": 105.0, "resize": 1.0}.get(kind, 0.0), *xs], [clean, *ys]
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", lw=1.4, label=m)
+    if kind == "jpeg":
+        ticks = sorted({r["level"] for r in rows if r["kind"] == "jpeg"} | {105.0}, reverse=True)
+        ax.set_xticks(ticks, ["clean" if t == 105 else f"{t:g}" for t in ticks], fontsize=8)
+        ax.invert_xaxis()
+
+
+def _chain_panel(ax, rows: list[dict], models: list[str], metric: str) -> None:
+    """One marker per model at each chain (and at the clean image), the chains side by side."""
+    chains = list(dict.fromkeys(r["perturbation"] for r in rows if r["kind"] == "chain"))
+    labels = ["clean", *(c.split(":")[1] for c in chains)]
+    for m in models:
+        by_name = {r["perturbation"]: r.get(metric) for r in rows if r["model"] == m}
+        ys = [_clean_value(rows, m, metric), *(by_name.get(c) for c in chains)]
+        ax.plot(range(len(ys)), [float("nan") if y is None else y for y in ys], marker="o", ls="none", label=m)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=30)
