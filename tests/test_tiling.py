@@ -242,7 +242,7 @@ def test_explain_scores_every_view_and_draws_the_first(images):
     protocol = SMALL_PROTOCOL.model_copy(update={"views": "grid", "combine": "max"})
     model = build_model(ModelConfig(detector="mirror", params=params, backbone=EFFNET_SPEC, protocol=protocol))
     assert not model.detector.cacheable  # LoRA on the backbone: each view scored by the detector itself
-    scores, pngs = explain_inputs(model, images, progress=False)
+    scores, pngs, _ = explain_inputs(model, images, progress=False)
     plain = score_paths(model, images, progress=False)
     assert np.isfinite(scores.prob).all() and scores.prob == pytest.approx(plain.prob, rel=1e-5)
     with torch.inference_mode():

@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from aigi.checkpoints import Model, load_default_model, load_model
 from aigi.data.decode import (
     ImageDecodeError,
@@ -65,6 +67,8 @@ class Detection:
     heatmap_png: bytes | None = field(default=None, repr=False)  # with explain=True: the per-patch map as a PNG
     heatmap_path: str | None = None  # where a caller wrote heatmap_png (the CLI)
     explained: bool = False
+    patch_map: np.ndarray | None = field(default=None, repr=False)  # with explain=True: the raw map (rows x columns)
+    thinking: dict | None = None  # with --think: which path decided, why, the evidence and the explanation
 
     def to_dict(self, heatmap_base64: bool = False) -> dict:
         """The one JSON schema of a verdict. ``heatmap`` (with explain) is where the PNG was written, or the PNG
@@ -87,6 +91,8 @@ class Detection:
             png = self.heatmap_png
             where = None if self.heatmap_path is None else shown(self.heatmap_path)
             d["heatmap"] = (base64.b64encode(png).decode() if png else None) if heatmap_base64 else where
+        if self.thinking is not None:
+            d["thinking"] = self.thinking
         return d
 
 
@@ -110,11 +116,18 @@ def detect(
     if explain:
         from aigi.engine.explain import explain_inputs
 
-        scores, pngs = explain_inputs(model, items, batch_size=batch_size, progress=progress)
+        scores, pngs, maps = explain_inputs(model, items, batch_size=batch_size, progress=progress)
     else:
-        scores, pngs = score_paths(model, items, use_cache=use_cache, batch_size=batch_size, progress=progress), {}
+        scores, pngs, maps = (
+            score_paths(model, items, use_cache=use_cache, batch_size=batch_size, progress=progress),
+            {},
+            {},
+        )
     decide = dict(threshold=t, band=band)
-    return [_detection(item, i, scores, decide, provenance, pngs.get(i), explain) for i, item in enumerate(items)]
+    found = [_detection(item, i, scores, decide, provenance, pngs.get(i), explain) for i, item in enumerate(items)]
+    for i, d in enumerate(found):
+        d.patch_map = maps.get(i)
+    return found
 
 
 def _detection(

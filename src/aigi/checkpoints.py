@@ -97,6 +97,11 @@ def platt_scaled(prob: np.ndarray, a: float, b: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-(a * np.log(p / (1 - p)) + b)))
 
 
+def views_of(config: ModelConfig) -> str:
+    """What a model scores of each image (a stack: each member its own views)."""
+    return config.protocol.describe() if config.protocol is not None else "each member's own views"
+
+
 class Model:
     """A detector with its config: what ``aigi detect`` and ``aigi eval`` run."""
 

@@ -141,6 +141,21 @@ def _write_heatmaps(results, folder: Path):
     return sum(d.heatmap_path is not None for d in results), None
 
 
+def _check_think(think: Optional[str], slow_model: Optional[Path], threshold, no_provenance: bool) -> None:
+    from aigi.think import MODES
+
+    if think is None:
+        if slow_model is not None:
+            raise ConfigError("--slow-model is the slow path of --think: add --think slow or --think auto")
+        return
+    if think not in MODES:
+        raise ConfigError(f"--think must be fast, slow or auto, not {think!r}")
+    if threshold is not None:
+        raise ConfigError("--think decides with the models' calibrated thresholds and band: drop --threshold")
+    if no_provenance:
+        raise ConfigError("--think reads what the files declare as evidence: drop --no-provenance")
+
+
 # -- commands --------------------------------------------------------------------------------------------------------
 @app.command()
 def detect(
@@ -169,6 +184,21 @@ def detect(
             help="Do not read what the files declare (C2PA, metadata, watermarks); the detector alone decides.",
         ),
     ] = False,
+    think: Annotated[
+        Optional[str],
+        typer.Option(
+            "--think",
+            metavar="fast|slow|auto",
+            help="fast: the model alone; slow: the whole image, heatmap, provenance and an explanation; auto: fast, "
+            "and slow for images inside the model's uncertainty band. The answer says which path decided and why.",
+        ),
+    ] = None,
+    slow_model: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="--think: the slow path's model folder (e.g. a stack). Default: the shipped model, whole image."
+        ),
+    ] = None,
     allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Say, for each image, whether it was generated or is real, and on what basis.
@@ -178,14 +208,23 @@ def detect(
     decides, anything else is mentioned beside the detector's verdict. Files that cannot be read get a reason and
     the run carries on; the exit code is non-zero only when no image at all could be read."""
     from aigi import api
+    from aigi.checkpoints import views_of
 
+    _check_think(think, slow_model, threshold, no_provenance)
     image_set, m = _image_inputs(inputs), _load(model, allow_download)
-    options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
-    results = api.detect(m, [s.path for s in image_set.samples], batch_size=batch_size, progress=not as_json, **options)
-    n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain else (0, None)
+    paths = [s.path for s in image_set.samples]
+    if think is None:
+        options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
+        results = api.detect(m, paths, batch_size=batch_size, progress=not as_json, **options)
+    else:
+        from aigi import think as thinking
+
+        slow = None if slow_model is None else _load(slow_model, allow_download)
+        results = thinking.detect(m, paths, think, slow, explain=explain, batch_size=batch_size, progress=not as_json)
+    n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain or think else (0, None)
     t, band = (m.threshold, m.config.band) if threshold is None else (threshold, None)
     if as_json:
-        show.detections_json(m.config.detector, t, band, results, image_set.skipped, show.views_of(m.config))
+        show.detections_json(m.config.detector, t, band, results, image_set.skipped, views_of(m.config))
     else:
         show.detections(results, show.detect_title(m.config, t, band), not no_provenance)
         show.batch_notes(results, image_set.skipped, n_maps, explain_dir)
@@ -629,11 +668,11 @@ def calibrate(
 def info(model: ModelOpt = None) -> None:
     """Print where a model folder is and its config (detector, backbone, protocol, threshold, training record); for a
     stack, also each member (its folder, detector, backbone and threshold)."""
-    from aigi.checkpoints import STACK, default_model_path, read_config
+    from aigi.checkpoints import STACK, default_model_path, read_config, views_of
 
     folder = (model or default_model_path()).resolve()
     cfg = read_config(folder)
-    shown_cfg = {"folder": str(folder), "views": show.views_of(cfg), **cfg.model_dump(mode="json")}
+    shown_cfg = {"folder": str(folder), "views": views_of(cfg), **cfg.model_dump(mode="json")}
     if cfg.detector == STACK:
         from aigi.detectors.stack import member_overview
 

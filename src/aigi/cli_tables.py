@@ -63,11 +63,24 @@ def detections(results, title: str, provenance: bool) -> None:
     table.add_column("verdict")
     table.add_column("P(generated)", justify="right")
     table.add_column("basis", overflow="fold")
+    thought = any(d.thinking for d in results)
+    if thought:
+        table.add_column("decided by", overflow="fold")
     for d in results:
         prob = "" if d.prob_generated is None else f"{d.prob_generated:.3f}"
         basis = d.basis if d.verdict != "error" else d.error
-        table.add_row(cell(d.path), f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]", prob, cell(basis or ""))
+        row = [cell(d.path), f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]", prob, cell(basis or "")]
+        table.add_row(*row, *([thinking_cell(d.thinking)] if thought else []))
     out.print(table)
+    for d in results:
+        if d.thinking and "explanation" in d.thinking:
+            explanation = d.thinking["explanation"]
+            say(f"{d.path}: {explanation['text']} ({explanation['source']})")
+
+
+def thinking_cell(thinking: dict | None) -> str:
+    """`--think`: the path that decided and why, e.g. "slow: fast P(generated) 0.41 is inside the band"."""
+    return "" if not thinking else cell(f"{thinking['path']}: {thinking['reason']}")
 
 
 def calibration(record: dict, data) -> None:
@@ -88,11 +101,6 @@ def calibration(record: dict, data) -> None:
         note(record["band_note"])
 
 
-def views_of(config) -> str:
-    """What a model scores of each image (a stack: each member its own views)."""
-    return config.protocol.describe() if config.protocol is not None else "each member's own views"
-
-
 def detect_title(config, threshold: float, band) -> str:
     """The title of `aigi detect`'s table: the model, the views it scores, its threshold and its uncertainty band if
     one is used."""
@@ -100,7 +108,7 @@ def detect_title(config, threshold: float, band) -> str:
     if config.backbone is None:  # a stack: each member scores its own views
         model = f"{config.detector} of {len(config.params.get('members', []))} members"
     else:
-        model = f"{config.detector} on {config.backbone.family} ({views_of(config)})"
+        model = f"{config.detector} on {config.backbone.family} ({config.protocol.describe()})"
     return f"aigi detect — {model}, threshold {threshold:.3f}{decided}"
 
 

@@ -4,8 +4,9 @@ clean perturbation at a time.
 
 A chain is written ``chain:NAME`` or ``chain:NAME:SEED`` (seed 0 by default) wherever ``--perturb`` is taken. Each
 image draws its own settings from a generator seeded by the chain's seed and the image's pixels, so a measurement is
-repeatable and independent of the order images are scored in. The ranges are this toolkit's choice, stated here
-(the paper describes its pipelines in words only):
+repeatable and independent of the order images are scored in. The ranges are this toolkit's choice, stated here:
+MIRAGE's in-the-wild set is human-verified Internet images and multi-model edits, and what could be read of the
+paper gives no transmission pipeline to copy.
 
 - ``social``: a platform's re-share. The long side is capped at 1080, 1280 or 2048 pixels (never enlarged), then JPEG
   at quality 70-85; with probability 0.3 it is shared again (cap 720 or 1080, JPEG 70-85).

@@ -32,9 +32,9 @@ class NoPatchMapError(ConfigError):
 
 def explain_inputs(
     model: Model, inputs: Sequence[ImageInput], batch_size: int = 8, progress: bool = True
-) -> tuple[Scores, dict[int, bytes]]:
-    """Score every image and draw one heatmap PNG per readable image; returns the scores and the PNG bytes by index
-    (writing them is the caller's business)."""
+) -> tuple[Scores, dict[int, bytes], dict[int, np.ndarray]]:
+    """Score every image and draw one heatmap PNG per readable image; returns the scores, the PNG bytes and the raw
+    per-patch maps (rows x columns of the analysed crop), by index (writing them is the caller's business)."""
     det = model.detector
     if det.patch_map_label is None:
         raise NoPatchMapError(
@@ -60,7 +60,8 @@ def explain_inputs(
     scores = logit_scores(ext, lambda rows: rows[:, 0], model.config.protocol)
     scores.prob = model.calibrated(scores.prob)
     pngs: dict[int, bytes] = {}
-    for i in map(int, np.flatnonzero(scores.ok)):
+    maps = {i: ext.first_view(i)[1:].reshape(grid) for i in map(int, np.flatnonzero(scores.ok))}
+    for i in maps:
         try:
             dec = load_image(ext.inputs[i])
             crop = model.config.protocol.apply_pil(dec.image, dec.format, det.backbone.preprocess)
@@ -68,8 +69,8 @@ def explain_inputs(
             scores.errors[i] = f"scored, but the heatmap could not be drawn ({e})"
             continue
         title = shown(Path(str(ext.inputs[i])).name)
-        pngs[i] = render(crop, ext.first_view(i)[1:].reshape(grid), scores.prob[i], title, det.patch_map_label)
-    return scores, pngs
+        pngs[i] = render(crop, maps[i], scores.prob[i], title, det.patch_map_label)
+    return scores, pngs, maps
 
 
 def heatmap_file_name(path: str) -> str:

@@ -129,7 +129,7 @@ def upload_body() -> dict:
 
 
 def model_info(name: str, model: Model, default: bool) -> dict:
-    from aigi.cli_tables import views_of
+    from aigi.checkpoints import views_of
 
     cfg = model.config
     backbone = "each member's own" if cfg.backbone is None else cfg.backbone.family
