@@ -251,3 +251,63 @@ def test_freed_memory_goes_back_after_each_batch_unless_told_not_to(default_mode
         for _ in range(2):
             assert client.post("/v1/detect", files=_files(GOOD[0])).status_code == 200
     assert len(calls) == (2 if trim else 0)
+
+
+def test_think_gives_each_result_its_path_and_refuses_what_it_cannot_do(default_model, probe_dir):
+    from aigi import api as library
+
+    probe = library.load(probe_dir)
+    with _client({"default": default_model, "probe": probe}) as client:
+        slow = client.post("/v1/detect?think=slow", files=_files(*GOOD)).json()["results"]
+        auto = client.post("/v1/detect?think=auto", files=_files(*GOOD)).json()["results"]
+        plain = client.post("/v1/detect", files=_files(*GOOD)).json()["results"]
+        refusals = [
+            client.post("/v1/detect?think=auto&threshold=0.5", files=_files(GOOD[0])),
+            client.post("/v1/detect?think=slow&provenance=false", files=_files(GOOD[0])),
+            client.post("/v1/detect?think=auto&model=probe", files=_files(GOOD[0])),
+            client.post("/v1/detect?think=maybe", files=_files(GOOD[0])),
+        ]
+        fast_probe = client.post("/v1/detect?think=fast&model=probe", files=_files(GOOD[0]))
+    assert all(r["thinking"]["path"] == "slow" and r["thinking"]["explanation"]["text"] for r in slow)
+    assert all(r["thinking"]["mode"] == "auto" and r["thinking"]["reason"] for r in auto)
+    assert all("thinking" not in r for r in plain)
+    assert [r.status_code for r in refusals] == [422, 422, 422, 422]
+    assert "slow path" in refusals[2].json()["error"]
+    assert fast_probe.status_code == 200 and fast_probe.json()["results"][0]["thinking"]["path"] == "fast"
+
+
+def test_a_newcomers_findings_stay_fixed(default_model, tmp_path):
+    """Query errors in the documented shape; model=default is always the first model; an image refused for its
+    pixels keeps the provenance field; data: URLs are taken; /docs needs no CDN; /v1/inspect of nothing readable
+    is 422."""
+    big = image_bytes(3, size=(1200, 1000))
+    with _client({"mine": default_model}, max_megapixels=1.0) as client:
+        bad_query = client.post("/v1/detect?threshold=2", files=_files(GOOD[0]))
+        by_default = client.post("/v1/detect?model=default", files=_files(GOOD[0]))
+        refused = client.post("/v1/detect", files=_files(GOOD[0], ("big.png", big))).json()["results"][1]
+        data_url = "data:image/png;base64," + base64.b64encode(GOOD[0][1]).decode()
+        as_url = client.post("/v1/detect", json={"images": [{"name": "a.png", "data": data_url}]})
+        docs = client.get("/docs")
+        asset = client.get("/docs-assets/swagger-ui-bundle.js")
+        inspect_bad = client.post("/v1/inspect", files=_files(BAD))
+    assert bad_query.status_code == 422 and bad_query.json() == {
+        "error": "threshold=2: Input should be less than or equal to 1"
+    }
+    assert by_default.status_code == 200 and by_default.json()["model"] == "mine"
+    assert refused["verdict"] == "error" and "--max-megapixels" in refused["error"] and "provenance" in refused
+    assert as_url.status_code == 200 and as_url.json()["results"][0]["verdict"] != "error"
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text and "https://" not in docs.text.replace("https://swagger.io", "")
+    assert asset.status_code == 200 and len(asset.content) > 100_000
+    assert inspect_bad.status_code == 422 and inspect_bad.json()["results"][0]["problems"]
+
+
+def test_serve_refuses_a_port_in_use_before_loading_anything():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(cli, ["serve", "--port", str(port)])
+    assert res.exit_code == 2 and f"--port {port}: cannot listen there" in res.output and "Traceback" not in res.output

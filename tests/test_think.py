@@ -122,3 +122,14 @@ def test_cli_think_json_table_and_errors(tmp_path):
     ]:
         bad = runner.invoke(app, ["detect", *paths, *args])
         assert bad.exit_code == 2 and why in bad.output and "Traceback" not in bad.output
+
+
+def test_another_model_without_a_slow_path_is_told_to_give_one(probe_dir, tmp_path):
+    paths = [str(p) for p in _images(tmp_path, 1)]
+    res = runner.invoke(app, ["detect", *paths, "--model", str(probe_dir), "--think", "auto"])
+    assert res.exit_code == 2 and "--slow-model" in res.output and "Traceback" not in res.output
+    ok = runner.invoke(
+        app, ["detect", *paths, "--model", str(probe_dir), "--think", "auto", "--slow-model", str(probe_dir)]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert runner.invoke(app, ["detect", *paths, "--model", str(probe_dir), "--think", "fast"]).exit_code == 0

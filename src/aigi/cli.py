@@ -156,13 +156,26 @@ def _check_think(think: Optional[str], slow_model: Optional[Path], threshold, no
         raise ConfigError("--think reads what the files declare as evidence: drop --no-provenance")
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse at once, before the models load, an address this machine cannot listen on (e.g. a port in use)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+
+
 # -- commands --------------------------------------------------------------------------------------------------------
 @app.command()
 def detect(
     inputs: InputsArg,
     model: ModelOpt = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON (one object per image) instead of a table.")
+        bool, typer.Option("--json", help="Print JSON (a 'results' list, one object per image) instead of a table.")
     ] = False,
     threshold: ThresholdOpt = None,
     batch_size: BatchOpt = 8,
@@ -760,9 +773,11 @@ def serve(
                   "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "line"}},
                   "formatters": {"line": {"format": "%(asctime)s %(name)s %(message)s"}},
                   "loggers": {"uvicorn.access": {"level": "WARNING"}}}  # fmt: skip
+    _check_port(host, port)
     if workers > 1:
         import os
 
+        show.say(f"serving {workers} worker processes on http://{host}:{port} (page at /, API docs at /docs)")
         os.environ[CONFIG_VAR] = json.dumps({"models": [str(m) for m in model or []], "limits": limits.model_dump()})
         uvicorn.run("aigi.serve.app:from_environment", factory=True, host=host, port=port, workers=workers,
                     log_config=log_config)  # fmt: skip

@@ -31,6 +31,7 @@ import numpy as np
 from aigi import api
 from aigi.checkpoints import Model, ModelConfig, default_model_path, views_of
 from aigi.data.decode import as_input
+from aigi.errors import ConfigError
 from aigi.io import read_json
 
 Mode = Literal["fast", "slow", "auto"]
@@ -42,13 +43,20 @@ TEMPLATED = "templated from the evidence (no language model): not a model's reas
 
 def load_slow_default(fast: Model | None = None) -> Model:
     """The shipped default scoring the whole image (its ``slow.json``: views, threshold, Platt scaling and band
-    calibrated for them), sharing the fast model's weights when ``fast`` is the shipped default."""
-    base = fast if fast is not None and _is_shipped(fast) else api.load()
+    calibrated for them), sharing the fast model's weights when ``fast`` is the shipped default. Another fast model
+    has no default slow path: give one (``--slow-model``)."""
+    if fast is not None and not has_slow_path(fast):
+        raise ConfigError(
+            f"the {fast.config.detector} model has no default slow path (only the shipped model has one): give "
+            "--slow-model, e.g. this model calibrated with --views grid, or a stack"
+        )
+    base = fast if fast is not None else api.load()
     config = ModelConfig.model_validate({**base.config.model_dump(mode="json"), **read_json(SLOW_SETTINGS)})
     return Model(base.detector, config)
 
 
-def _is_shipped(model: Model) -> bool:
+def has_slow_path(model: Model) -> bool:
+    """Whether ``model`` is the shipped default, whose whole-image settings ``slow.json`` holds."""
     shipped = read_json(default_model_path() / "config.json")
     return model.config.training == shipped.get("training") and model.config.detector == shipped["detector"]
 
@@ -92,16 +100,17 @@ def detect(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     options = dict(batch_size=batch_size, progress=progress, use_cache=False, explain=explain)
+    if mode != "fast":
+        slow = slow or load_slow_default(fast)  # before any scoring: a missing slow path is said at once
     if mode == "slow":
-        return slow_path(slow or load_slow_default(fast), items, [None] * len(items), ["--think slow"] * len(items))
+        return slow_path(slow, items, [None] * len(items), ["--think slow"] * len(items))
     found = api.detect(fast, items, **options)
     reasons = [escalation(d, margin) if mode == "auto" else None for d in found]
     for d, why in zip(found, reasons):
         d.thinking = {"mode": mode, "path": "fast", "reason": settled(d) if mode == "auto" else "--think fast"}
     picked = [i for i, why in enumerate(reasons) if why is not None]
     if picked:
-        looked = slow_path(slow or load_slow_default(fast), [items[i] for i in picked], [found[i] for i in picked],
-                           [reasons[i] for i in picked])  # fmt: skip
+        looked = slow_path(slow, [items[i] for i in picked], [found[i] for i in picked], [reasons[i] for i in picked])
         for i, d in zip(picked, looked):
             found[i] = d
     return found

@@ -139,11 +139,12 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
         result.problems.append(e.reason)
         result.unreadable = True
         return result
-    im = None
+    im, not_an_image = None, False
     try:
         im = _open_lazily(data, result.problems)
     except UnidentifiedImageError:
         result.problems.append(unsupported_reason(data))
+        not_an_image = True
     except Exception as e:  # noqa: BLE001 - e.g. a header PIL cannot parse
         result.problems.append(f"metadata unreadable: the file could not be opened ({type(e).__name__}: {e})")
     for name, extractor in EXTRACTORS:
@@ -155,4 +156,5 @@ def inspect_file(path: str | os.PathLike, data: bytes | None = None) -> Provenan
                 result.findings += extractor(im, data, result.problems)
         except Exception as e:  # noqa: BLE001 - one broken block must not hide the others
             result.problems.append(f"metadata unreadable: {name} ({type(e).__name__}: {e})")
+    result.unreadable = not_an_image and not result.findings  # nothing read: like a file that cannot be opened
     return result

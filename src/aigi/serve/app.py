@@ -24,8 +24,11 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Literal
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -37,6 +40,7 @@ from aigi import api
 from aigi.checkpoints import Model
 from aigi.data.decode import ALLOWED_FORMATS, ImageDecodeError, InMemoryImage
 from aigi.errors import describe_validation
+from aigi.provenance.findings import Provenance
 from aigi.serve import schema
 from aigi.serve.batcher import Batcher, Busy, Options
 
@@ -86,6 +90,8 @@ def create_app(models: dict[str, Model], limits: Limits | None = None) -> FastAP
         summary="Is this image generated? Verdicts with their evidence.",
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs from local files
+        redoc_url=None,
     )
     app.state.limits, app.state.models, app.state.batchers = limits, models, batchers
     # Starlette spools an uploaded file to a temporary file above 1 MiB; a body is at most max_upload_mb, so with this
@@ -94,7 +100,25 @@ def create_app(models: dict[str, Model], limits: Limits | None = None) -> FastAP
     _add_middleware(app, limits)
     _add_routes(app, models, batchers, limits)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """The interactive API docs at /docs with Swagger UI served by this app (swagger-ui-bundle-v2), never a CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="aigi API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def _version() -> str:
@@ -135,6 +159,17 @@ def _add_middleware(app: FastAPI, limits: Limits) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException):
         return _error(err.status_code, str(err.detail), getattr(err, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_query(request: Request, err: RequestValidationError):
+        return _error(422, "; ".join(_query_problem(e) for e in err.errors()))
+
+
+def _query_problem(error: dict) -> str:
+    """One FastAPI validation error in words: ``threshold=2: Input should be less than or equal to 1``."""
+    where = error.get("loc", ())[-1] if error.get("loc") else "request"
+    given = error.get("input")
+    return f"{where}={given}: {error.get('msg', 'invalid')}" if given is not None else f"{where}: {error.get('msg')}"
 
 
 def _body_refusal(request: Request, max_bytes: int) -> JSONResponse | None:
@@ -187,14 +222,21 @@ def _add_routes(app: FastAPI, models: dict[str, Model], batchers: dict[str, Batc
         threshold: float | None = Query(None, ge=0, le=1, description="decide at this P(generated); no band"),
         provenance: bool = Query(True, description="read what the files declare (C2PA, metadata, watermarks)"),
         explain: bool = Query(False, description="add each image's heatmap as a base64 PNG"),
+        think: Literal["fast", "slow", "auto"] | None = Query(
+            None,
+            description="fast: the model alone; slow: whole image, heatmap, provenance, explanation; auto: slow "
+            "only for images inside the model's uncertainty band. Each result then says which path decided and why.",
+        ),  # fmt: skip
     ):
-        name = model or default
+        name = default if model in (None, "default") else model
         if name not in models:
             raise RequestError(404, f"no model {name!r}; this server runs: {', '.join(models)}")
         if explain and models[name].detector.patch_map_label is None:
             raise RequestError(422, f"model {name!r} ({models[name].config.detector}) gives no per-patch map")
+        if think is not None and (why := thinking_refusal(models[name], think, threshold, provenance)):
+            raise RequestError(422, why)
         uploads = await read_uploads(request, limits)
-        results = await _detect(batchers[name], uploads, Options(threshold, provenance, explain), limits)
+        results = await _detect(batchers[name], uploads, Options(threshold, provenance, explain, think), limits)
         if all(r["verdict"] == "error" for r in results):
             raise RequestError(422, "no image in the request could be read", results=results)
         used = models[name]
@@ -211,8 +253,24 @@ def _add_routes(app: FastAPI, models: dict[str, Model], batchers: dict[str, Batc
         from aigi.provenance import inspect_file
 
         uploads = await read_uploads(request, limits)
-        results = await asyncio.to_thread(lambda: [inspect_file(u.name, u.data).to_dict() for u in uploads])
+        found = await asyncio.to_thread(lambda: [inspect_file(u.name, u.data) for u in uploads])
+        results = [r.to_dict() for r in found]
+        if all(r.unreadable for r in found):
+            raise RequestError(422, "no file in the request could be read", results=results)
         return {"results": results}
+
+
+def thinking_refusal(model: Model, mode: str, threshold: float | None, provenance: bool) -> str | None:
+    """Why ``think=mode`` cannot be answered for this request (None: it can)."""
+    from aigi.think import has_slow_path
+
+    if threshold is not None:
+        return "think decides with the model's calibrated threshold and band: drop threshold"
+    if not provenance:
+        return "think reads what the files declare as evidence: drop provenance=false"
+    if mode != "fast" and not has_slow_path(model):
+        return "this model has no slow path (only the shipped default has one): use think=fast"
+    return None
 
 
 async def _detect(batcher: Batcher, uploads: list[InMemoryImage], options: Options, limits: Limits) -> list[dict]:
@@ -222,7 +280,9 @@ async def _detect(batcher: Batcher, uploads: list[InMemoryImage], options: Optio
     try:
         detections = await asyncio.wait_for(batcher.detect(scored, options), limits.timeout_s) if scored else []
     except Busy:
-        raise RequestError(503, "the server is busy: too many requests waiting; retry shortly", {"Retry-After": "1"})
+        raise RequestError(
+            503, "the server is busy: too many requests waiting (--max-queue); retry shortly", {"Retry-After": "1"}
+        )
     except asyncio.TimeoutError:
         raise RequestError(504, f"the request took longer than {limits.timeout_s:g} s (--timeout-s)") from None
     found = iter(d.to_dict(heatmap_base64=True) for d in detections)
@@ -238,6 +298,7 @@ def _refused(upload: InMemoryImage, reason: str, options: Options) -> dict:
         detector_verdict=None,
         threshold=options.threshold or 0.0,
         error=reason,
+        provenance=Provenance(upload.name, problems=[f"not read: {reason}"]) if options.provenance else None,
     ).to_dict()
 
 
@@ -250,7 +311,7 @@ def too_many_pixels(upload: InMemoryImage, max_megapixels: float) -> str | None:
     except Exception:
         return None
     if width * height > max_megapixels * 1e6:
-        return f"too many pixels ({width} x {height} = {width * height / 1e6:.1f} MP > {max_megapixels:g} MP)"
+        return f"too many pixels ({width} x {height} = {width * height / 1e6:.1f} MP > {max_megapixels:g} MP, --max-megapixels)"
     return None
 
 
@@ -295,7 +356,8 @@ async def _json_images(request: Request) -> list[InMemoryImage]:
     uploads = []
     for i, image in enumerate(body.images):
         try:
-            uploads.append(InMemoryImage(image.name or f"image-{i}", base64.b64decode(image.data, validate=True)))
+            data = image.data.split(",", 1)[1] if image.data.startswith("data:") else image.data  # a data: URL
+            uploads.append(InMemoryImage(image.name or f"image-{i}", base64.b64decode(data, validate=True)))
         except (binascii.Error, ValueError):
             raise RequestError(422, f"images[{i}] ({image.name or 'unnamed'}): data is not base64") from None
     return uploads

@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from aigi import api
+from aigi import api, think
 from aigi.checkpoints import Model
 
 
@@ -31,6 +31,7 @@ class Options:
     threshold: float | None = None
     provenance: bool = True
     explain: bool = False
+    think: str | None = None  # fast | slow | auto (aigi.think); None: the model alone, no 'thinking'
 
 
 @dataclass
@@ -118,6 +119,10 @@ class Batcher:
 
     def _detect(self, items: list, options: Options) -> list[api.Detection]:
         try:
+            if options.think is not None:
+                return think.detect(
+                    self.model, items, options.think, explain=options.explain, batch_size=self.max_images
+                )
             return api.detect(
                 self.model,
                 items,

@@ -53,6 +53,11 @@ class Detection(BaseModel):
     error: str | None = Field(description="why the image could not be scored")
     provenance: FileProvenance | None = Field(None, description="present unless provenance=false")
     heatmap: str | None = Field(None, description="with explain=true: the per-patch map as a base64 PNG")
+    thinking: dict[str, Any] | None = Field(
+        None,
+        description="with think=: the mode, the path that decided (fast|slow) and why, the fast probability; on the "
+        "slow path the evidence and the explanation (its 'source' says when it is templated)",
+    )
 
 
 class DetectResponse(BaseModel):
