@@ -81,3 +81,46 @@ def tiny_clip_folder(root: Path, legacy: bool = False) -> Path:
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return folder
+
+
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def tiny_vlm_folder(root: Path, seed: int = 0) -> Path:
+    """A tiny random LLaVA (CLIP vision tower + Llama text model, 28-pixel images) with a character-level tokenizer
+    and a chat template, saved as a Hugging Face folder that AutoProcessor / AutoModelForImageTextToText load."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    chars = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;!?'\"{}[]()<>/_-=+*\n")
+    vocab = {c: i for i, c in enumerate(["<pad>", "<s>", "</s>", "<image>", *chars])}
+    char_level = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    char_level.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=char_level, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<pad>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = transformers.LlavaProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    config = transformers.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", image_size=28, patch_size=14, **small),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), num_key_value_heads=1, **small),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    folder = Path(root) / "tiny-vlm"
+    transformers.LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -141,12 +141,14 @@ def _write_heatmaps(results, folder: Path):
     return sum(d.heatmap_path is not None for d in results), None
 
 
-def _check_think(think: Optional[str], slow_model: Optional[Path], threshold, no_provenance: bool) -> None:
+def _check_think(think: Optional[str], slow_model: Optional[Path], threshold, no_provenance: bool, reasoner) -> None:
     from aigi.think import MODES
 
+    if think in (None, "fast"):
+        for given, name in ((slow_model, "--slow-model"), (reasoner, "--reasoner")):
+            if given is not None:
+                raise ConfigError(f"{name} is for the slow path of --think: add --think slow or --think auto")
     if think is None:
-        if slow_model is not None:
-            raise ConfigError("--slow-model is the slow path of --think: add --think slow or --think auto")
         return
     if think not in MODES:
         raise ConfigError(f"--think must be fast, slow or auto, not {think!r}")
@@ -206,6 +208,13 @@ def detect(
             "and slow for images inside the model's uncertainty band. The answer says which path decided and why.",
         ),
     ] = None,
+    reasoner: Annotated[
+        Optional[str],
+        typer.Option(
+            help="--think: a Hugging Face vision-language model (id or local folder) that reasons over each slow-path "
+            "image and its evidence; its answer is shown beside them (the verdict stays the slow model's)."
+        ),
+    ] = None,
     slow_model: Annotated[
         Optional[Path],
         typer.Option(
@@ -223,7 +232,7 @@ def detect(
     from aigi import api
     from aigi.checkpoints import views_of
 
-    _check_think(think, slow_model, threshold, no_provenance)
+    _check_think(think, slow_model, threshold, no_provenance, reasoner)
     image_set, m = _image_inputs(inputs), _load(model, allow_download)
     paths = [s.path for s in image_set.samples]
     if think is None:
@@ -231,9 +240,13 @@ def detect(
         results = api.detect(m, paths, batch_size=batch_size, progress=not as_json, **options)
     else:
         from aigi import think as thinking
+        from aigi.reasoner import VLMReasoner
 
         slow = None if slow_model is None else _load(slow_model, allow_download)
-        results = thinking.detect(m, paths, think, slow, explain=explain, batch_size=batch_size, progress=not as_json)
+        vlm = None if reasoner is None else VLMReasoner(reasoner, allow_download)
+        results = thinking.detect(
+            m, paths, think, slow, explain=explain, batch_size=batch_size, progress=not as_json, reasoner=vlm
+        )
     n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain or think else (0, None)
     t, band = (m.threshold, m.config.band) if threshold is None else (threshold, None)
     if as_json:

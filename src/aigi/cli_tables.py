@@ -76,6 +76,16 @@ def detections(results, title: str, provenance: bool) -> None:
         if d.thinking and "explanation" in d.thinking:
             explanation = d.thinking["explanation"]
             say(f"{d.path}: {explanation['text']} ({explanation['source']})")
+            if "reasoner" in d.thinking:
+                say(f"{d.path}: {reasoner_line(d.thinking['reasoner'])}")
+
+
+def reasoner_line(answer: dict) -> str:
+    """A vision-language reasoner's answer in one line (or why it could not be read)."""
+    if answer["status"] != "ok":
+        return f"{answer['model']} gave no readable answer after {answer['attempts']} tries ({answer['error']})"
+    a = answer["answer"]
+    return f"{answer['model']} says {a['verdict']} (confidence {a['confidence']:.2f}): {'; '.join(a['reasons'])}"
 
 
 def thinking_cell(thinking: dict | None) -> str:

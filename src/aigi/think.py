@@ -30,7 +30,7 @@ import numpy as np
 
 from aigi import api
 from aigi.checkpoints import Model, ModelConfig, default_model_path, views_of
-from aigi.data.decode import as_input
+from aigi.data.decode import as_input, load_image
 from aigi.errors import ConfigError
 from aigi.io import read_json
 
@@ -93,9 +93,11 @@ def detect(
     explain: bool = False,
     batch_size: int = 8,
     progress: bool = False,
+    reasoner=None,
 ) -> list[api.Detection]:
     """One detection per input, in order, each with ``thinking``; ``slow`` defaults to :func:`load_slow_default`.
-    ``explain`` draws the fast path's heatmaps too (the slow path always draws them when its model has a map)."""
+    ``explain`` draws the fast path's heatmaps too (the slow path always draws them when its model has a map).
+    ``reasoner`` (:class:`aigi.reasoner.VLMReasoner`) answers beside the evidence on the slow path."""
     items = [as_input(x) for x in inputs]
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -103,24 +105,29 @@ def detect(
     if mode != "fast":
         slow = slow or load_slow_default(fast)  # before any scoring: a missing slow path is said at once
     if mode == "slow":
-        return slow_path(slow, items, [None] * len(items), ["--think slow"] * len(items))
+        return slow_path(slow, items, [None] * len(items), ["--think slow"] * len(items), reasoner)
     found = api.detect(fast, items, **options)
     reasons = [escalation(d, margin) if mode == "auto" else None for d in found]
     for d, why in zip(found, reasons):
         d.thinking = {"mode": mode, "path": "fast", "reason": settled(d) if mode == "auto" else "--think fast"}
     picked = [i for i, why in enumerate(reasons) if why is not None]
     if picked:
-        looked = slow_path(slow, [items[i] for i in picked], [found[i] for i in picked], [reasons[i] for i in picked])
+        looked = slow_path(
+            slow, [items[i] for i in picked], [found[i] for i in picked], [reasons[i] for i in picked], reasoner
+        )
         for i, d in zip(picked, looked):
             found[i] = d
     return found
 
 
-def slow_path(slow: Model, items: list, fast: list[api.Detection | None], reasons: list[str]) -> list[api.Detection]:
-    """The slow model's verdicts with their heatmaps (when it has them), provenance, evidence and explanation."""
+def slow_path(
+    slow: Model, items: list, fast: list[api.Detection | None], reasons: list[str], reasoner=None
+) -> list[api.Detection]:
+    """The slow model's verdicts with their heatmaps (when it has them), provenance, evidence and explanation, and
+    the reasoner's answer beside them when one is given."""
     explain = slow.detector is not None and getattr(slow.detector, "patch_map_label", None) is not None
     found = api.detect(slow, items, explain=explain, use_cache=False, batch_size=4)
-    for d, f, why in zip(found, fast, reasons):
+    for item, d, f, why in zip(items, found, fast, reasons):
         evidence = gather_evidence(d, f, slow)
         d.thinking = {
             "mode": "slow" if f is None else "auto",
@@ -130,6 +137,8 @@ def slow_path(slow: Model, items: list, fast: list[api.Detection | None], reason
             "evidence": evidence,
             "explanation": {"text": explain_in_words(d, evidence), "source": TEMPLATED},
         }
+        if reasoner is not None and d.prob_generated is not None:
+            d.thinking["reasoner"] = reasoner.ask(load_image(item).image, evidence)
     return found
 
 
