@@ -36,6 +36,7 @@ def _files(*items):
 
 
 GOOD = [("a.png", image_bytes(1)), ("b.jpg", image_bytes(2, fmt="JPEG", smooth=False))]
+GOOD_IMAGES = GOOD
 BAD = ("notes.png", b"this is text, not a picture")
 
 
@@ -311,3 +312,12 @@ def test_serve_refuses_a_port_in_use_before_loading_anything():
         port = busy.getsockname()[1]
         res = CliRunner().invoke(cli, ["serve", "--port", str(port)])
     assert res.exit_code == 2 and f"--port {port}: cannot listen there" in res.output and "Traceback" not in res.output
+
+
+def test_a_reasoner_answers_beside_the_evidence_of_think_slow(default_model):
+    from test_reasoner import GOOD, Scripted
+
+    reasoner = Scripted([f"<answer>{json.dumps(GOOD)}</answer>"])
+    with TestClient(create_app({"default": default_model}, Limits(), reasoner)) as client:
+        (result,) = client.post("/v1/detect?think=slow", files=_files(GOOD_IMAGES[0])).json()["results"]
+    assert result["thinking"]["reasoner"]["answer"] == GOOD and result["thinking"]["evidence"]

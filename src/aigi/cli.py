@@ -760,13 +760,20 @@ def serve(
         bool,
         typer.Option(help="Return freed memory to the system after each batch: flat memory, ~20% less throughput."),
     ] = True,
+    reasoner: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A vision-language model (HF id or local folder) answering beside the evidence of think=slow."
+        ),
+    ] = None,
+    allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Serve the HTTP API (POST /v1/detect, /v1/inspect; GET /v1/models, /healthz, /readyz, /docs) and the web page
     at / . Each model is loaded once at start; images are checked in memory and never written to disk."""
     try:
         import uvicorn
 
-        from aigi.serve.app import CONFIG_VAR, Limits, create_app, load_models
+        from aigi.serve.app import CONFIG_VAR, Limits, create_app, load_models, load_reasoner
     except ImportError as err:
         raise ConfigError(
             f"aigi serve needs the serve extra ({err.name} is missing): pip install 'aigi[serve]'"
@@ -791,13 +798,14 @@ def serve(
         import os
 
         show.say(f"serving {workers} worker processes on http://{host}:{port} (page at /, API docs at /docs)")
-        os.environ[CONFIG_VAR] = json.dumps({"models": [str(m) for m in model or []], "limits": limits.model_dump()})
+        settings = {"models": [str(m) for m in model or []], "limits": limits.model_dump(), "reasoner": reasoner}
+        os.environ[CONFIG_VAR] = json.dumps(settings)
         uvicorn.run("aigi.serve.app:from_environment", factory=True, host=host, port=port, workers=workers,
                     log_config=log_config)  # fmt: skip
         return
-    models = load_models(model)
+    models, vlm = load_models(model), load_reasoner(reasoner, allow_download)
     show.say(f"serving {', '.join(models)} on http://{host}:{port} (page at /, API docs at /docs)")
-    uvicorn.run(create_app(models, limits), host=host, port=port, log_config=log_config)
+    uvicorn.run(create_app(models, limits, vlm), host=host, port=port, log_config=log_config)
 
 
 convert_app = typer.Typer(

@@ -68,8 +68,9 @@ class RequestError(Exception):
         self.status, self.message, self.headers, self.results = status, message, headers, results
 
 
-def create_app(models: dict[str, Model], limits: Limits | None = None) -> FastAPI:
-    """The app serving ``models`` (name -> loaded model; the first is the default)."""
+def create_app(models: dict[str, Model], limits: Limits | None = None, reasoner=None) -> FastAPI:
+    """The app serving ``models`` (name -> loaded model; the first is the default); ``reasoner``
+    (:class:`aigi.reasoner.VLMReasoner`) answers beside the evidence on the slow path of ``think=``."""
     limits = limits or Limits()
     batchers: dict[str, Batcher] = {}
 
@@ -77,7 +78,7 @@ def create_app(models: dict[str, Model], limits: Limits | None = None) -> FastAP
     async def lifespan(app: FastAPI):
         for name, model in models.items():
             batchers[name] = Batcher(
-                model, limits.batch_images, limits.batch_wait_ms / 1000, limits.max_queue, limits.trim_memory
+                model, limits.batch_images, limits.batch_wait_ms / 1000, limits.max_queue, limits.trim_memory, reasoner
             )
             batchers[name].start()
         yield
@@ -389,4 +390,13 @@ def from_environment() -> FastAPI:
 
     config = json.loads(os.environ[CONFIG_VAR])
     folders = [Path(f) for f in config["models"]] or None
-    return create_app(load_models(folders), Limits(**config["limits"]))
+    return create_app(load_models(folders), Limits(**config["limits"]), load_reasoner(config.get("reasoner")))
+
+
+def load_reasoner(source: str | None, allow_download: bool = False):
+    """The vision-language reasoner of ``aigi serve --reasoner`` (None when none was given)."""
+    if source is None:
+        return None
+    from aigi.reasoner import VLMReasoner
+
+    return VLMReasoner(source, allow_download)

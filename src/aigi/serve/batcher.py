@@ -51,8 +51,9 @@ class Batcher:
         max_wait_s: float = 0.005,
         max_queue: int = 32,
         trim_memory: bool = True,
+        reasoner=None,
     ) -> None:
-        self.model = model
+        self.model, self.reasoner = model, reasoner
         self.trim_memory = trim_memory
         self.max_images = max_images
         self.max_wait_s = max_wait_s
@@ -121,7 +122,12 @@ class Batcher:
         try:
             if options.think is not None:
                 return think.detect(
-                    self.model, items, options.think, explain=options.explain, batch_size=self.max_images
+                    self.model,
+                    items,
+                    options.think,
+                    explain=options.explain,
+                    batch_size=self.max_images,
+                    reasoner=self.reasoner,
                 )
             return api.detect(
                 self.model,
