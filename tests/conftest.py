@@ -54,11 +54,14 @@ def _isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture()
 def labelled_images(tmp_path):
     """A small ``data/{0_real,1_fake}`` folder of random images (reals smoothed, so the two classes differ)."""
+    return make_labelled_images(tmp_path / "data")
+
+
+def make_labelled_images(root):
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    root = tmp_path / "data"
     for label in ("0_real", "1_fake"):
         (root / label).mkdir(parents=True)
         for i in range(6):

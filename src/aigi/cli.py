@@ -18,6 +18,7 @@ import typer
 from aigi import cli_tables as show
 from aigi._version import __version__
 from aigi.cli_errors import AigiGroup
+from aigi.cli_reason import reason_app
 from aigi.cli_train import TrainGroup
 from aigi.errors import ConfigError, DataError, NothingScoredError
 
@@ -812,6 +813,7 @@ convert_app = typer.Typer(
     cls=AigiGroup, help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True
 )
 app.add_typer(convert_app, name="convert")
+app.add_typer(reason_app, name="reason")
 
 
 @convert_app.command("mirror")
