@@ -809,6 +809,48 @@ def serve(
     uvicorn.run(create_app(models, limits, vlm), host=host, port=port, log_config=log_config)
 
 
+@app.command()
+def scan(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Folders, glob patterns, files, a .txt of paths or URIs, or a .csv/.parquet with a path column."
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for the Parquet parts (rerun to resume).")],
+    model: ModelOpt = None,
+    part_size: Annotated[
+        int, typer.Option(min=1, help="Inputs per Parquet part (a resumed run keeps whole parts).")
+    ] = 512,
+    path_column: Annotated[str, typer.Option(help="The path column of a .csv or .parquet input.")] = "path",
+    batch_size: BatchOpt = 8,
+    no_provenance: Annotated[
+        bool, typer.Option("--no-provenance", help="Do not read what the files declare; the detector alone decides.")
+    ] = False,
+    allow_download: AllowDownloadOpt = False,
+) -> None:
+    """Score many images into a Parquet dataset (one row per input: path, size, sha256, prob_generated, verdict,
+    basis, model_id, error), part by part in bounded memory. A killed scan resumes where it stopped when run again
+    with the same command: finished parts are kept, so every input is one row, once."""
+    from aigi import scan as scanning
+    from aigi.progress import progress_bar
+
+    m = _load(model, allow_download)
+    with progress_bar(None, "scan") as bar:
+
+        def advance(index, kept, inputs):
+            bar.update(description=f"scan · part {index + 1}" + (" (kept)" if kept else ""), completed=inputs)
+
+        counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size, advance)
+    show.say(
+        f"{counts['inputs']} inputs in {counts['written'] + counts['kept']} parts under {out_dir} "
+        f"({counts['written']} written now, {counts['kept']} kept from an earlier run; "
+        f"{counts['errors']} unreadable in the parts written now)"
+    )
+    if counts["inputs"] == 0:
+        raise DataError(f"no inputs found in {', '.join(sources)}")
+
+
 convert_app = typer.Typer(
     cls=AigiGroup, help="Convert published checkpoints of other projects into aigi folders.", no_args_is_help=True
 )

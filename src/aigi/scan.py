@@ -1,0 +1,229 @@
+"""``aigi scan``: score many images into a Parquet dataset, resumably and in bounded memory (issue #16).
+
+    from aigi import api, scan
+    scan.run(api.load(), ["photos/", "more/*.jpg", "list.txt", "index.parquet"], "out/")
+
+Inputs, streamed in a fixed order: folders (walked in sorted order, image extensions only, hidden entries skipped),
+glob patterns (expanded and sorted), a ``.txt`` file of paths or URIs (one per line), a ``.csv`` or ``.parquet`` file
+with a path column (``path_column``), or single files. A URI (``s3://``, ``gs://``, ``hdfs://``, ``file://``) is
+read through ``pyarrow.fs``.
+
+The output folder holds ``part-NNNNNN.parquet`` files, one per ``part_size`` consecutive inputs, each written
+atomically (a temporary file renamed into place), and ``_scan.json`` (the model's id, the inputs, the part size).
+A scan killed at any point is rerun with the same command: finished parts are kept and not rescored, the others
+are scored, so every input is one row, once. One row per input: ``path``, ``size`` (bytes), ``sha256``,
+``prob_generated``, ``verdict``, ``basis``, ``model_id``, ``error`` (null when the image was scored). An input that
+cannot be read is a row with its error. Memory holds one part at a time whatever the number of inputs (globs
+excepted: their matches are listed in memory; use a folder or a list file for very large sets).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from aigi import api
+from aigi.checkpoints import Model
+from aigi.data.decode import ImageDecodeError, is_image_path, read_bytes
+from aigi.errors import ConfigError
+from aigi.io import atomic_write, read_json, write_json
+
+STATE = "_scan.json"
+COLUMNS = ("path", "size", "sha256", "prob_generated", "verdict", "basis", "model_id", "error")
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "hdfs://", "file://", "abfs://")
+GLOB_CHARS = set("*?[")
+
+
+def iter_inputs(sources: Iterable[str], path_column: str = "path") -> Iterator[str]:
+    """Every input path or URI, in a fixed order, one at a time."""
+    for source in map(str, sources):
+        p = Path(source)
+        if source.startswith(URI_SCHEMES) or (p.is_file() and not _is_list(p)):
+            yield source
+        elif p.is_dir():
+            yield from _walk_sorted(p)
+        elif GLOB_CHARS & set(source):
+            yield from sorted(glob.glob(source, recursive=True))
+        elif p.suffix.lower() == ".txt" and p.is_file():
+            yield from _lines(p)
+        elif p.suffix.lower() in (".csv", ".parquet") and p.is_file():
+            yield from _column(p, path_column)
+        else:
+            raise ConfigError(f"{source}: no such file, folder or pattern")
+
+
+def _is_list(p: Path) -> bool:
+    return p.suffix.lower() in (".txt", ".csv", ".parquet")
+
+
+def _walk_sorted(root: Path) -> Iterator[str]:
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_image_path(name):
+                yield os.path.join(dirpath, name)
+
+
+def _lines(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line.strip()
+
+
+def _column(path: Path, column: str) -> Iterator[str]:
+    """The path column of a CSV or Parquet file, read in record batches (never whole)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if path.suffix.lower() == ".parquet":
+        reader = pq.ParquetFile(path)
+        if column not in reader.schema_arrow.names:
+            raise ConfigError(f"{path}: no column {column!r} (columns: {', '.join(reader.schema_arrow.names)})")
+        batches = reader.iter_batches(columns=[column], batch_size=4096)
+    else:
+        batches = pacsv.open_csv(path)
+        if column not in batches.schema.names:
+            raise ConfigError(f"{path}: no column {column!r} (columns: {', '.join(batches.schema.names)})")
+    for batch in batches:
+        for value in batch.column(batch.schema.get_field_index(column)).to_pylist():
+            if value:
+                yield str(value)
+
+
+def read_input(source: str) -> bytes:
+    """The bytes of a path or URI; :class:`ImageDecodeError` saying why when they cannot be read."""
+    if not source.startswith(URI_SCHEMES):
+        return read_bytes(Path(source))
+    import pyarrow.fs as pafs
+
+    try:
+        fs, inner = pafs.FileSystem.from_uri(source)
+        with fs.open_input_stream(inner) as stream:
+            return stream.read()
+    except (OSError, ValueError) as e:  # pyarrow's errors for missing files, unknown schemes, no credentials
+        raise ImageDecodeError(source, f"cannot read ({e})") from None
+
+
+def score_part(model: Model, sources: list[str], model_id: str, provenance: bool, batch_size: int) -> list[dict]:
+    """One row per source: read once (size, sha256), scored in memory; unreadable ones keep their error."""
+    rows, items = [], []
+    for source in sources:
+        row = dict.fromkeys(COLUMNS)
+        row.update(path=source, model_id=model_id)
+        try:
+            data = read_input(source)
+        except ImageDecodeError as e:
+            row.update(verdict="error", basis=f"could not be read: {e.reason}", error=e.reason)
+        else:
+            row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+            items.append((len(rows), (source, data)))
+        rows.append(row)
+    found = api.detect(
+        model, [item for _, item in items], provenance=provenance, use_cache=False, batch_size=batch_size
+    )
+    for (i, _), d in zip(items, found):
+        rows[i].update(prob_generated=d.prob_generated, verdict=d.verdict, basis=d.basis, error=d.error)
+    return rows
+
+
+def part_path(out: Path, index: int) -> Path:
+    return out / f"part-{index:06d}.parquet"
+
+
+def write_part(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=schema())
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("size", pa.int64()),
+            ("sha256", pa.string()),
+            ("prob_generated", pa.float64()),
+            ("verdict", pa.string()),
+            ("basis", pa.string()),
+            ("model_id", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def check_state(out: Path, state: dict) -> None:
+    """Refuse to mix runs: a folder scanned with another model, other inputs or another part size."""
+    saved_path = out / STATE
+    if not saved_path.is_file():
+        if any(out.glob("part-*.parquet")):
+            raise ConfigError(f"--out {out}: holds parts but no {STATE}; not a scan folder aigi can resume")
+        write_json(saved_path, state)
+        return
+    saved = read_json(saved_path)
+    for key, what in (("model_id", "another model"), ("sources", "other inputs"), ("part_size", "another part size")):
+        if saved.get(key) != state[key]:
+            raise ConfigError(f"--out {out} was scanned with {what}: give a new --out (or delete it to start over)")
+
+
+def _check_part(path: Path, chunk: list[str]) -> None:
+    """A part kept from an earlier run must hold exactly this chunk's inputs (they could have changed since)."""
+    import pyarrow.parquet as pq
+
+    try:
+        kept = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+    except Exception as e:  # noqa: BLE001 - a damaged part: say which and why
+        raise ConfigError(f"{path}: unreadable part ({e}); delete it and run again to rescore it") from None
+    if kept != chunk:
+        raise ConfigError(
+            f"{path}: holds other inputs than this run lists there (files added or removed since the scan began?): "
+            "give a new --out"
+        )
+
+
+def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def run(
+    model: Model,
+    sources: list[str],
+    out: str | os.PathLike,
+    part_size: int = 512,
+    path_column: str = "path",
+    provenance: bool = True,
+    batch_size: int = 8,
+    on_part=None,
+) -> dict:
+    """Scan ``sources`` into ``out``; returns counts (inputs, parts written now, parts kept from an earlier run,
+    errors in the parts written now). ``on_part(index, kept, inputs_so_far)`` is told about each part when done."""
+    from aigi.engine.robustness import model_id as identify
+
+    out, mid = Path(out), identify(model)
+    check_state(out, {"model_id": mid, "sources": [str(s) for s in sources], "part_size": part_size})
+    counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
+    for index, chunk in enumerate(chunks(iter_inputs(sources, path_column), part_size)):
+        counts["inputs"] += len(chunk)
+        path = part_path(out, index)
+        if path.is_file():
+            _check_part(path, chunk)
+            counts["kept"] += 1
+            if on_part:
+                on_part(index, True, counts["inputs"])
+            continue
+        rows = score_part(model, chunk, mid, provenance, batch_size)
+        write_part(path, rows)
+        counts["written"] += 1
+        counts["errors"] += sum(r["error"] is not None for r in rows)
+        if on_part:
+            on_part(index, False, counts["inputs"])
+    return counts

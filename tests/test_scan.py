@@ -1,0 +1,103 @@
+"""``aigi scan``: every input kind, one row per input with the same verdicts as ``aigi detect``, bad files as rows
+with their error, and a scan killed part-way that resumes exactly once."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from aigi import api, scan
+from aigi.cli import app
+
+runner = CliRunner()
+
+
+def _rows(out):
+    return sorted(pads.dataset(str(out)).to_table().to_pylist(), key=lambda r: r["path"])
+
+
+@pytest.fixture()
+def images(labelled_images):
+    (labelled_images / "1_fake" / "broken.png").write_bytes(b"not a picture")
+    return labelled_images
+
+
+def test_a_folder_scan_matches_aigi_detect_and_keeps_bad_files_as_rows(images, tmp_path):
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["scan", str(images), "--out", str(out), "--part-size", "5"])
+    assert res.exit_code == 0, res.output
+    assert "13 inputs in 3 parts" in res.output
+    rows = _rows(out)
+    assert len(rows) == 13 and len({r["path"] for r in rows}) == 13
+    detect = runner.invoke(app, ["detect", str(images), "--json"])
+    by_path = {d["path"]: d for d in json.loads(detect.output)["results"]}
+    for r in rows:
+        d = by_path[r["path"]]
+        assert r["verdict"] == d["verdict"] and r["basis"] == d["basis"]
+        if d["prob_generated"] is not None:
+            assert r["prob_generated"] == pytest.approx(d["prob_generated"], abs=1e-4)
+    broken = next(r for r in rows if r["path"].endswith("broken.png"))
+    assert broken["verdict"] == "error" and "not an image" in broken["error"] and broken["size"] == 13
+    good = next(r for r in rows if r["error"] is None)
+    assert len(good["sha256"]) == 64 and good["size"] > 0 and good["model_id"]
+    assert pq.read_schema(sorted(out.glob("part-*.parquet"))[0]).names == list(scan.COLUMNS)
+
+
+def test_lists_tables_and_globs_give_the_same_rows(images, tmp_path):
+    files = [str(p) for p in sorted(images.rglob("*.jpg"))][:4] + [str(tmp_path / "missing.jpg")]
+    (tmp_path / "list.txt").write_text("\n".join(files) + "\n")
+    pacsv.write_csv(pa.table({"file": files}), tmp_path / "index.csv")
+    pq.write_table(pa.table({"file": files}), tmp_path / "index.parquet")
+    results = {}
+    for name, source, extra in [
+        ("txt", tmp_path / "list.txt", []),
+        ("csv", tmp_path / "index.csv", ["--path-column", "file"]),
+        ("parquet", tmp_path / "index.parquet", ["--path-column", "file"]),
+    ]:
+        res = runner.invoke(app, ["scan", str(source), "--out", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+        results[name] = [(r["path"], r["verdict"], r["prob_generated"]) for r in _rows(tmp_path / name)]
+    assert results["txt"] == results["csv"] == results["parquet"] and len(results["txt"]) == 5
+    missing = [r for r in _rows(tmp_path / "txt") if r["path"].endswith("missing.jpg")][0]
+    assert missing["verdict"] == "error" and missing["error"]
+    pattern = str(images / "0_real" / "*.jpg")
+    res = runner.invoke(app, ["scan", pattern, "--out", str(tmp_path / "glob")])
+    assert res.exit_code == 0 and len(_rows(tmp_path / "glob")) == 6
+    bad = runner.invoke(app, ["scan", str(tmp_path / "index.csv"), "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "no column 'path'" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_killed_scan_resumes_without_rescoring_or_duplicates(images, tmp_path, monkeypatch):
+    out, model = tmp_path / "out", api.load()
+    scored, original = [], scan.score_part
+
+    def dies_after_two(*args, **kwargs):
+        if len(scored) == 2:
+            raise KeyboardInterrupt  # killed while scoring the third part
+        scored.append(args[1])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scan, "score_part", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        scan.run(model, [str(images)], out, part_size=4)
+    assert len(list(out.glob("part-*.parquet"))) == 2 and not list(out.glob(".*tmp"))
+    monkeypatch.setattr(scan, "score_part", lambda *a, **k: scored.append(a[1]) or original(*a, **k))
+    counts = scan.run(model, [str(images)], out, part_size=4)
+    assert counts == {"inputs": 13, "written": 2, "kept": 2, "errors": 1}
+    assert len(scored) == 4 and sum(map(len, scored)) == 13  # the first two parts were not scored again
+    rows = _rows(out)
+    assert len(rows) == 13 and len({r["path"] for r in rows}) == 13
+
+
+def test_a_folder_of_another_run_is_refused(images, tmp_path):
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["scan", str(images), "--out", str(out)]).exit_code == 0
+    other = runner.invoke(app, ["scan", str(images), "--out", str(out), "--part-size", "3"])
+    assert other.exit_code == 2 and "another part size" in other.output
+    (images / "0_real" / "new.jpg").write_bytes((images / "0_real" / "0_real_0.jpg").read_bytes())
+    changed = runner.invoke(app, ["scan", str(images), "--out", str(out)])
+    assert changed.exit_code == 2 and "holds other inputs" in changed.output
