@@ -94,10 +94,22 @@ AllowDownloadOpt = Annotated[
 ]
 
 
-def _load(model_dir: Optional[Path], allow_download: bool = False):
+def _load(model_dir: Optional[Path], allow_download: bool = False, runtime: str = "torch"):
     from aigi import api
 
-    return api.load(model_dir, allow_download=allow_download or None)  # None: AIGI_ALLOW_DOWNLOAD decides
+    model = api.load(model_dir, allow_download=allow_download or None)  # None: AIGI_ALLOW_DOWNLOAD decides
+    if runtime == "onnx":
+        from aigi.onnx_runtime import with_onnx_runtime
+
+        return with_onnx_runtime(model, model_dir)
+    if runtime != "torch":
+        raise ConfigError(f"--runtime must be torch or onnx, not {runtime!r}")
+    return model
+
+
+RuntimeOpt = Annotated[
+    str, typer.Option(metavar="torch|onnx", help="Run the detector in PyTorch or onnxruntime (same verdicts).")
+]
 
 
 def _perturbation(text: Optional[str]):
@@ -222,6 +234,7 @@ def detect(
             help="--think: the slow path's model folder (e.g. a stack). Default: the shipped model, whole image."
         ),
     ] = None,
+    runtime: RuntimeOpt = "torch",
     allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Say, for each image, whether it was generated or is real, and on what basis.
@@ -234,7 +247,7 @@ def detect(
     from aigi.checkpoints import views_of
 
     _check_think(think, slow_model, threshold, no_provenance, reasoner)
-    image_set, m = _image_inputs(inputs), _load(model, allow_download)
+    image_set, m = _image_inputs(inputs), _load(model, allow_download, runtime)
     paths = [s.path for s in image_set.samples]
     if think is None:
         options = dict(threshold=threshold, provenance=not no_provenance, explain=explain, use_cache=not no_cache)
@@ -827,6 +840,7 @@ def scan(
     no_provenance: Annotated[
         bool, typer.Option("--no-provenance", help="Do not read what the files declare; the detector alone decides.")
     ] = False,
+    runtime: RuntimeOpt = "torch",
     allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Score many images into a Parquet dataset (one row per input: path, size, sha256, prob_generated, verdict,
@@ -835,7 +849,7 @@ def scan(
     from aigi import scan as scanning
     from aigi.progress import progress_bar
 
-    m = _load(model, allow_download)
+    m = _load(model, allow_download, runtime)
     with progress_bar(None, "scan") as bar:
 
         def advance(index, kept, inputs):
@@ -856,6 +870,30 @@ convert_app = typer.Typer(
 )
 app.add_typer(convert_app, name="convert")
 app.add_typer(reason_app, name="reason")
+export_app = typer.Typer(cls=AigiGroup, help="Export a model for other runtimes.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("onnx")
+def export_onnx(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")],
+    model: ModelOpt = None,
+    opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
+) -> None:
+    """The model's detector as ONNX (pixels [batch, 3, H, W] -> logit, and patch_map when it has one), dynamic batch;
+    checked against PyTorch on random pixels before it is kept. Put it in the model folder as model.onnx for
+    --runtime onnx to use it."""
+    import torch
+
+    from aigi.onnx_runtime import OnnxDetector, export
+
+    m = _load(model)
+    path = export(m, out, opset)
+    crop = m.config.protocol.crop
+    pixels = torch.randn(3, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        gap = float((OnnxDetector(path, m.detector)(pixels).logit - m.detector(pixels).logit).abs().max())
+    show.say(f"wrote {path}: largest logit difference to PyTorch on random pixels {gap:.2e}")
 
 
 @convert_app.command("mirror")

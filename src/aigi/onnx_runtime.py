@@ -1,0 +1,114 @@
+"""ONNX export of a detector, and scoring through onnxruntime (issue #16).
+
+    aigi export onnx --model DIR --out model.onnx          # the detector's graph: pixels [batch, 3, H, W] -> logit
+    aigi detect photos/ --runtime onnx                      # the same verdicts through onnxruntime
+
+The graph covers the detector's forward pass from the preprocessed pixels (the decoding, the evaluation protocol and
+the normalisation stay in aigi, shared with PyTorch), with a dynamic batch axis; its outputs are ``logit`` and, for
+detectors with a per-patch map, ``patch_map``. ``--runtime onnx`` uses the folder's ``model.onnx`` when it has one,
+else exports once into the cache (``$AIGI_CACHE_DIR``, keyed by the model's id) and reuses it. A stack is exported
+member by member (``aigi export onnx`` on each member folder).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aigi.checkpoints import STACK, Model
+from aigi.detectors.base import Output
+from aigi.errors import ConfigError
+from aigi.io import atomic_write
+
+OPSET = 17
+
+
+class _Graph(torch.nn.Module):
+    """The detector's forward pass with plain tensor outputs (what the exporter traces)."""
+
+    def __init__(self, detector: torch.nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+        self.with_map = detector.patch_map_label is not None
+
+    def forward(self, pixels: torch.Tensor):
+        out = self.detector(pixels)
+        return (out.logit, out.patch_map) if self.with_map else out.logit
+
+
+def export(model: Model, out: str | os.PathLike, opset: int = OPSET) -> Path:
+    """Write ``model``'s detector as ONNX (dynamic batch) to ``out``, atomically."""
+    if model.config.detector == STACK:
+        raise ConfigError("a stack has no single graph: export each member folder (members/<k>-<name>/)")
+    graph = _Graph(model.detector).eval()
+    crop = model.config.protocol.crop
+    example = torch.zeros(2, 3, crop, crop)
+    outputs = ["logit", "patch_map"] if graph.with_map else ["logit"]
+
+    def write(tmp: str) -> None:
+        import warnings
+
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape checks: the shapes are fixed per protocol
+            torch.onnx.export(
+                graph,
+                (example,),
+                tmp,
+                input_names=["pixels"],
+                output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]},
+                opset_version=opset,
+                dynamo=False,
+            )
+
+    return atomic_write(out, write)
+
+
+class OnnxDetector(torch.nn.Module):
+    """Stands in for a model's detector: the same interface (``__call__`` -> :class:`Output`, the backbone's
+    preprocessing, the patch grid), the forward pass run by onnxruntime."""
+
+    cacheable = False
+
+    def __init__(self, path: str | os.PathLike, original: torch.nn.Module, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.path = Path(path)
+        self.backbone = original.backbone
+        self.patch_map_label = original.patch_map_label
+        self.patch_grid = original.patch_grid
+
+    def forward(self, pixels: torch.Tensor) -> Output:
+        outs = self.session.run(None, {"pixels": pixels.detach().cpu().numpy().astype(np.float32, copy=False)})
+        patch_map = torch.from_numpy(outs[1]) if len(outs) > 1 else None
+        return Output(logit=torch.from_numpy(outs[0]), patch_map=patch_map)
+
+
+def cached_export(model: Model) -> Path:
+    """The model's ONNX file in the cache (exported on first use, reused after)."""
+    from aigi.engine.features import default_cache_dir
+    from aigi.engine.robustness import model_id
+
+    path = default_cache_dir() / "onnx" / f"{model_id(model)}.onnx"
+    return path if path.is_file() else export(model, path)
+
+
+def with_onnx_runtime(model: Model, folder: str | os.PathLike | None = None, threads: int | None = None) -> Model:
+    """The same model scored through onnxruntime: the folder's ``model.onnx`` if it has one, else the cached export."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ConfigError("--runtime onnx needs onnxruntime: pip install 'aigi[onnx]'") from None
+    if model.config.detector == STACK:
+        raise ConfigError("--runtime onnx scores single models, not a stack (its members run in PyTorch)")
+    own = Path(folder) / "model.onnx" if folder is not None else None
+    path = own if own is not None and own.is_file() else cached_export(model)
+    return Model(OnnxDetector(path, model.detector, threads), model.config)

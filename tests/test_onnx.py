@@ -1,0 +1,91 @@
+"""ONNX export and the onnxruntime path: the same logits as PyTorch on real photos and generated images (within
+1e-4), the same verdicts through ``aigi detect --runtime onnx``, the export cached once, a folder's own model.onnx
+used, heatmaps through onnxruntime, and clear refusals."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from serving import SHARED_TEST
+from typer.testing import CliRunner
+
+from aigi import api, onnx_runtime
+from aigi.cli import app
+from aigi.data.decode import load_image
+from aigi.onnx_runtime import OnnxDetector, export, with_onnx_runtime
+
+runner = CliRunner()
+REAL = sorted((SHARED_TEST / "0_real").glob("*"))[:3]
+FAKE = sorted(p for p in (SHARED_TEST / "1_fake").rglob("*") if p.is_file())[:3]
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return api.load()
+
+
+@pytest.fixture(scope="module")
+def exported(shipped, tmp_path_factory):
+    return export(shipped, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def _pixels(model, paths):
+    pre = model.detector.backbone.preprocess
+    crops = []
+    for p in paths:
+        dec = load_image(p)
+        crops.append(model.config.protocol.apply(dec.image, dec.format, pre))
+    return torch.stack([c if c.dim() == 3 else c[0] for c in crops])
+
+
+def test_real_images_give_the_same_logits_and_maps_within_1e_4(shipped, exported):
+    assert REAL and FAKE, f"the shared test images are missing under {SHARED_TEST}"
+    graph = onnx.load(str(exported))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"  # dynamic batch
+    pixels = _pixels(shipped, [*REAL, *FAKE])
+    with torch.inference_mode():
+        ref = shipped.detector(pixels)
+    got = OnnxDetector(exported, shipped.detector)(pixels)
+    assert torch.allclose(got.logit, ref.logit, atol=1e-4)
+    assert got.patch_map.shape == ref.patch_map.shape and torch.allclose(got.patch_map, ref.patch_map, atol=1e-4)
+    one = OnnxDetector(exported, shipped.detector)(pixels[:1])  # another batch size, same graph
+    assert torch.allclose(one.logit, ref.logit[:1], atol=1e-4)
+
+
+def test_detect_with_the_onnx_runtime_gives_the_same_verdicts(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    files = [str(p) for p in [*REAL, *FAKE]]
+    torch_run = runner.invoke(app, ["detect", *files, "--json", "--no-provenance"])
+    onnx_run = runner.invoke(app, ["detect", *files, "--json", "--no-provenance", "--runtime", "onnx"])
+    assert onnx_run.exit_code == 0, onnx_run.output
+    a, b = (json.loads(r.output)["results"] for r in (torch_run, onnx_run))
+    assert [x["verdict"] for x in a] == [x["verdict"] for x in b]
+    assert np.allclose([x["prob_generated"] for x in a], [x["prob_generated"] for x in b], atol=2e-4)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    monkeypatch.setattr(onnx_runtime, "export", lambda *a, **k: pytest.fail("exported again instead of reused"))
+    again = runner.invoke(
+        app, ["detect", files[0], "--json", "--runtime", "onnx", "--explain-dir", str(tmp_path / "m")]
+    )
+    assert again.exit_code == 0, again.output
+
+
+def test_a_folders_own_model_onnx_is_used_and_heatmaps_work(shipped, exported, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(exported.read_bytes())
+    model = with_onnx_runtime(shipped, folder)
+    assert model.detector.path == folder / "model.onnx"
+    (d,) = api.detect(model, [REAL[0]], explain=True, provenance=False)
+    assert d.heatmap_png.startswith(b"\x89PNG") and d.patch_map is not None
+
+
+def test_export_command_and_refusals(tmp_path, probe_dir):
+    out = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", "onnx", "--out", str(out)])
+    assert res.exit_code == 0 and out.is_file() and "largest logit difference" in res.output
+    bad = runner.invoke(app, ["detect", str(REAL[0]), "--runtime", "tensorrt"])
+    assert bad.exit_code == 2 and "torch or onnx" in bad.output
+    probe = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(probe_dir), "--runtime", "onnx", "--json"])
+    assert probe.exit_code == 0, probe.output  # a model without a patch map exports its logit alone
