@@ -841,6 +841,12 @@ def scan(
         bool, typer.Option("--no-provenance", help="Do not read what the files declare; the detector alone decides.")
     ] = False,
     runtime: RuntimeOpt = "torch",
+    ray: Annotated[bool, typer.Option("--ray", help="Score on Ray (Ray Data tasks read, model actors score).")] = False,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="--ray: a running cluster's address (default: start Ray on this machine).")
+    ] = None,
+    actors: Annotated[int, typer.Option(min=1, help="--ray: model actors (each loads the model once).")] = 1,
+    gpus_per_actor: Annotated[float, typer.Option(min=0, help="--ray: GPUs per model actor (0: CPU actors).")] = 0.0,
     allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Score many images into a Parquet dataset (one row per input: path, size, sha256, prob_generated, verdict,
@@ -849,13 +855,20 @@ def scan(
     from aigi import scan as scanning
     from aigi.progress import progress_bar
 
-    m = _load(model, allow_download, runtime)
+    m = None if ray else _load(model, allow_download, runtime)  # on Ray each actor loads its own
     with progress_bar(None, "scan") as bar:
 
         def advance(index, kept, inputs):
             bar.update(description=f"scan · part {index + 1}" + (" (kept)" if kept else ""), completed=inputs)
 
-        counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size, advance)
+        if ray:
+            from aigi import scan_ray
+
+            ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime)
+            counts = scan_ray.run(model, sources, out_dir, part_size, path_column, not no_provenance, batch_size,
+                                  advance, **ray_options)  # fmt: skip
+        else:
+            counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size, advance)
     show.say(
         f"{counts['inputs']} inputs in {counts['written'] + counts['kept']} parts under {out_dir} "
         f"({counts['written']} written now, {counts['kept']} kept from an earlier run; "

@@ -25,7 +25,6 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
 from aigi import api
 from aigi.checkpoints import Model
 from aigi.data.decode import ImageDecodeError, is_image_path, read_bytes
@@ -109,26 +108,35 @@ def read_input(source: str) -> bytes:
         raise ImageDecodeError(source, f"cannot read ({e})") from None
 
 
-def score_part(model: Model, sources: list[str], model_id: str, provenance: bool, batch_size: int) -> list[dict]:
-    """One row per source: read once (size, sha256), scored in memory; unreadable ones keep their error."""
-    rows, items = [], []
+def read_rows(sources: list[str], model_id: str) -> list[dict]:
+    """One row per source with its bytes under ``data`` (None when unreadable: the row then has its error)."""
+    rows = []
     for source in sources:
         row = dict.fromkeys(COLUMNS)
-        row.update(path=source, model_id=model_id)
+        row.update(path=source, model_id=model_id, data=None)
         try:
             data = read_input(source)
         except ImageDecodeError as e:
             row.update(verdict="error", basis=f"could not be read: {e.reason}", error=e.reason)
         else:
-            row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-            items.append((len(rows), (source, data)))
+            row.update(size=len(data), sha256=hashlib.sha256(data).hexdigest(), data=data)
         rows.append(row)
-    found = api.detect(
-        model, [item for _, item in items], provenance=provenance, use_cache=False, batch_size=batch_size
-    )
-    for (i, _), d in zip(items, found):
-        rows[i].update(prob_generated=d.prob_generated, verdict=d.verdict, basis=d.basis, error=d.error)
     return rows
+
+
+def score_rows(model: Model, rows: list[dict], provenance: bool, batch_size: int) -> list[dict]:
+    """The rows of :func:`read_rows` scored in memory (their bytes dropped): the output rows."""
+    readable = [i for i, r in enumerate(rows) if r["data"] is not None]
+    items = [(rows[i]["path"], rows[i]["data"]) for i in readable]
+    found = api.detect(model, items, provenance=provenance, use_cache=False, batch_size=batch_size)
+    for i, d in zip(readable, found):
+        rows[i].update(prob_generated=d.prob_generated, verdict=d.verdict, basis=d.basis, error=d.error)
+    return [{k: r[k] for k in COLUMNS} for r in rows]
+
+
+def score_part(model: Model, sources: list[str], model_id: str, provenance: bool, batch_size: int) -> list[dict]:
+    """One row per source: read once (size, sha256), scored in memory; unreadable ones keep their error."""
+    return score_rows(model, read_rows(sources, model_id), provenance, batch_size)
 
 
 def part_path(out: Path, index: int) -> Path:
@@ -194,6 +202,17 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def plan(out: Path, sources: list[str], part_size: int, path_column: str, model_id: str) -> Iterator[tuple]:
+    """``(index, inputs, kept)`` per part, in order: ``kept`` when an earlier run finished it (checked to hold
+    exactly these inputs). Refuses a folder of another run first."""
+    check_state(out, {"model_id": model_id, "sources": [str(s) for s in sources], "part_size": part_size})
+    for index, chunk in enumerate(chunks(iter_inputs(sources, path_column), part_size)):
+        path = part_path(out, index)
+        if path.is_file():
+            _check_part(path, chunk)
+        yield index, chunk, path.is_file()
+
+
 def run(
     model: Model,
     sources: list[str],
@@ -204,26 +223,19 @@ def run(
     batch_size: int = 8,
     on_part=None,
 ) -> dict:
-    """Scan ``sources`` into ``out``; returns counts (inputs, parts written now, parts kept from an earlier run,
-    errors in the parts written now). ``on_part(index, kept, inputs_so_far)`` is told about each part when done."""
+    """Scan ``sources`` into ``out`` on this machine; returns counts (inputs, parts written now, parts kept from an
+    earlier run, errors in the parts written now). ``on_part(index, kept, inputs_so_far)`` is told about each part."""
     from aigi.engine.robustness import model_id as identify
 
     out, mid = Path(out), identify(model)
-    check_state(out, {"model_id": mid, "sources": [str(s) for s in sources], "part_size": part_size})
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
-    for index, chunk in enumerate(chunks(iter_inputs(sources, path_column), part_size)):
+    for index, chunk, kept in plan(out, sources, part_size, path_column, mid):
         counts["inputs"] += len(chunk)
-        path = part_path(out, index)
-        if path.is_file():
-            _check_part(path, chunk)
-            counts["kept"] += 1
-            if on_part:
-                on_part(index, True, counts["inputs"])
-            continue
-        rows = score_part(model, chunk, mid, provenance, batch_size)
-        write_part(path, rows)
-        counts["written"] += 1
-        counts["errors"] += sum(r["error"] is not None for r in rows)
+        if not kept:
+            rows = score_part(model, chunk, mid, provenance, batch_size)
+            write_part(part_path(out, index), rows)
+            counts["errors"] += sum(r["error"] is not None for r in rows)
+        counts["kept" if kept else "written"] += 1
         if on_part:
-            on_part(index, False, counts["inputs"])
+            on_part(index, kept, counts["inputs"])
     return counts

@@ -1,0 +1,128 @@
+"""``aigi scan --ray [ADDRESS]``: the same scan on a Ray cluster (issue #16; the ``ray`` extra).
+
+The inputs of the parts still to do become one Ray Dataset (order preserved). Ray tasks read each file (size,
+sha256, bytes), and model actors score them in ``map_batches``. Each actor loads the model once; there are
+``actors`` of them, on CPUs or with ``gpus_per_actor``. The driver gathers the rows part by part and writes each part
+exactly as a local scan does (:mod:`aigi.scan`: same schema, same functions, atomic parts, the same resume rule), so
+a local scan and a Ray scan of the same inputs give the same rows.
+
+``address`` is a running cluster's (``ray://host:10001`` or ``auto``); none starts Ray on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from aigi import scan
+from aigi.errors import ConfigError
+
+
+def read_batch(batch: pd.DataFrame, model_id: str) -> pd.DataFrame:
+    """A batch of paths -> their rows with bytes (a Ray task: reading runs in parallel, no model needed)."""
+    rows = scan.read_rows(list(batch["path"]), model_id)
+    return pd.DataFrame({"part": list(batch["part"]), **{k: [r[k] for r in rows] for k in [*scan.COLUMNS, "data"]}})
+
+
+class ScoreActor:
+    """Loads the model once; scores batches of read rows (Ray actor)."""
+
+    def __init__(self, folder: str | None, runtime: str, provenance: bool, batch_size: int) -> None:
+        from aigi import api
+
+        model = api.load(folder)
+        if runtime == "onnx":
+            from aigi.onnx_runtime import with_onnx_runtime
+
+            model = with_onnx_runtime(model, folder)
+        self.model, self.provenance, self.batch_size = model, provenance, batch_size
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = [_plain_row(r) for r in batch.drop(columns=["part"]).to_dict("records")]
+        scored = scan.score_rows(self.model, rows, self.provenance, self.batch_size)
+        return pd.DataFrame({"part": list(batch["part"]), **{k: [r[k] for r in scored] for k in scan.COLUMNS}})
+
+
+def _plain_row(record: dict) -> dict:
+    """A row as a local scan has it: pandas' missing values back to None, the size an int again."""
+    row = {k: None if v is None or (isinstance(v, float) and v != v) else v for k, v in record.items()}
+    if row.get("size") is not None:
+        row["size"] = int(row["size"])
+    return row
+
+
+def run(
+    folder: str | os.PathLike | None,
+    sources: list[str],
+    out: str | os.PathLike,
+    part_size: int = 512,
+    path_column: str = "path",
+    provenance: bool = True,
+    batch_size: int = 8,
+    on_part=None,
+    address: str | None = None,
+    actors: int = 1,
+    gpus_per_actor: float = 0.0,
+    runtime: str = "torch",
+) -> dict:
+    """As :func:`aigi.scan.run`, the scoring on Ray. ``folder`` is the model folder (None: the shipped default):
+    every actor loads it itself."""
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise ConfigError("--ray needs Ray: pip install 'aigi[ray]'") from None
+    from aigi import api
+    from aigi.engine.robustness import model_id as identify
+
+    out = Path(out)
+    mid = identify(api.load(folder))
+    counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
+    pending: dict[int, list[str]] = {}
+    for index, chunk, kept in scan.plan(out, sources, part_size, path_column, mid):
+        counts["inputs"] += len(chunk)
+        if kept:
+            counts["kept"] += 1
+            if on_part:
+                on_part(index, True, counts["inputs"])
+        else:
+            pending[index] = chunk
+    if not pending:
+        return counts
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    items = [{"part": index, "path": path} for index, chunk in pending.items() for path in chunk]
+    dataset = (
+        ray.data.from_items(items)
+        .map_batches(read_batch, fn_kwargs={"model_id": mid}, batch_size=batch_size, batch_format="pandas")
+        .map_batches(
+            ScoreActor,
+            fn_constructor_args=(None if folder is None else str(folder), runtime, provenance, batch_size),
+            batch_size=batch_size,
+            batch_format="pandas",
+            concurrency=actors,
+            num_gpus=gpus_per_actor,
+        )
+    )
+    gathered: dict[int, list[dict]] = {}
+    for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
+        for row in batch.to_dict("records"):
+            index = int(row.pop("part"))
+            gathered.setdefault(index, []).append(_plain_row(row))
+            if len(gathered[index]) == len(pending[index]):
+                rows = _in_input_order(gathered.pop(index), pending[index])
+                scan.write_part(scan.part_path(out, index), rows)
+                counts["written"] += 1
+                counts["errors"] += sum(r["error"] is not None for r in rows)
+                if on_part:
+                    on_part(index, False, counts["inputs"])
+    return counts
+
+
+def _in_input_order(rows: list[dict], chunk: list[str]) -> list[dict]:
+    position = {path: i for i, path in enumerate(chunk)}
+    return sorted(rows, key=lambda r: position[r["path"]])

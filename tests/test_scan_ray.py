@@ -1,0 +1,64 @@
+"""``aigi scan --ray`` on a local Ray instance (2 CPUs): the same rows as a local scan, a failing file as a row with
+its error, and a scan interrupted then restarted on Ray that completes exactly once."""
+
+import pyarrow.dataset as pads
+import pytest
+from typer.testing import CliRunner
+
+from aigi import api, scan, scan_ray
+from aigi.cli import app
+
+ray = pytest.importorskip("ray", reason="Ray is in the dev extra; without it the Ray scan cannot be tested")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _rows(out):
+    return [
+        {k: v for k, v in r.items()}
+        for r in sorted(pads.dataset(str(out)).to_table().to_pylist(), key=lambda r: r["path"])
+    ]
+
+
+def test_ray_and_local_scans_give_identical_rows_and_errors_are_rows(labelled_images, tmp_path):
+    (labelled_images / "1_fake" / "broken.png").write_bytes(b"not a picture")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert runner.invoke(app, ["scan", str(labelled_images), "--out", str(local), "--part-size", "5"]).exit_code == 0
+    res = runner.invoke(app, ["scan", str(labelled_images), "--out", str(remote), "--part-size", "5", "--ray"])
+    assert res.exit_code == 0, res.output
+    assert "13 inputs in 3 parts" in res.output
+    a, b = _rows(local), _rows(remote)
+    assert len(a) == len(b) == 13
+    for x, y in zip(a, b):
+        assert {k: v for k, v in x.items() if k != "prob_generated"} == {
+            k: v for k, v in y.items() if k != "prob_generated"
+        }
+        assert (x["prob_generated"] is None) == (y["prob_generated"] is None)
+        assert x["prob_generated"] is None or abs(x["prob_generated"] - y["prob_generated"]) < 1e-6
+    broken = next(r for r in b if r["path"].endswith("broken.png"))
+    assert broken["verdict"] == "error" and broken["error"]
+
+
+def test_an_interrupted_scan_restarted_on_ray_completes_exactly_once(labelled_images, tmp_path, monkeypatch):
+    out, original = tmp_path / "out", scan.score_part
+
+    def dies_on_the_second_part(model, chunk, *args):
+        if chunk[0] != next(iter(sorted(str(p) for p in labelled_images.rglob("*.jpg")))):
+            raise KeyboardInterrupt
+        return original(model, chunk, *args)
+
+    monkeypatch.setattr(scan, "score_part", dies_on_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        scan.run(api.load(), [str(labelled_images)], out, part_size=5)
+    monkeypatch.undo()
+    assert len(list(out.glob("part-*.parquet"))) == 1
+    counts = scan_ray.run(None, [str(labelled_images)], out, part_size=5)
+    assert counts == {"inputs": 12, "written": 2, "kept": 1, "errors": 0}
+    rows = _rows(out)
+    assert len(rows) == 12 and len({r["path"] for r in rows}) == 12
