@@ -25,6 +25,7 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
 from aigi import api
 from aigi.checkpoints import Model
 from aigi.data.decode import ImageDecodeError, is_image_path, read_bytes
