@@ -53,7 +53,8 @@ class EpochShuffle(torch.utils.data.Sampler):
     """A fresh permutation per epoch, drawn from ``(seed, epoch)`` alone: a resumed run sees the same batches as
     an uninterrupted one. Every DDP process draws the same order; accelerate splits the batches between them.
     (Not called ``set_epoch``: accelerate would call that itself with its own count of passes in this process,
-    which restarts at 0 on resume.)"""
+    which restarts at 0 on resume. Nor ``generator``: accelerate syncs a sampler's ``generator`` attribute across
+    processes as a torch.Generator.)"""
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
@@ -64,11 +65,11 @@ class EpochShuffle(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.n
 
-    def generator(self) -> torch.Generator:
+    def epoch_generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
 
     def __iter__(self):
-        return iter(torch.randperm(self.n, generator=self.generator()).tolist())
+        return iter(torch.randperm(self.n, generator=self.epoch_generator()).tolist())
 
 
 class BalancedEpochDraw(EpochShuffle):
@@ -81,7 +82,7 @@ class BalancedEpochDraw(EpochShuffle):
         self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
 
     def __iter__(self):
-        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=self.generator()).tolist())
+        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=self.epoch_generator()).tolist())
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:
