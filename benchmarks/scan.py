@@ -1,0 +1,172 @@
+"""Issue #16's scan benchmark: ``aigi scan`` on 10,000 images, its memory, its resume, and Ray on this machine.
+
+    python benchmarks/scan.py [--images 10000] [--ray-images 2000]
+
+The images: every aigi-mini ``val/`` and ``test/`` image cut into its four corner tiles and its centre tile (each
+half the image's short side), each tile re-encoded as JPEG at quality 90, until ``--images`` are made (written under
+``results/scan/work/images``, not committed). Measured, each scan a fresh ``aigi scan`` process on a list file:
+
+- local scans of the first 1,000, 5,000 and 10,000 images: images/s and the process's peak RSS (flat is the target);
+- the resume: a 10,000-image scan killed (SIGKILL) once half its parts exist, then rerun: rows = inputs, no path
+  twice, and the time of the rerun against a full scan;
+- Ray on this machine with 1 and 2 model actors on ``--ray-images`` images, against a local scan of the same.
+
+Writes ``results/scan/scan.{json,md}`` and the README block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+from default_model import REPO, update_readme
+from PIL import Image
+
+from aigi.data.folders import discover
+from aigi.io import write_json, write_text
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "scan"
+WORK = OUT / "work"
+DATA = REPO.parent / "shared" / "data" / "aigi-mini"
+PART = 256
+
+
+def tiles(im: Image.Image) -> list[Image.Image]:
+    side = min(im.size) // 2
+    w, h = im.size
+    corners = [(0, 0), (w - side, 0), (0, h - side), (w - side, h - side), ((w - side) // 2, (h - side) // 2)]
+    return [im.crop((x, y, x + side, y + side)) for x, y in corners]
+
+
+def build_images(n: int) -> list[str]:
+    folder = WORK / "images"
+    listed = WORK / f"images_{n}.txt"
+    if listed.is_file():
+        return listed.read_text().splitlines()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    sources = [s.path for split in ("val", "test") for s in discover(DATA / split).samples]
+    for k, source in enumerate(sources):
+        with Image.open(source) as im:
+            for t, tile in enumerate(tiles(im.convert("RGB"))):
+                path = folder / f"{k:05d}_{t}.jpg"
+                buf = io.BytesIO()
+                tile.save(buf, "JPEG", quality=90)
+                path.write_bytes(buf.getvalue())
+                paths.append(str(path))
+                if len(paths) == n:
+                    write_text(listed, "\n".join(paths) + "\n")
+                    return paths
+    raise SystemExit(f"only {len(paths)} tiles could be made from {DATA}")
+
+
+def scan_process(listing: Path, out: Path, extra: list[str], kill_at_parts: int | None = None) -> dict:
+    """Run ``aigi scan`` as its own process; its wall time and peak RSS (VmHWM, polled), or kill it once
+    ``kill_at_parts`` parts exist."""
+    cmd = [sys.executable, "-m", "aigi.cli", "scan", str(listing), "--out", str(out), "--part-size", str(PART), *extra]
+    env = {**os.environ, "AIGI_NO_PROGRESS": "1"}
+    start, peak = time.perf_counter(), 0.0
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) / 1024)
+        except (OSError, IndexError):
+            pass
+        if kill_at_parts is not None and len(list(out.glob("part-*.parquet"))) >= kill_at_parts:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return {"seconds": time.perf_counter() - start, "killed": True}
+        time.sleep(0.2)
+    if proc.returncode != 0:
+        raise SystemExit(f"aigi scan failed: {proc.stderr.read().decode()[-2000:]}")
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak}
+
+
+def fresh(name: str) -> Path:
+    import shutil
+
+    path = WORK / "runs" / name
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def rows_of(out: Path) -> tuple[int, int]:
+    paths = pads.dataset(str(out)).to_table(columns=["path"]).column("path").to_pylist()
+    return len(paths), len(set(paths))
+
+
+def measure(n: int, ray_n: int) -> dict:
+    paths = build_images(n)
+    result: dict = {"images": n, "part_size": PART, "local": [], "ray": []}
+    for size in (1000, 5000, n):
+        listing = WORK / f"images_{size}.txt"
+        write_text(listing, "\n".join(paths[:size]) + "\n")
+        run = scan_process(listing, fresh(f"local_{size}"), [])
+        result["local"].append({"images": size, "images_per_s": size / run["seconds"], **run})
+        print(result["local"][-1], flush=True)
+    full = WORK / f"images_{n}.txt"
+    out = fresh("resume")
+    killed = scan_process(full, out, [], kill_at_parts=(n // PART) // 2)
+    rerun = scan_process(full, out, [])
+    rows, unique = rows_of(out)
+    result["resume"] = {
+        "killed_after_s": killed["seconds"],
+        "rerun_s": rerun["seconds"],
+        "rows": rows,
+        "unique": unique,
+    }
+    print(result["resume"], flush=True)
+    listing = WORK / f"images_{ray_n}.txt"
+    write_text(listing, "\n".join(paths[:ray_n]) + "\n")
+    local = scan_process(listing, fresh(f"ray_local_{ray_n}"), [])
+    result["ray_local"] = {"images": ray_n, "images_per_s": ray_n / local["seconds"], **local}
+    for actors in (1, 2):
+        run = scan_process(listing, fresh(f"ray_{actors}"), ["--ray", "--actors", str(actors)])
+        result["ray"].append({"actors": actors, "images": ray_n, "images_per_s": ray_n / run["seconds"], **run})
+        print(result["ray"][-1], flush=True)
+    return result
+
+
+def markdown(r: dict) -> str:
+    lines = ["| local scan | images/s | peak RSS MiB |", "|---|---|---|"]
+    lines += [f"| {x['images']:,} images | {x['images_per_s']:.1f} | {x['peak_rss_mb']:.0f} |" for x in r["local"]]
+    full = next(x for x in r["local"] if x["images"] == r["images"])
+    res = r["resume"]
+    lines += [
+        "",
+        f"Resume: killed after {res['killed_after_s']:.0f} s (half the parts written), rerun {res['rerun_s']:.0f} s "
+        f"against {full['seconds']:.0f} s for a full scan; {res['rows']:,} rows for {r['images']:,} inputs, "
+        f"{res['unique']:,} distinct paths.",
+        "",
+        f"| {r['ray_local']['images']:,} images | images/s | peak RSS MiB (driver) |",
+        "|---|---|---|",
+        f"| local | {r['ray_local']['images_per_s']:.1f} | {r['ray_local']['peak_rss_mb']:.0f} |",
+    ]
+    lines += [f"| Ray, {x['actors']} actor(s) | {x['images_per_s']:.1f} | {x['peak_rss_mb']:.0f} |" for x in r["ray"]]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--ray-images", type=int, default=2000)
+    args = ap.parse_args()
+    result = measure(args.images, args.ray_images)
+    write_json(OUT / "scan.json", result)
+    table = markdown(result)
+    write_text(OUT / "scan.md", table + "\n")
+    update_readme("scan", table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
