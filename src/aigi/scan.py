@@ -232,11 +232,23 @@ def run(
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
     for index, chunk, kept in plan(out, sources, part_size, path_column, mid):
         counts["inputs"] += len(chunk)
-        if not kept:
-            rows = score_part(model, chunk, mid, provenance, batch_size)
-            write_part(part_path(out, index), rows)
-            counts["errors"] += sum(r["error"] is not None for r in rows)
-        counts["kept" if kept else "written"] += 1
-        if on_part:
-            on_part(index, kept, counts["inputs"])
+        if kept:
+            keep_part(index, counts, on_part)
+        else:
+            save_part(out, index, score_part(model, chunk, mid, provenance, batch_size), counts, on_part)
     return counts
+
+
+def keep_part(index: int, counts: dict, on_part) -> None:
+    counts["kept"] += 1
+    if on_part:
+        on_part(index, True, counts["inputs"])
+
+
+def save_part(out: Path, index: int, rows: list[dict], counts: dict, on_part) -> None:
+    """Write a finished part and count it (and its errors)."""
+    write_part(part_path(out, index), rows)
+    counts["written"] += 1
+    counts["errors"] += sum(r["error"] is not None for r in rows)
+    if on_part:
+        on_part(index, False, counts["inputs"])

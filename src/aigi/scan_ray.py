@@ -84,9 +84,7 @@ def run(
     for index, chunk, kept in scan.plan(out, sources, part_size, path_column, mid):
         counts["inputs"] += len(chunk)
         if kept:
-            counts["kept"] += 1
-            if on_part:
-                on_part(index, True, counts["inputs"])
+            scan.keep_part(index, counts, on_part)
         else:
             pending[index] = chunk
     if not pending:
@@ -114,12 +112,7 @@ def run(
             index = int(row.pop("part"))
             gathered.setdefault(index, []).append(_plain_row(row))
             if len(gathered[index]) == len(pending[index]):
-                rows = _in_input_order(gathered.pop(index), pending[index])
-                scan.write_part(scan.part_path(out, index), rows)
-                counts["written"] += 1
-                counts["errors"] += sum(r["error"] is not None for r in rows)
-                if on_part:
-                    on_part(index, False, counts["inputs"])
+                scan.save_part(out, index, _in_input_order(gathered.pop(index), pending[index]), counts, on_part)
     return counts
 
 

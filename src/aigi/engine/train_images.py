@@ -82,7 +82,9 @@ class BalancedEpochDraw(EpochShuffle):
         self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
 
     def __iter__(self):
-        return iter(torch.multinomial(self.weights, self.n, replacement=True, generator=self.epoch_generator()).tolist())
+        return iter(
+            torch.multinomial(self.weights, self.n, replacement=True, generator=self.epoch_generator()).tolist()
+        )
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:
