@@ -44,6 +44,42 @@ function probabilityText(d) {
   return d.prob_generated === null ? "" : `probability generated: ${Math.round(d.prob_generated * 100)}%`;
 }
 
+function percent(x) {
+  return `${Math.round(x * 100)}%`;
+}
+
+// Why, in plain words: the band and threshold the verdict came from (the raw basis stays in the title).
+function whyText(d, decision) {
+  const p = d.prob_generated;
+  if (d.verdict === "uncertain" && decision.band) {
+    const [lo, hi] = decision.band;
+    return `The detector gave ${percent(p)}. Between ${percent(lo)} and ${percent(hi)} it was right less than 95% ` +
+      "of the time on validation images, so it does not decide.";
+  }
+  if (d.basis.startsWith("declared")) return `The file itself says so: ${d.basis}.`;
+  if (p === null) return d.basis;
+  const side = p >= decision.threshold ? "at or above" : "below";
+  return `The detector gave ${percent(p)}, ${side} its threshold of ${percent(decision.threshold)}.`;
+}
+
+// The probability bar with the uncertain range shaded and the threshold marked.
+function probabilityBar(d, decision) {
+  const bar = el("div", { class: "bar", role: "img", "aria-label": probabilityText(d) });
+  if (decision.band) {
+    const [lo, hi] = decision.band;
+    const band = el("i", { class: "band", title: "uncertain range" });
+    band.style.left = percent(lo);
+    band.style.width = percent(hi - lo);
+    bar.append(band);
+  }
+  const fill = el("span");
+  fill.style.width = percent(d.prob_generated);
+  const mark = el("b", { class: "threshold", title: "threshold" });
+  mark.style.left = percent(decision.threshold);
+  bar.append(fill, mark);
+  return bar;
+}
+
 function findingsList(d) {
   const list = el("ul", { class: "findings" });
   const prov = d.provenance;
@@ -58,7 +94,7 @@ function findingsList(d) {
   return list;
 }
 
-function card(d, file) {
+function card(d, file, decision) {
   const verdict = d.verdict in WORDS ? d.verdict : "error";
   const article = el("article", { class: `card ${verdict}`, "aria-label": `${d.path}: ${WORDS[verdict]}` });
   article.append(el("h2", {}, d.path));
@@ -72,10 +108,10 @@ function card(d, file) {
   }
   article.append(el("p", { class: "meaning" }, MEANING[verdict]));
   article.append(el("p", { class: "prob" }, probabilityText(d)));
-  const bar = el("div", { class: "bar", role: "img", "aria-label": probabilityText(d) }, el("span"));
-  bar.firstChild.style.width = `${Math.round(d.prob_generated * 100)}%`;
-  article.append(bar);
-  article.append(el("p", { class: "basis" }, `Why: ${d.basis}`));
+  article.append(probabilityBar(d, decision));
+  article.append(el("p", { class: "legend" }, decision.band ? "0% to 100%; shaded: uncertain range; red line: threshold"
+    : "0% to 100%; red line: threshold"));
+  article.append(el("p", { class: "basis", title: d.basis }, `Why: ${whyText(d, decision)}`));
   article.append(findingsList(d));
   if (d.heatmap) {
     // The heatmap PNG shows the crop the model analysed, with its per-patch evidence laid over it (and a colour
@@ -118,8 +154,10 @@ async function send(files) {
     status.textContent = `Not checked: ${payload.error || response.statusText}`;
     return;
   }
-  status.textContent = response.ok ? `checked ${files.length} with ${payload.model}` : payload.error;
-  payload.results.forEach((d, i) => cards.prepend(card(d, files[i])));
+  const count = `${files.length} image${files.length > 1 ? "s" : ""}`;
+  status.textContent = response.ok ? `Checked ${count} with the model "${payload.model}".` : payload.error;
+  const decision = { threshold: payload.threshold, band: payload.band };
+  payload.results.forEach((d, i) => cards.prepend(card(d, files[i], decision)));
 }
 
 input.addEventListener("change", () => { send(Array.from(input.files)); input.value = ""; });
