@@ -89,3 +89,18 @@ def test_export_command_and_refusals(tmp_path, probe_dir):
     assert bad.exit_code == 2 and "torch or onnx" in bad.output
     probe = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(probe_dir), "--runtime", "onnx", "--json"])
     assert probe.exit_code == 0, probe.output  # a model without a patch map exports its logit alone
+
+
+def test_scan_runs_through_onnx_and_a_stale_export_is_refused(shipped, exported, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    res = runner.invoke(app, ["scan", str(REAL[0]), str(FAKE[0]), "--out", str(tmp_path / "s"), "--runtime", "onnx"])
+    assert res.exit_code == 0, res.output
+    from aigi.checkpoints import load_default_model, save_model
+
+    other = load_default_model()
+    other.config.threshold = 0.3  # recalibrated since the export: another model id
+    folder = tmp_path / "recalibrated"
+    save_model(other, folder)
+    (folder / "model.onnx").write_bytes(exported.read_bytes())
+    stale = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(folder), "--runtime", "onnx"])
+    assert stale.exit_code != 0 and "not exported from this model" in stale.output and "Traceback" not in stale.output

@@ -43,6 +43,9 @@ def test_a_valid_answer_parses_with_or_without_tags_and_with_text_around_it():
         (json.dumps({**GOOD, "mood": "sure"}), "invalid mood"),
         (json.dumps({**GOOD, "evidence_used": ["vibes"]}), "invalid evidence_used"),
         (json.dumps({**GOOD, "reasons": []}), "invalid reasons"),
+        (json.dumps({**GOOD, "confidence": "0.9"}), "invalid confidence"),  # no coercion
+        (f'<think>draft {json.dumps(GOOD)}</think><answer>{{"verdict": "real"', "not closed"),  # cut off
+        (f"<think>draft {json.dumps(GOOD)}</think> so: real", "no JSON object"),  # a draft is not the answer
     ],
 )
 def test_malformed_answers_say_what_is_wrong(text, why):
@@ -110,7 +113,7 @@ def test_cli_reasoner_from_a_folder_and_its_misuse(tmp_path):
     res = CliRunner().invoke(app, ["detect", str(path), "--think", "slow", "--reasoner", str(folder), "--json"])
     assert res.exit_code == 0, res.output
     reasoner = json.loads(res.output)["results"][0]["thinking"]["reasoner"]
-    assert reasoner["model"] == str(folder) and reasoner["status"] in ("ok", "unparsed")
+    assert reasoner["model"] == str(folder) and reasoner["status"] == "unparsed"  # a random model babbles
     table = CliRunner().invoke(app, ["detect", str(path), "--think", "slow", "--reasoner", str(folder)])
     assert table.exit_code == 0 and str(folder) in table.output
     bad = CliRunner().invoke(app, ["detect", str(path), "--reasoner", str(folder)])

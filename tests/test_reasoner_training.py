@@ -43,6 +43,7 @@ def test_brevity_rewards_short_reasoning_on_easy_images_only():
     short, long = WELL, f"<think>{'word ' * EASY_BUDGET_WORDS}</think><answer>{json.dumps(ANSWER)}</answer>"
     assert reward_brevity(short, "easy") > 0.9 and reward_brevity(long, "easy") == 0.0
     assert reward_brevity(short, "hard") == reward_brevity(long, "hard") == 0.0
+    assert reward_brevity("", "easy") == reward_brevity("<think></think>", "easy") == 0.0  # no pay for nothing
 
 
 def test_the_trl_reward_functions_read_chat_completions_and_columns():
@@ -100,6 +101,12 @@ def test_a_merged_model_loads_as_a_reasoner(sft_jsonl, tmp_path):
     res = runner.invoke(app, [*args, "--max-steps", "1", "--lora-r", "2"])
     assert res.exit_code == 0, res.output
     assert VLMReasoner(str(out), max_new_tokens=4).source == str(out)
+
+
+def test_grpo_settings_that_split_a_group_are_refused_before_loading(sft_jsonl, tmp_path):
+    args = ["reason", "grpo", "--data", str(sft_jsonl), "--model", str(tmp_path), "--out", str(tmp_path / "o")]
+    res = runner.invoke(app, [*args, "--batch-size", "2", "--num-generations", "4"])
+    assert res.exit_code == 2 and "multiple of --num-generations" in res.output
 
 
 def test_bad_training_data_is_one_line(tmp_path):

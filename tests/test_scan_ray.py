@@ -62,3 +62,14 @@ def test_an_interrupted_scan_restarted_on_ray_completes_exactly_once(labelled_im
     assert counts == {"inputs": 12, "written": 2, "kept": 1, "errors": 0}
     rows = _rows(out)
     assert len(rows) == 12 and len({r["path"] for r in rows}) == 12
+
+
+def test_a_path_listed_twice_keeps_its_place_in_the_part(labelled_images, tmp_path):
+    files = [str(p) for p in sorted(labelled_images.rglob("*.jpg"))][:3]
+    listed = [files[0], files[1], files[0], files[2]]
+    (tmp_path / "list.txt").write_text("\n".join(listed) + "\n")
+    counts = scan_ray.run(None, [str(tmp_path / "list.txt")], tmp_path / "out", part_size=4)
+    assert counts["written"] == 1
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "out" / "part-000000.parquet").column("path").to_pylist() == listed

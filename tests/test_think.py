@@ -25,11 +25,12 @@ def _with_band(model: Model, band) -> Model:
     return Model(model.detector, model.config.model_copy(update={"band": band}))
 
 
-def _detection(prob, band=(0.2, 0.8), threshold=0.5, basis="detector", verdict=None):
-    if verdict is None:
-        inside = band is not None and band[0] < prob < band[1]
-        verdict = "uncertain" if inside else ("generated" if prob >= threshold else "real")
-    return api.Detection("x.png", verdict, basis, prob, None, threshold, band)
+def _detection(prob, band=(0.2, 0.8), threshold=0.5, provenance=None):
+    """What api.detect makes of a score (and what the file declares), through the same fusion."""
+    from aigi.provenance.fusion import fuse
+
+    v = fuse(prob, threshold, provenance, band)
+    return api.Detection("x.png", v.label, v.basis, prob, None, threshold, band, decided_by=v.source)
 
 
 def test_the_rule_escalates_inside_the_band_and_keeps_confident_answers():
@@ -41,9 +42,12 @@ def test_the_rule_escalates_inside_the_band_and_keeps_confident_answers():
     assert "within 0.15 of the threshold" in think.escalation(_detection(0.6, band=None))
     assert think.escalation(_detection(0.7, band=None)) is None
     assert think.escalation(_detection(0.6, band=None), margin=0.05) is None
-    # a declared origin or an unreadable file is never escalated
-    declared = _detection(0.5, basis="declared generated (C2PA)", verdict="generated")
-    assert think.escalation(declared) is None and "declares" in think.settled(declared)
+    # a declared origin (C2PA, a watermark) or an unreadable file is never escalated, even inside the band
+    c2pa = Provenance("x.png", [Finding("c2pa", "generated", "strong", "C2PA by OpenAI")])
+    mark = Provenance("x.png", [Finding("watermark", "generated", "moderate", "SynthID-like watermark")])
+    for declared in (_detection(0.5, provenance=c2pa), _detection(0.5, provenance=mark)):
+        assert declared.verdict == "generated" and declared.decided_by in ("declared", "watermark")
+        assert think.escalation(declared) is None and "declares" in think.settled(declared)
     assert think.escalation(api.Detection("x", "error", "could not", None, None, 0.5, (0.2, 0.8))) is None
 
 
@@ -106,11 +110,17 @@ def test_the_explanation_quotes_the_provenance_and_never_claims_a_model():
 
 def test_cli_think_json_table_and_errors(tmp_path):
     paths = [str(p) for p in _images(tmp_path, 2)]
-    res = runner.invoke(app, ["detect", *paths, "--think", "slow", "--json", "--explain-dir", str(tmp_path / "maps")])
+    maps = ["--explain-dir", str(tmp_path / "maps")]
+    res = runner.invoke(app, ["detect", *paths, "--think", "slow", "--json", *maps])
     assert res.exit_code == 0, res.output
     results = json.loads(res.output)["results"]
     assert all(r["thinking"]["path"] == "slow" and r["thinking"]["explanation"]["text"] for r in results)
-    assert all(r["heatmap"] and (tmp_path / "maps").is_dir() for r in results)
+    slow = think.load_slow_default(api.load())
+    assert all(r["thinking"]["threshold"] == pytest.approx(slow.threshold, abs=1e-4) for r in results)
+    assert all(r["thinking"]["evidence"]["map_covers"].startswith("the first view") for r in results)
+    assert not (tmp_path / "maps").exists()  # heatmaps are written only with --explain
+    drawn = runner.invoke(app, ["detect", *paths, "--think", "slow", "--json", "--explain", *maps])
+    assert all(r["heatmap"] for r in json.loads(drawn.output)["results"]) and (tmp_path / "maps").is_dir()
     table = runner.invoke(app, ["detect", *paths, "--think", "fast"])
     assert table.exit_code == 0 and "decided by" in table.output and "fast: --think fast" in table.output
     plain = runner.invoke(app, ["detect", *paths, "--json"])

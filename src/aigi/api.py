@@ -69,6 +69,7 @@ class Detection:
     explained: bool = False
     patch_map: np.ndarray | None = field(default=None, repr=False)  # with explain=True: the raw map (rows x columns)
     thinking: dict | None = None  # with --think: which path decided, why, the evidence and the explanation
+    decided_by: str = "detector"  # declared | watermark | detector | none: what the verdict rests on (fusion's source)
 
     def to_dict(self, heatmap_base64: bool = False) -> dict:
         """The one JSON schema of a verdict. ``heatmap`` (with explain) is where the PNG was written, or the PNG
@@ -151,6 +152,7 @@ def _detection(
         provenance=prov,
         heatmap_png=png,
         explained=explain,
+        decided_by=v.source,
     )
 
 

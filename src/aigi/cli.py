@@ -20,7 +20,7 @@ from aigi._version import __version__
 from aigi.cli_errors import AigiGroup
 from aigi.cli_reason import reason_app
 from aigi.cli_train import TrainGroup
-from aigi.errors import ConfigError, DataError, NothingScoredError
+from aigi.errors import ConfigError, DataError, ModelLoadError, NothingScoredError
 
 app = typer.Typer(
     cls=AigiGroup,
@@ -261,7 +261,7 @@ def detect(
         results = thinking.detect(
             m, paths, think, slow, explain=explain, batch_size=batch_size, progress=not as_json, reasoner=vlm
         )
-    n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain or think else (0, None)
+    n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain else (0, None)
     t, band = (m.threshold, m.config.band) if threshold is None else (threshold, None)
     if as_json:
         show.detections_json(m.config.detector, t, band, results, image_set.skipped, views_of(m.config))
@@ -812,7 +812,8 @@ def serve(
         import os
 
         show.say(f"serving {workers} worker processes on http://{host}:{port} (page at /, API docs at /docs)")
-        settings = {"models": [str(m) for m in model or []], "limits": limits.model_dump(), "reasoner": reasoner}
+        settings = {"models": [str(m) for m in model or []], "limits": limits.model_dump(), "reasoner": reasoner,
+                    "allow_download": allow_download}  # fmt: skip
         os.environ[CONFIG_VAR] = json.dumps(settings)
         uvicorn.run("aigi.serve.app:from_environment", factory=True, host=host, port=port, workers=workers,
                     log_config=log_config)  # fmt: skip
@@ -855,6 +856,8 @@ def scan(
     from aigi import scan as scanning
     from aigi.progress import progress_bar
 
+    if runtime not in ("torch", "onnx"):
+        raise ConfigError(f"--runtime must be torch or onnx, not {runtime!r}")
     m = None if ray else _load(model, allow_download, runtime)  # on Ray each actor loads its own
     with progress_bar(None, "scan") as bar:
 
@@ -864,7 +867,8 @@ def scan(
         if ray:
             from aigi import scan_ray
 
-            ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime)
+            ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime,
+                               allow_download=allow_download)  # fmt: skip
             counts = scan_ray.run(model, sources, out_dir, part_size, path_column, not no_provenance, batch_size,
                                   advance, **ray_options)  # fmt: skip
         else:
@@ -893,8 +897,8 @@ def export_onnx(
     model: ModelOpt = None,
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
 ) -> None:
-    """The model's detector as ONNX (pixels [batch, 3, H, W] -> logit, and patch_map when it has one), dynamic batch;
-    checked against PyTorch on random pixels before it is kept. Put it in the model folder as model.onnx for
+    """The model's detector as ONNX (pixels [batch, 3, H, W] -> logit, and patch_map when it has one), dynamic batch,
+    stamped with the model's id; removed again if its logits differ from PyTorch's by more than 1e-4 on random pixels. Put it in the model folder as model.onnx for
     --runtime onnx to use it."""
     import torch
 
@@ -902,10 +906,13 @@ def export_onnx(
 
     m = _load(model)
     path = export(m, out, opset)
-    crop = m.config.protocol.crop
+    crop = m.config.protocol.crop or m.detector.backbone.preprocess.size
     pixels = torch.randn(3, 3, crop, crop, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         gap = float((OnnxDetector(path, m.detector)(pixels).logit - m.detector(pixels).logit).abs().max())
+    if not gap <= 1e-4:
+        path.unlink()
+        raise ModelLoadError(f"the exported graph's logits differ from PyTorch's by {gap:.2e} (> 1e-4): not kept")
     show.say(f"wrote {path}: largest logit difference to PyTorch on random pixels {gap:.2e}")
 
 

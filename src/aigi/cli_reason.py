@@ -90,7 +90,7 @@ def grpo(
     epochs: EpochsOpt = 1.0,
     max_steps: StepsOpt = -1,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-5,
-    batch_size: BatchOpt = 2,
+    batch_size: BatchOpt = 4,
     num_generations: Annotated[int, typer.Option(min=2, help="Answers sampled per image (the group).")] = 4,
     max_completion_length: Annotated[int, typer.Option(min=1, help="Longest answer, in tokens.")] = 512,
     lora_r: LoraOpt = 16,

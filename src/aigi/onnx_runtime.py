@@ -44,7 +44,7 @@ def export(model: Model, out: str | os.PathLike, opset: int = OPSET) -> Path:
     if model.config.detector == STACK:
         raise ConfigError("a stack has no single graph: export each member folder (members/<k>-<name>/)")
     graph = _Graph(model.detector).eval()
-    crop = model.config.protocol.crop
+    crop = model.config.protocol.crop or model.detector.backbone.preprocess.size
     example = torch.zeros(2, 3, crop, crop)
     outputs = ["logit", "patch_map"] if graph.with_map else ["logit"]
 
@@ -63,8 +63,23 @@ def export(model: Model, out: str | os.PathLike, opset: int = OPSET) -> Path:
                 opset_version=opset,
                 dynamo=False,
             )
+        _stamp(tmp, model)
 
     return atomic_write(out, write)
+
+
+ID_KEY = "aigi_model_id"
+
+
+def _stamp(path: str, model: Model) -> None:
+    """Record which weights the graph holds (``aigi_model_id`` in the ONNX metadata), so a stale file is refused."""
+    import onnx
+
+    from aigi.engine.robustness import model_id
+
+    graph = onnx.load(path)
+    graph.metadata_props.add(key=ID_KEY, value=model_id(model))
+    onnx.save(graph, path)
 
 
 class OnnxDetector(torch.nn.Module):
@@ -82,7 +97,9 @@ class OnnxDetector(torch.nn.Module):
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.path = Path(path)
+        self.model_id = self.session.get_modelmeta().custom_metadata_map.get(ID_KEY)
         self.backbone = original.backbone
+        self.trainable_state_dict = original.trainable_state_dict  # the model's id is the PyTorch weights' id
         self.patch_map_label = original.patch_map_label
         self.patch_grid = original.patch_grid
 
@@ -109,6 +126,14 @@ def with_onnx_runtime(model: Model, folder: str | os.PathLike | None = None, thr
         raise ConfigError("--runtime onnx needs onnxruntime: pip install 'aigi[onnx]'") from None
     if model.config.detector == STACK:
         raise ConfigError("--runtime onnx scores single models, not a stack (its members run in PyTorch)")
+    from aigi.engine.robustness import model_id
+
     own = Path(folder) / "model.onnx" if folder is not None else None
     path = own if own is not None and own.is_file() else cached_export(model)
-    return Model(OnnxDetector(path, model.detector, threads), model.config)
+    detector = OnnxDetector(path, model.detector, threads)
+    if detector.model_id != model_id(model):
+        raise ConfigError(
+            f"{path} was not exported from this model's weights and settings (retrained or recalibrated since?): "
+            f"export it again with aigi export onnx, or delete it"
+        )
+    return Model(detector, model.config)

@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aigi.errors import ConfigError, ModelLoadError
+from aigi.think import regions_in_words
 
 EVIDENCE = ("image", "detector", "heatmap", "provenance")
 ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
@@ -44,13 +45,20 @@ class AnswerError(ValueError):
 
 
 def parse_answer(text: str) -> Answer:
-    """The answer in ``text``: the JSON object inside ``<answer>`` (or, without the tags, the first JSON object in
-    the text), checked against :class:`Answer`. Raises :class:`AnswerError` saying what is wrong."""
+    """The answer in ``text``: the JSON object of the last closed ``<answer>...</answer>`` block; without any
+    ``<answer>`` tag, the first JSON object after the reasoning (after the last ``</think>``, if any). Checked strictly
+    against :class:`Answer` (no type coercion). Raises :class:`AnswerError` saying what is wrong; an ``<answer>``
+    left open (e.g. cut off) is an error, never a guess from elsewhere in the text."""
     tagged = ANSWER_TAG.findall(text)
-    body = tagged[-1] if tagged else text
+    if tagged:
+        body = tagged[-1]
+    elif re.search(r"<answer>", text, re.I):
+        raise AnswerError("the <answer> block is not closed (cut off?)")
+    else:
+        body = re.split(r"</think>", text, flags=re.I)[-1]
     obj = _first_json_object(body)
     try:
-        return Answer.model_validate(obj)
+        return Answer.model_validate(obj, strict=True)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "answer"
@@ -105,18 +113,26 @@ def evidence_lines(evidence: dict) -> list[str]:
         )
     if evidence.get("fast_prob_generated") is not None:
         lines.append(f"detector, quick look: P(generated) {evidence['fast_prob_generated']:.2f}")
-    if evidence.get("hottest_regions"):
-        places = ", ".join(dict.fromkeys(r["where"] for r in evidence["hottest_regions"]))
-        lines.append(f"heatmap: the detector's strongest evidence is at the {places}")
+    if where := regions_in_words(evidence):
+        lines.append(f"heatmap: the detector's strongest evidence is at the {where}")
     declared = [f"{f['summary']} ({f['strength']})" for f in evidence.get("provenance", [])]
     lines.append("provenance: " + ("; ".join(declared) if declared else "the file declares nothing about its origin"))
     return lines
 
 
+def _placement() -> dict:
+    """On a GPU machine the VLM goes to the GPU(s) in bfloat16; on CPU it stays as saved."""
+    import torch
+
+    return {"device_map": "auto", "dtype": torch.bfloat16} if torch.cuda.is_available() else {}
+
+
 class VLMReasoner:
     """A Hugging Face vision-language model that reasons over an image and the toolkit's evidence."""
 
-    def __init__(self, source: str, allow_download: bool = False, max_new_tokens: int = 512) -> None:
+    def __init__(
+        self, source: str, allow_download: bool = False, max_new_tokens: int = 512, option: str = "--reasoner"
+    ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging
 
@@ -124,12 +140,14 @@ class VLMReasoner:
         self.source, self.max_new_tokens = str(source), max_new_tokens
         try:
             self.processor = AutoProcessor.from_pretrained(self.source, local_files_only=not allow_download)
-            self.model = AutoModelForImageTextToText.from_pretrained(self.source, local_files_only=not allow_download)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                self.source, local_files_only=not allow_download, **_placement()
+            )
         except (OSError, ValueError) as e:
             hint = "" if allow_download else " (downloads are off: give a local folder or --allow-download)"
-            raise ModelLoadError(f"--reasoner {self.source}: cannot load a vision-language model{hint}: {e}") from None
+            raise ModelLoadError(f"{option} {self.source}: cannot load a vision-language model{hint}: {e}") from None
         if not getattr(self.processor, "chat_template", None):
-            raise ConfigError(f"--reasoner {self.source}: its processor has no chat template to prompt it with")
+            raise ConfigError(f"{option} {self.source}: its processor has no chat template to prompt it with")
         self.model.eval()
 
     def generate(self, image: Image.Image, prompt: str) -> str:
@@ -137,7 +155,7 @@ class VLMReasoner:
 
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], images=[image.convert("RGB")], return_tensors="pt")
+        inputs = self.processor(text=[text], images=[image.convert("RGB")], return_tensors="pt").to(self.model.device)
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]

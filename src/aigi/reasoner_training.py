@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aigi.errors import ConfigError
 from aigi.reasoner import ANSWER_TAG, AnswerError, build_prompt, parse_answer
+from aigi.think import regions_in_words
 
 THINK_TAG = re.compile(r"<think>(.*?)</think>", re.S | re.I)
 REWARD_WEIGHTS = {"correct": 1.0, "format": 0.5, "brevity": 0.2}
@@ -49,8 +50,9 @@ def reward_format(text: str) -> float:
 
 def reward_brevity(text: str, difficulty: str) -> float:
     """On an easy image, the shorter the reasoning the better (1 at no words, 0 at the budget); hard images think as
-    long as they need (0: no term). A right answer is not required here: :func:`reward_correct` weighs that."""
-    if difficulty != "easy":
+    long as they need (0: no term). The answer must parse (an empty one earns nothing); a right answer is not
+    required here: :func:`reward_correct` weighs that."""
+    if difficulty != "easy" or reward_format(text) == 0.0:  # no pay for saying nothing
         return 0.0
     found = THINK_TAG.search(text)
     words = len((found.group(1) if found else text).split())
@@ -91,8 +93,8 @@ def templated_rationale(label: str, evidence: dict) -> str:
     p = evidence.get("slow_prob_generated")
     leaning = "generated" if p is not None and p >= evidence.get("threshold", 0.5) else "real"
     first = f"At a glance the detector leans {leaning} (P(generated) {p:.2f})." if p is not None else "No score."
-    places = ", ".join(dict.fromkeys(r["where"] for r in evidence.get("hottest_regions", [])))
-    analysis = f"Its strongest evidence is at the {places}." if places else "It gives no per-patch evidence."
+    where = regions_in_words(evidence)
+    analysis = f"Its strongest evidence is at the {where}." if where else "It gives no per-patch evidence."
     declared = evidence.get("provenance") or []
     analysis += (" The file declares: " + "; ".join(f["summary"] for f in declared) + ".") if declared else ""
     agrees = leaning == label
@@ -181,15 +183,10 @@ def _lora(rank: int):
 
 
 def _load(model: str, allow_download: bool):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from aigi.reasoner import VLMReasoner
 
-    try:
-        return (
-            AutoModelForImageTextToText.from_pretrained(model, local_files_only=not allow_download),
-            AutoProcessor.from_pretrained(model, local_files_only=not allow_download),
-        )
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--model {model}: cannot load a vision-language model: {e}") from None
+    loaded = VLMReasoner(model, allow_download, option="--model")
+    return loaded.model, loaded.processor
 
 
 def _finish(trainer, processor, out: Path, merge: bool) -> Path:
@@ -226,6 +223,19 @@ def sft(
     return _finish(trainer, processor, out, merge)
 
 
+def check_groups(settings: dict) -> None:
+    """GRPO samples ``num_generations`` answers per image, and a step's batch must hold whole groups."""
+    import torch.distributed as dist
+
+    processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    batch, group = settings.get("per_device_train_batch_size", 8) * processes, settings.get("num_generations", 8)
+    if batch % group:
+        raise ConfigError(
+            f"--batch-size x processes ({batch}) must be a multiple of --num-generations ({group}): each step's batch "
+            "holds whole groups of answers to one image"
+        )
+
+
 def grpo(
     data: Path,
     model: str,
@@ -239,6 +249,7 @@ def grpo(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    check_groups(settings)
     rows = read_jsonl(data)
     dataset = Dataset.from_dict(
         {

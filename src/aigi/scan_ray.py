@@ -19,20 +19,25 @@ import pandas as pd
 from aigi import scan
 from aigi.errors import ConfigError
 
+KEYS = ["part", "position"]  # where a row belongs: its part and its place in the part (a path may repeat)
+
 
 def read_batch(batch: pd.DataFrame, model_id: str) -> pd.DataFrame:
     """A batch of paths -> their rows with bytes (a Ray task: reading runs in parallel, no model needed)."""
     rows = scan.read_rows(list(batch["path"]), model_id)
-    return pd.DataFrame({"part": list(batch["part"]), **{k: [r[k] for r in rows] for k in [*scan.COLUMNS, "data"]}})
+    columns = {k: [r[k] for r in rows] for k in [*scan.COLUMNS, "data"]}
+    return pd.DataFrame({**{k: list(batch[k]) for k in KEYS}, **columns})
 
 
 class ScoreActor:
     """Loads the model once; scores batches of read rows (Ray actor)."""
 
-    def __init__(self, folder: str | None, runtime: str, provenance: bool, batch_size: int) -> None:
+    def __init__(
+        self, folder: str | None, runtime: str, provenance: bool, batch_size: int, allow_download: bool
+    ) -> None:
         from aigi import api
 
-        model = api.load(folder)
+        model = api.load(folder, allow_download=allow_download or None)
         if runtime == "onnx":
             from aigi.onnx_runtime import with_onnx_runtime
 
@@ -40,9 +45,9 @@ class ScoreActor:
         self.model, self.provenance, self.batch_size = model, provenance, batch_size
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = [_plain_row(r) for r in batch.drop(columns=["part"]).to_dict("records")]
+        rows = [_plain_row(r) for r in batch.drop(columns=KEYS).to_dict("records")]
         scored = scan.score_rows(self.model, rows, self.provenance, self.batch_size)
-        return pd.DataFrame({"part": list(batch["part"]), **{k: [r[k] for r in scored] for k in scan.COLUMNS}})
+        return pd.DataFrame({**{k: list(batch[k]) for k in KEYS}, **{k: [r[k] for r in scored] for k in scan.COLUMNS}})
 
 
 def _plain_row(record: dict) -> dict:
@@ -66,6 +71,7 @@ def run(
     actors: int = 1,
     gpus_per_actor: float = 0.0,
     runtime: str = "torch",
+    allow_download: bool = False,
 ) -> dict:
     """As :func:`aigi.scan.run`, the scoring on Ray. ``folder`` is the model folder (None: the shipped default):
     every actor loads it itself."""
@@ -78,7 +84,7 @@ def run(
     from aigi.engine.robustness import model_id as identify
 
     out = Path(out)
-    mid = identify(api.load(folder))
+    mid = identify(api.load(folder, allow_download=allow_download or None))
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
     pending: dict[int, list[str]] = {}
     for index, chunk, kept in scan.plan(out, sources, part_size, path_column, mid):
@@ -93,13 +99,19 @@ def run(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
-    items = [{"part": index, "path": path} for index, chunk in pending.items() for path in chunk]
+    items = [{"part": i, "position": k, "path": path} for i, chunk in pending.items() for k, path in enumerate(chunk)]
     dataset = (
         ray.data.from_items(items)
         .map_batches(read_batch, fn_kwargs={"model_id": mid}, batch_size=batch_size, batch_format="pandas")
         .map_batches(
             ScoreActor,
-            fn_constructor_args=(None if folder is None else str(folder), runtime, provenance, batch_size),
+            fn_constructor_args=(
+                None if folder is None else str(folder),
+                runtime,
+                provenance,
+                batch_size,
+                allow_download,
+            ),
             batch_size=batch_size,
             batch_format="pandas",
             concurrency=actors,
@@ -109,13 +121,9 @@ def run(
     gathered: dict[int, list[dict]] = {}
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
         for row in batch.to_dict("records"):
-            index = int(row.pop("part"))
-            gathered.setdefault(index, []).append(_plain_row(row))
+            index, position = int(row.pop("part")), int(row.pop("position"))
+            gathered.setdefault(index, []).append((position, _plain_row(row)))
             if len(gathered[index]) == len(pending[index]):
-                scan.save_part(out, index, _in_input_order(gathered.pop(index), pending[index]), counts, on_part)
+                rows = [r for _, r in sorted(gathered.pop(index), key=lambda pr: pr[0])]
+                scan.save_part(out, index, rows, counts, on_part)
     return counts
-
-
-def _in_input_order(rows: list[dict], chunk: list[str]) -> list[dict]:
-    position = {path: i for i, path in enumerate(chunk)}
-    return sorted(rows, key=lambda r: position[r["path"]])

@@ -63,12 +63,16 @@ def has_slow_path(model: Model) -> bool:
 
 def escalation(d: api.Detection, margin: float = MARGIN) -> str | None:
     """Why the slow path should look at this fast verdict; None when it stands (the reason is then :func:`settled`)."""
-    if d.prob_generated is None or d.basis.startswith("declared"):
+    if d.prob_generated is None or d.decided_by in ("declared", "watermark"):
         return None
     p = d.prob_generated
     if d.band is not None:
         lo, hi = d.band
-        return f"fast P(generated) {p:.2f} is inside the uncertainty band ({lo:.2f}, {hi:.2f})" if lo < p < hi else None
+        return (
+            f"fast P(generated) {p:.2f} is inside the uncertainty band ({lo:.2f}, {hi:.2f})"
+            if d.verdict == "uncertain"
+            else None
+        )
     if abs(p - d.threshold) < margin:
         return f"fast P(generated) {p:.2f} is within {margin:g} of the threshold {d.threshold:.2f}"
     return None
@@ -77,8 +81,8 @@ def escalation(d: api.Detection, margin: float = MARGIN) -> str | None:
 def settled(d: api.Detection) -> str:
     if d.prob_generated is None:
         return "the file could not be scored"
-    if d.basis.startswith("declared"):
-        return "the file declares its origin"
+    if d.decided_by in ("declared", "watermark"):
+        return f"the file declares its origin ({d.decided_by})"
     if d.band is not None:
         return f"fast P(generated) {d.prob_generated:.2f} is outside the uncertainty band ({d.band[0]:.2f}, {d.band[1]:.2f})"
     return f"fast P(generated) {d.prob_generated:.2f} is clear of the threshold {d.threshold:.2f}"
@@ -109,7 +113,12 @@ def detect(
     found = api.detect(fast, items, **options)
     reasons = [escalation(d, margin) if mode == "auto" else None for d in found]
     for d, why in zip(found, reasons):
-        d.thinking = {"mode": mode, "path": "fast", "reason": settled(d) if mode == "auto" else "--think fast"}
+        d.thinking = {
+            "mode": mode,
+            "path": "fast",
+            "reason": settled(d) if mode == "auto" else "--think fast",
+            **decision_of(d),
+        }
     picked = [i for i, why in enumerate(reasons) if why is not None]
     if picked:
         looked = slow_path(
@@ -133,6 +142,7 @@ def slow_path(
             "mode": "slow" if f is None else "auto",
             "path": "slow",
             "reason": why,
+            **decision_of(d),
             "fast_prob_generated": None if f is None or f.prob_generated is None else round(f.prob_generated, 4),
             "evidence": evidence,
             "explanation": {"text": explain_in_words(d, evidence), "source": TEMPLATED},
@@ -140,6 +150,12 @@ def slow_path(
         if reasoner is not None and d.prob_generated is not None:
             d.thinking["reasoner"] = reasoner.ask(load_image(item).image, evidence)
     return found
+
+
+def decision_of(d: api.Detection) -> dict:
+    """The threshold and band the deciding path used (the slow model has its own: the answer's header shows the
+    fast model's)."""
+    return {"threshold": round(d.threshold, 4), "band": None if d.band is None else [round(b, 4) for b in d.band]}
 
 
 def gather_evidence(d: api.Detection, fast: api.Detection | None, slow: Model) -> dict:
@@ -151,8 +167,17 @@ def gather_evidence(d: api.Detection, fast: api.Detection | None, slow: Model) -
         "threshold": round(d.threshold, 4),
         "band": None if d.band is None else [round(b, 4) for b in d.band],
         "hottest_regions": [] if d.patch_map is None else hottest_regions(d.patch_map),
+        "map_covers": map_scope(slow),
         "provenance": findings,
     }
+
+
+def map_scope(model: Model) -> str:
+    """What the heatmap covers: the analysed crop, or with several views only the first (a grid's top-left tile)."""
+    protocol = model.config.protocol
+    if protocol is None or not protocol.multi_view:
+        return "the analysed crop"
+    return "the first view only (a grid's top-left tile, a crop's centre)"
 
 
 REGION_ROWS, REGION_COLS = ("top", "middle", "bottom"), ("left", "centre", "right")
@@ -173,6 +198,15 @@ def hottest_regions(patch_map: np.ndarray, k: int = 3) -> list[dict]:
     return out
 
 
+def regions_in_words(evidence: dict) -> str | None:
+    """Where the heatmap is hottest, in words: "top right, middle centre of the analysed crop" (None: no map)."""
+    regions = evidence.get("hottest_regions") or []
+    if not regions:
+        return None
+    places = ", ".join(dict.fromkeys(r["where"] for r in regions))
+    return f"{places} of {evidence.get('map_covers', 'the analysed crop')}"
+
+
 def explain_in_words(d: api.Detection, evidence: dict) -> str:
     """A plain-words account of the slow verdict from the evidence alone (no model wrote it)."""
     if d.prob_generated is None:
@@ -184,9 +218,8 @@ def explain_in_words(d: api.Detection, evidence: dict) -> str:
     ]
     if evidence["fast_prob_generated"] is not None:
         parts.append(f"The quick look gave {evidence['fast_prob_generated']:.2f}.")
-    if evidence["hottest_regions"]:
-        places = ", ".join(dict.fromkeys(r["where"] for r in evidence["hottest_regions"]))
-        parts.append(f"Its strongest per-patch evidence is at the {places} of the analysed crop.")
+    if where := regions_in_words(evidence):
+        parts.append(f"Its strongest per-patch evidence is at the {where}.")
     if evidence["provenance"]:
         said = "; ".join(f"{f['summary']} ({f['strength']})" for f in evidence["provenance"])
         parts.append(f"What the file declares: {said}.")

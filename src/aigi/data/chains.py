@@ -10,7 +10,8 @@ paper gives no transmission pipeline to copy.
 
 - ``social``: a platform's re-share. The long side is capped at 1080, 1280 or 2048 pixels (never enlarged), then JPEG
   at quality 70-85; with probability 0.3 it is shared again (cap 720 or 1080, JPEG 70-85).
-- ``screenshot``: colour-managed to sRGB when the file carries an ICC profile, rescaled by a display scale of
+- ``screenshot``: colour-managed to sRGB when the decoded image still carries its ICC profile (JPEG and WebP; the
+  decoder drops a PNG's iCCP chunk and a transparent image's profile), rescaled by a display scale of
   0.5-1.0 (bilinear, as browsers draw), saved losslessly (PNG).
 - ``messenger``: a strong downscale (0.35-0.6 of each side, long side at most 1600), then JPEG at quality 60.
 - ``editing``: a crop keeping 80-95% of each side; sharpening (unsharp mask) or denoising (median 3), evenly; colour

@@ -390,7 +390,8 @@ def from_environment() -> FastAPI:
 
     config = json.loads(os.environ[CONFIG_VAR])
     folders = [Path(f) for f in config["models"]] or None
-    return create_app(load_models(folders), Limits(**config["limits"]), load_reasoner(config.get("reasoner")))
+    reasoner = load_reasoner(config.get("reasoner"), config.get("allow_download", False))
+    return create_app(load_models(folders), Limits(**config["limits"]), reasoner)
 
 
 def load_reasoner(source: str | None, allow_download: bool = False):
