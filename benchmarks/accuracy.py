@@ -56,7 +56,8 @@ TIE = 0.005
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    """What a user ships: the model folder without ``train_state/`` (the optimizer state kept to train on)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and "train_state" not in p.parts)
 
 
 def val_aurocs(model, root: Path) -> dict[str, float]:

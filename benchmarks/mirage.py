@@ -30,8 +30,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from accuracy import OUT as ACCURACY_OUT
 from accuracy import candidate_row, f3, val_aurocs
+from artifacts import OUT as ARTIFACTS_OUT
 from artifacts import groups_table, models_table
 from default_model import REPO, update_readme
 from uncertainty import TEST_SETS, measure
@@ -55,7 +55,7 @@ ABLATIONS = {
     "no anchor loss (class-mean anchors)": ("mirage-anchors", {"anchor_weight": 0.0}),
     "cross-entropy (cnnspot)": ("cnnspot", {}),
 }
-COMPARED = ("wide probe", "cnnspot")  # rows of accuracy.json, measured the same way
+COMPARED = ("wide probe", "cnnspot")  # rows of artifacts.json (accuracy.json's, with groups), measured the same way
 # MIRROR and MDMF with the recipes their own benchmarks chose on aigi-mini (benchmarks/mirror.py "short" at stage6,
 # benchmarks/mdmf.py's stage6 native patches), trained here on the same data as the rest
 MIRROR_MEMORY = dict(slots=1024, top_k=32, heads=8, epochs=6, batch_size=32, views=1, lr=3e-3, feature_level="stage6")
@@ -160,7 +160,9 @@ def rows(root: Path, reuse: bool, skip_train: bool) -> dict:
 
 
 def compared_rows(main_rows: dict) -> dict:
-    accuracy = read_json(ACCURACY_OUT / "accuracy.json")["candidates"]
+    # the probe's and the CE CNN's rows as benchmarks/artifacts.py measured them: accuracy.json's numbers, plus each
+    # generator group's AUROC
+    accuracy = read_json(ARTIFACTS_OUT / "artifacts.json")["models"]
     order = [*COMPARED, "MIRROR", "MDMF", "mirage-anchors"]
     merged = {**{name: accuracy[name] for name in COMPARED}, **main_rows}
     return {name: merged[name] for name in order if name in merged}
@@ -194,7 +196,9 @@ def markdown(result: dict) -> str:
             models_table(table_rows),
             "Per generator group (AUROC of each group against the set's real photos):",
             groups_table(table_rows),
-            "Ablation of the objective (each run 1 epoch, otherwise the main run's recipe):",
+            f"Training: {result['main']['mirage-anchors']['seconds_per_step']:.2f} s per step of 32 images for "
+            "mirage-anchors on this CPU (its fastest epoch). Ablation of the objective (each run 1 epoch, otherwise "
+            "the main run's recipe; s/step from each run's one epoch, under varying load):",
             ablation_table(result["ablation"]),
             target_table(table_rows),
         ]
@@ -209,6 +213,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("AIGI_NO_PROGRESS", "1")
     result = rows(args.data_root, args.reuse, args.skip_train)
+    write_json(RESULTS, result)
     table = markdown(result)
     write_text(OUT / "mirage.md", table + "\n")
     update_readme("mirage", table)
