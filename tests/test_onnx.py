@@ -104,3 +104,14 @@ def test_scan_runs_through_onnx_and_a_stale_export_is_refused(shipped, exported,
     (folder / "model.onnx").write_bytes(exported.read_bytes())
     stale = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(folder), "--runtime", "onnx"])
     assert stale.exit_code != 0 and "not exported from this model" in stale.output and "Traceback" not in stale.output
+
+
+def test_an_unstamped_cached_export_is_replaced(shipped, tmp_path, monkeypatch):
+    from aigi.engine.robustness import model_id
+
+    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    stale = tmp_path / "cache" / "onnx" / f"{model_id(shipped)}.onnx"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"an older aigi's file")
+    model = with_onnx_runtime(shipped)
+    assert onnx_runtime.stamp_of(stale) == model_id(shipped) and model.detector.model_id == model_id(shipped)

@@ -110,12 +110,24 @@ class OnnxDetector(torch.nn.Module):
 
 
 def cached_export(model: Model) -> Path:
-    """The model's ONNX file in the cache (exported on first use, reused after)."""
+    """The model's ONNX file in the cache: exported on first use, reused after, exported again when the file there
+    is not this model's (e.g. an unstamped file from an older aigi)."""
     from aigi.engine.features import default_cache_dir
     from aigi.engine.robustness import model_id
 
     path = default_cache_dir() / "onnx" / f"{model_id(model)}.onnx"
-    return path if path.is_file() else export(model, path)
+    return path if path.is_file() and stamp_of(path) == model_id(model) else export(model, path)
+
+
+def stamp_of(path: Path) -> str | None:
+    """The model id an exported file was stamped with (None: none, or not a readable ONNX file)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a damaged cache file is simply exported again
+        return None
+    return next((p.value for p in graph.metadata_props if p.key == ID_KEY), None)
 
 
 def with_onnx_runtime(model: Model, folder: str | os.PathLike | None = None, threads: int | None = None) -> Model:
