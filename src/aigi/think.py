@@ -23,6 +23,7 @@ probability, and on the slow path the evidence and the explanation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Literal
 
@@ -37,7 +38,6 @@ from aigi.io import read_json
 Mode = Literal["fast", "slow", "auto"]
 MODES = ("fast", "slow", "auto")
 MARGIN = 0.15  # auto without a band: escalate when |P(generated) - threshold| < MARGIN
-SLOW_SETTINGS = default_model_path() / "slow.json"  # the shipped model's whole-image protocol and its calibration
 TEMPLATED = "templated from the evidence (no language model): not a model's reasoning"
 
 
@@ -51,14 +51,20 @@ def load_slow_default(fast: Model | None = None) -> Model:
             "--slow-model, e.g. this model calibrated with --views grid, or a stack"
         )
     base = fast if fast is not None else api.load()
-    config = ModelConfig.model_validate({**base.config.model_dump(mode="json"), **read_json(SLOW_SETTINGS)})
+    config = ModelConfig.model_validate({**base.config.model_dump(mode="json"), **_shipped("slow.json")})
     return Model(base.detector, config)
 
 
 def has_slow_path(model: Model) -> bool:
     """Whether ``model`` is the shipped default, whose whole-image settings ``slow.json`` holds."""
-    shipped = read_json(default_model_path() / "config.json")
+    shipped = _shipped("config.json")
     return model.config.training == shipped.get("training") and model.config.detector == shipped["detector"]
+
+
+@functools.cache
+def _shipped(name: str) -> dict:
+    """A file of the shipped model folder, read once (it ships with the package and does not change)."""
+    return read_json(default_model_path() / name)
 
 
 def escalation(d: api.Detection, margin: float = MARGIN) -> str | None:

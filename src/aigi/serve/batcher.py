@@ -54,6 +54,7 @@ class Batcher:
         reasoner=None,
     ) -> None:
         self.model, self.reasoner = model, reasoner
+        self.slow: Model | None = None  # the slow path of think=, built on first use and kept
         self.trim_memory = trim_memory
         self.max_images = max_images
         self.max_wait_s = max_wait_s
@@ -121,10 +122,13 @@ class Batcher:
     def _detect(self, items: list, options: Options) -> list[api.Detection]:
         try:
             if options.think is not None:
+                if options.think != "fast" and self.slow is None:
+                    self.slow = think.load_slow_default(self.model)
                 return think.detect(
                     self.model,
                     items,
                     options.think,
+                    slow=self.slow,
                     explain=options.explain,
                     batch_size=self.max_images,
                     reasoner=self.reasoner,
