@@ -42,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     samples = discover(VAL).samples
     paths = [s.path for s in samples[:: max(1, len(samples) // args.images)]][: args.images]
-    shipped = api.load()
+    shipped = api.load(runtime="torch")
     rows, probs = [], {}
     for threads in (1, 2):
         torch.set_num_threads(threads)

@@ -1,6 +1,6 @@
 """ONNX export and the onnxruntime path: the same logits as PyTorch on real photos and generated images (within
-1e-4), the same verdicts through ``aigi detect --runtime onnx``, the export cached once, a folder's own model.onnx
-used, heatmaps through onnxruntime, and clear refusals."""
+1e-4), the shipped model scored in onnxruntime by default with PyTorch's verdicts, the export cached once for a folder
+without model.onnx, a folder's own model.onnx used, heatmaps through onnxruntime, and clear refusals."""
 
 import json
 
@@ -23,7 +23,7 @@ FAKE = sorted(p for p in (SHARED_TEST / "1_fake").rglob("*") if p.is_file())[:3]
 
 @pytest.fixture(scope="module")
 def shipped():
-    return api.load()
+    return api.load(runtime="torch")
 
 
 @pytest.fixture(scope="module")
@@ -54,20 +54,45 @@ def test_real_images_give_the_same_logits_and_maps_within_1e_4(shipped, exported
     assert torch.allclose(one.logit, ref.logit[:1], atol=1e-4)
 
 
-def test_detect_with_the_onnx_runtime_gives_the_same_verdicts(tmp_path, monkeypatch):
+def test_the_shipped_model_runs_in_onnxruntime_by_default_with_pytorchs_verdicts(tmp_path, monkeypatch):
     monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
     files = [str(p) for p in [*REAL, *FAKE]]
-    torch_run = runner.invoke(app, ["detect", *files, "--json", "--no-provenance"])
-    onnx_run = runner.invoke(app, ["detect", *files, "--json", "--no-provenance", "--runtime", "onnx"])
-    assert onnx_run.exit_code == 0, onnx_run.output
-    a, b = (json.loads(r.output)["results"] for r in (torch_run, onnx_run))
-    assert [x["verdict"] for x in a] == [x["verdict"] for x in b]
-    assert np.allclose([x["prob_generated"] for x in a], [x["prob_generated"] for x in b], atol=2e-4)
+    runs = {
+        runtime: runner.invoke(app, ["detect", *files, "--json", "--no-provenance", *flag])
+        for runtime, flag in (("default", []), ("torch", ["--runtime", "torch"]), ("onnx", ["--runtime", "onnx"]))
+    }
+    assert all(r.exit_code == 0 for r in runs.values()), {k: r.output[-500:] for k, r in runs.items()}
+    payload = {k: json.loads(r.output) for k, r in runs.items()}
+    assert {k: p["runtime"] for k, p in payload.items()} == {"default": "onnx", "torch": "torch", "onnx": "onnx"}
+    probs = {k: [x["prob_generated"] for x in p["results"]] for k, p in payload.items()}
+    verdicts = {k: [x["verdict"] for x in p["results"]] for k, p in payload.items()}
+    assert verdicts["default"] == verdicts["torch"] == verdicts["onnx"]
+    assert np.allclose(probs["default"], probs["torch"], atol=2e-4) and probs["default"] == probs["onnx"]
+    assert not (tmp_path / "cache" / "onnx").exists()  # the shipped model.onnx is used: nothing exported
+
+
+def test_the_shipped_model_onnx_holds_the_shipped_weights(shipped):
+    from aigi.checkpoints import default_model_path
+    from aigi.engine.robustness import model_id
+
+    # retraining or recalibrating the default without `aigi export onnx` into its folder would silently cost the
+    # fast default (auto falls back to PyTorch): this fails first
+    assert onnx_runtime.stamp_of(default_model_path() / "model.onnx") == model_id(shipped)
+    assert onnx_runtime.runtime_of(api.load()) == "onnx" and onnx_runtime.runtime_of(shipped) == "torch"
+
+
+def test_a_folder_without_model_onnx_runs_in_pytorch_unless_asked_then_is_exported_once(
+    probe_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    detect = ["detect", str(REAL[0]), "--model", str(probe_dir), "--json", "--no-provenance"]
+    auto = runner.invoke(app, detect)
+    assert auto.exit_code == 0 and json.loads(auto.output)["runtime"] == "torch", auto.output
+    asked = runner.invoke(app, [*detect, "--runtime", "onnx"])
+    assert asked.exit_code == 0 and json.loads(asked.output)["runtime"] == "onnx", asked.output
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
     monkeypatch.setattr(onnx_runtime, "export", lambda *a, **k: pytest.fail("exported again instead of reused"))
-    again = runner.invoke(
-        app, ["detect", files[0], "--json", "--runtime", "onnx", "--explain-dir", str(tmp_path / "m")]
-    )
+    again = runner.invoke(app, [*detect, "--runtime", "onnx"])
     assert again.exit_code == 0, again.output
 
 
@@ -86,9 +111,7 @@ def test_export_command_and_refusals(tmp_path, probe_dir):
     res = runner.invoke(app, ["export", "onnx", "--out", str(out)])
     assert res.exit_code == 0 and out.is_file() and "largest logit difference" in res.output
     bad = runner.invoke(app, ["detect", str(REAL[0]), "--runtime", "tensorrt"])
-    assert bad.exit_code == 2 and "torch or onnx" in bad.output
-    probe = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(probe_dir), "--runtime", "onnx", "--json"])
-    assert probe.exit_code == 0, probe.output  # a model without a patch map exports its logit alone
+    assert bad.exit_code == 2 and "auto, torch, onnx" in bad.output
 
 
 def test_scan_runs_through_onnx_and_a_stale_export_is_refused(shipped, exported, tmp_path, monkeypatch):
@@ -104,6 +127,9 @@ def test_scan_runs_through_onnx_and_a_stale_export_is_refused(shipped, exported,
     (folder / "model.onnx").write_bytes(exported.read_bytes())
     stale = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(folder), "--runtime", "onnx"])
     assert stale.exit_code != 0 and "not exported from this model" in stale.output and "Traceback" not in stale.output
+    auto = runner.invoke(app, ["detect", str(REAL[0]), "--model", str(folder), "--json", "--no-provenance"])
+    assert auto.exit_code == 0 and "exported from other weights" in auto.output and "Traceback" not in auto.output
+    assert json.loads(auto.stdout)["runtime"] == "torch"  # stale: PyTorch, said on stderr
 
 
 def test_an_unstamped_cached_export_is_replaced(shipped, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aigi.checkpoints import Model, load_default_model, load_model
+from aigi.checkpoints import Model, default_model_path, load_default_model, load_model
 from aigi.data.decode import (
     ImageDecodeError,
     ImageInput,
@@ -41,11 +41,18 @@ from aigi.provenance.fusion import fuse
 __all__ = ["Detection", "detect", "evaluate", "load", "Model", "Report"]
 
 
-def load(model: str | os.PathLike | None = None, allow_download: bool | None = None) -> Model:
+def load(model: str | os.PathLike | None = None, allow_download: bool | None = None, runtime: str = "auto") -> Model:
     """A model folder, or the shipped default when ``model`` is None. The folder's backbone comes from local files
     (a local folder, the Hugging Face cache) unless ``allow_download`` (None: ``AIGI_ALLOW_DOWNLOAD=1``) allows the
-    Hub: a model folder is someone else's choice, loading one must not fetch what it names."""
-    return load_model(model, allow_download) if model else load_default_model()
+    Hub: a model folder is someone else's choice, loading one must not fetch what it names.
+
+    ``runtime``: ``auto`` scores through onnxruntime when the folder ships a ``model.onnx`` made from these weights
+    (the default model does), else in PyTorch; ``torch`` always PyTorch (to train, export or inspect the modules);
+    ``onnx`` always onnxruntime (exported to the cache when the folder has no ``model.onnx``)."""
+    from aigi.onnx_runtime import with_runtime
+
+    loaded = load_model(model, allow_download) if model else load_default_model()
+    return with_runtime(loaded, model or default_model_path(), runtime)
 
 
 SCORED_VERDICTS = ("generated", "real", "uncertain")  # an image the model scored; else "error" (or "unknown")

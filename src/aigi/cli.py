@@ -97,18 +97,18 @@ AllowDownloadOpt = Annotated[
 def _load(model_dir: Optional[Path], allow_download: bool = False, runtime: str = "torch"):
     from aigi import api
 
-    model = api.load(model_dir, allow_download=allow_download or None)  # None: AIGI_ALLOW_DOWNLOAD decides
-    if runtime == "onnx":
-        from aigi.onnx_runtime import with_onnx_runtime
-
-        return with_onnx_runtime(model, model_dir)
-    if runtime != "torch":
-        raise ConfigError(f"--runtime must be torch or onnx, not {runtime!r}")
-    return model
+    return api.load(
+        model_dir, allow_download=allow_download or None, runtime=runtime
+    )  # None: AIGI_ALLOW_DOWNLOAD decides
 
 
 RuntimeOpt = Annotated[
-    str, typer.Option(metavar="torch|onnx", help="Run the detector in PyTorch or onnxruntime (same verdicts).")
+    str,
+    typer.Option(
+        metavar="auto|torch|onnx",
+        help="Run the detector in onnxruntime or PyTorch (the same verdicts). auto: onnxruntime when the model folder "
+        "has a model.onnx made from its weights (the shipped default does; aigi export onnx makes one), else PyTorch.",
+    ),
 ]
 
 
@@ -234,7 +234,7 @@ def detect(
             help="--think: the slow path's model folder (e.g. a stack). Default: the shipped model, whole image."
         ),
     ] = None,
-    runtime: RuntimeOpt = "torch",
+    runtime: RuntimeOpt = "auto",
     allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Say, for each image, whether it was generated or is real, and on what basis.
@@ -256,7 +256,7 @@ def detect(
         from aigi import think as thinking
         from aigi.reasoner import VLMReasoner
 
-        slow = None if slow_model is None else _load(slow_model, allow_download)
+        slow = None if slow_model is None else _load(slow_model, allow_download, runtime)
         vlm = None if reasoner is None else VLMReasoner(reasoner, allow_download)
         results = thinking.detect(
             m, paths, think, slow, explain=explain, batch_size=batch_size, progress=not as_json, reasoner=vlm
@@ -264,7 +264,9 @@ def detect(
     n_maps, heatmap_error = _write_heatmaps(results, explain_dir) if explain else (0, None)
     t, band = (m.threshold, m.config.band) if threshold is None else (threshold, None)
     if as_json:
-        show.detections_json(m.config.detector, t, band, results, image_set.skipped, views_of(m.config))
+        from aigi.onnx_runtime import runtime_of
+
+        show.detections_json(m.config.detector, t, band, results, image_set.skipped, views_of(m.config), runtime_of(m))
     else:
         show.detections(results, show.detect_title(m.config, t, band), not no_provenance)
         show.batch_notes(results, image_set.skipped, n_maps, explain_dir)
@@ -841,7 +843,7 @@ def scan(
     no_provenance: Annotated[
         bool, typer.Option("--no-provenance", help="Do not read what the files declare; the detector alone decides.")
     ] = False,
-    runtime: RuntimeOpt = "torch",
+    runtime: RuntimeOpt = "auto",
     ray: Annotated[bool, typer.Option("--ray", help="Score on Ray (Ray Data tasks read, model actors score).")] = False,
     ray_address: Annotated[
         Optional[str], typer.Option(help="--ray: a running cluster's address (default: start Ray on this machine).")
@@ -854,10 +856,11 @@ def scan(
     basis, model_id, error), part by part in bounded memory. A killed scan resumes where it stopped when run again
     with the same command: finished parts are kept, so every input is one row, once."""
     from aigi import scan as scanning
+    from aigi.onnx_runtime import RUNTIMES
     from aigi.progress import progress_bar
 
-    if runtime not in ("torch", "onnx"):
-        raise ConfigError(f"--runtime must be torch or onnx, not {runtime!r}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     m = None if ray else _load(model, allow_download, runtime)  # on Ray each actor loads its own
     with progress_bar(None, "scan") as bar:
 

@@ -122,12 +122,15 @@ def detect_title(config, threshold: float, band) -> str:
     return f"aigi detect — {model}, threshold {threshold:.3f}{decided}"
 
 
-def detections_json(detector: str, threshold: float, band, results, skipped_files, views: str | None = None) -> None:
-    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the views scored, the
-    threshold and the uncertainty band used (null when none), and the skipped files."""
+def detections_json(
+    detector: str, threshold: float, band, results, skipped_files, views: str | None = None, runtime: str | None = None
+) -> None:
+    """`aigi detect --json`: each verdict as :meth:`aigi.api.Detection.to_dict` gives it, the views scored, the runtime
+    (onnx or torch), the threshold and the uncertainty band used (null when none), and the skipped files."""
     payload = {
         "model": detector,
         "views": views,
+        "runtime": runtime,
         "threshold": threshold,
         "band": None if band is None else list(band),
         "results": [d.to_dict() for d in results],

@@ -1,6 +1,6 @@
 """ONNX export of a detector, and scoring through onnxruntime (issue #16).
 
-    aigi export onnx --model DIR --out model.onnx          # the detector's graph: pixels [batch, 3, H, W] -> logit
+    aigi export onnx --model DIR --out DIR/model.onnx      # the detector's graph: pixels [batch, 3, H, W] -> logit
     aigi detect photos/ --runtime onnx                      # the same verdicts through onnxruntime
 
 The graph covers the detector's forward pass from the preprocessed pixels (the decoding, the evaluation protocol and
@@ -8,11 +8,16 @@ the normalisation stay in aigi, shared with PyTorch), with a dynamic batch axis;
 detectors with a per-patch map, ``patch_map``. ``--runtime onnx`` uses the folder's ``model.onnx`` when it has one,
 else exports once into the cache (``$AIGI_CACHE_DIR``, keyed by the model's id) and reuses it. A stack is exported
 member by member (``aigi export onnx`` on each member folder).
+
+The default runtime, ``auto``, is onnxruntime wherever a model folder holds a ``model.onnx`` stamped with its weights'
+id (the shipped default does: about twice PyTorch's images/s on a CPU, logits within 1e-5, see
+``benchmarks/onnx_speed.py``), and PyTorch everywhere else.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,10 @@ def export(model: Model, out: str | os.PathLike, opset: int = OPSET) -> Path:
     """Write ``model``'s detector as ONNX (dynamic batch) to ``out``, atomically."""
     if model.config.detector == STACK:
         raise ConfigError("a stack has no single graph: export each member folder (members/<k>-<name>/)")
+    try:
+        import onnx  # noqa: F401 - torch's exporter and the stamp need it
+    except ImportError:
+        raise ConfigError("exporting to ONNX needs the onnx package: pip install 'aigi[onnx]'") from None
     graph = _Graph(model.detector).eval()
     crop = model.config.protocol.crop or model.detector.backbone.preprocess.size
     example = torch.zeros(2, 3, crop, crop)
@@ -132,10 +141,8 @@ def stamp_of(path: Path) -> str | None:
 
 def with_onnx_runtime(model: Model, folder: str | os.PathLike | None = None, threads: int | None = None) -> Model:
     """The same model scored through onnxruntime: the folder's ``model.onnx`` if it has one, else the cached export."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        raise ConfigError("--runtime onnx needs onnxruntime: pip install 'aigi[onnx]'") from None
+    if not _onnxruntime_installed():
+        raise ConfigError("--runtime onnx needs onnxruntime: pip install onnxruntime")
     if model.config.detector == STACK:
         raise ConfigError("--runtime onnx scores single models, not a stack (its members run in PyTorch)")
     from aigi.engine.robustness import model_id
@@ -149,3 +156,45 @@ def with_onnx_runtime(model: Model, folder: str | os.PathLike | None = None, thr
             f"export it again with aigi export onnx, or delete it"
         )
     return Model(detector, model.config)
+
+
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+def with_runtime(model: Model, folder: str | os.PathLike | None, runtime: str = "auto") -> Model:
+    """``model`` (loaded from ``folder``) in the runtime asked for: ``torch``, ``onnx`` (:func:`with_onnx_runtime`), or
+    ``auto``: onnxruntime when the folder has a ``model.onnx`` exported from these weights and onnxruntime is
+    installed, else PyTorch (a ``model.onnx`` from other weights is named on stderr and left alone)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "torch":
+        return model
+    if runtime == "onnx":
+        return with_onnx_runtime(model, folder)
+    own = Path(folder) / "model.onnx" if folder is not None else None
+    if own is None or not own.is_file() or model.config.detector == STACK or not _onnxruntime_installed():
+        return model
+    from aigi.engine.robustness import model_id
+
+    detector = OnnxDetector(own, model.detector)
+    if detector.model_id != model_id(model):
+        print(
+            f"note: {own} was exported from other weights or settings, so this model runs in PyTorch "
+            f"(aigi export onnx --model {folder} --out {own} brings it up to date)",
+            file=sys.stderr,
+        )
+        return model
+    return Model(detector, model.config)
+
+
+def _onnxruntime_installed() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def runtime_of(model: Model) -> str:
+    """Which runtime scores ``model``: ``onnx`` or ``torch``."""
+    return "onnx" if isinstance(model.detector, OnnxDetector) else "torch"
