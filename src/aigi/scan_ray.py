@@ -37,11 +37,7 @@ class ScoreActor:
     ) -> None:
         from aigi import api
 
-        model = api.load(folder, allow_download=allow_download or None)
-        if runtime == "onnx":
-            from aigi.onnx_runtime import with_onnx_runtime
-
-            model = with_onnx_runtime(model, folder)
+        model = api.load(folder, allow_download=allow_download or None, runtime=runtime)
         self.model, self.provenance, self.batch_size = model, provenance, batch_size
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +66,7 @@ def run(
     address: str | None = None,
     actors: int = 1,
     gpus_per_actor: float = 0.0,
-    runtime: str = "torch",
+    runtime: str = "auto",
     allow_download: bool = False,
 ) -> dict:
     """As :func:`aigi.scan.run`, the scoring on Ray. ``folder`` is the model folder (None: the shipped default):
@@ -84,24 +80,15 @@ def run(
     from aigi.engine.robustness import model_id as identify
 
     out = Path(out)
-    mid = identify(api.load(folder, allow_download=allow_download or None))
+    mid = identify(api.load(folder, allow_download=allow_download or None, runtime="torch"))
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
-    pending: dict[int, list[str]] = {}
-    for index, chunk, kept in scan.plan(out, sources, part_size, path_column, mid):
-        counts["inputs"] += len(chunk)
-        if kept:
-            scan.keep_part(index, counts, on_part)
-        else:
-            pending[index] = chunk
-    if not pending:
+    blocks, sizes = _plan_into_object_store(out, sources, part_size, path_column, mid, counts, on_part, address)
+    if not sizes:
         return counts
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
-    items = [{"part": i, "position": k, "path": path} for i, chunk in pending.items() for k, path in enumerate(chunk)]
     dataset = (
-        ray.data.from_items(items)
+        ray.data.from_arrow_refs(blocks)
         .map_batches(read_batch, fn_kwargs={"model_id": mid}, batch_size=batch_size, batch_format="pandas")
         .map_batches(
             ScoreActor,
@@ -123,7 +110,30 @@ def run(
         for row in batch.to_dict("records"):
             index, position = int(row.pop("part")), int(row.pop("position"))
             gathered.setdefault(index, []).append((position, _plain_row(row)))
-            if len(gathered[index]) == len(pending[index]):
+            if len(gathered[index]) == sizes[index]:
                 rows = [r for _, r in sorted(gathered.pop(index), key=lambda pr: pr[0])]
                 scan.save_part(out, index, rows, counts, on_part)
     return counts
+
+
+def _plan_into_object_store(out: Path, sources, part_size: int, path_column: str, mid: str, counts, on_part, address):
+    """Plan the scan: finished parts are kept; the inputs of each other part go into Ray's object store as one Arrow
+    block (part, position, path) as planning streams on, so the driver's memory never holds the list of inputs (the
+    store spills to disk) and the workers need no access to the driver's files. Returns the blocks, in order, and the
+    number of inputs of each part to score."""
+    import pyarrow as pa
+    import ray
+
+    blocks, sizes = [], {}
+    for index, chunk, kept in scan.plan(out, sources, part_size, path_column, mid):
+        counts["inputs"] += len(chunk)
+        if kept:
+            scan.keep_part(index, counts, on_part)
+            continue
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        sizes[index] = len(chunk)
+        blocks.append(
+            ray.put(pa.table({"part": [index] * len(chunk), "position": list(range(len(chunk))), "path": chunk}))
+        )
+    return blocks, sizes
