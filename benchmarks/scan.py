@@ -2,9 +2,9 @@
 
     python benchmarks/scan.py [--images 10000] [--ray-images 2000]
 
-The images: every aigi-mini ``val/`` and ``test/`` image cut into its four corner tiles and its centre tile (each
-half the image's short side), each tile re-encoded as JPEG at quality 90, until ``--images`` are made (written under
-``results/scan/work/images``, not committed). Measured, each scan a fresh ``aigi scan`` process on a list file:
+The images: aigi-mini's ``val/``, ``test/`` then ``train/`` images (only speed is measured here), each cut into its
+four corner tiles and its centre tile (each half the image's short side), each tile re-encoded as JPEG at quality 90,
+until ``--images`` are made (written under ``results/scan/work/images``, not committed). Measured, each scan a fresh ``aigi scan`` process on a list file:
 
 - local scans of the first 1,000, 5,000 and 10,000 images: images/s and the process's peak RSS (flat is the target);
 - the resume: a 10,000-image scan killed (SIGKILL) once half its parts exist, then rerun: rows = inputs, no path
@@ -53,7 +53,7 @@ def build_images(n: int) -> list[str]:
         return listed.read_text().splitlines()
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    sources = [s.path for split in ("val", "test") for s in discover(DATA / split).samples]
+    sources = [s.path for split in ("val", "test", "train") for s in discover(DATA / split).samples]
     for k, source in enumerate(sources):
         with Image.open(source) as im:
             for t, tile in enumerate(tiles(im.convert("RGB"))):
