@@ -2,6 +2,7 @@
 with their error, and a scan killed part-way that resumes exactly once."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -101,3 +102,20 @@ def test_a_folder_of_another_run_is_refused(images, tmp_path):
     (images / "0_real" / "new.jpg").write_bytes((images / "0_real" / "0_real_0.jpg").read_bytes())
     changed = runner.invoke(app, ["scan", str(images), "--out", str(out)])
     assert changed.exit_code == 2 and "holds other inputs" in changed.output
+
+
+def test_retry_errors_scores_again_only_the_parts_with_unreadable_inputs(images, tmp_path):
+    files = [str(p) for p in sorted(images.rglob("*.jpg"))][:3]
+    late = tmp_path / "late.jpg"  # listed before it exists: a file copied late, a network failure
+    (tmp_path / "list.txt").write_text("\n".join([*files, str(late)]) + "\n")
+    scan_args = ["scan", str(tmp_path / "list.txt"), "--out", str(tmp_path / "out"), "--part-size", "2"]
+    first = runner.invoke(app, scan_args)
+    assert first.exit_code == 0 and "1 unreadable" in first.output, first.output
+    late.write_bytes(Path(files[0]).read_bytes())
+    resumed = runner.invoke(app, scan_args)
+    assert "0 written now, 2 kept" in resumed.output  # a plain rerun keeps every finished part
+    retried = runner.invoke(app, [*scan_args, "--retry-errors"])
+    assert retried.exit_code == 0 and "1 written now, 1 kept" in retried.output, retried.output
+    rows = {r["path"]: r for r in _rows(tmp_path / "out")}
+    assert len(rows) == 4 and rows[str(late)]["error"] is None and rows[str(late)]["verdict"] != "error"
+    assert rows[str(late)]["sha256"] == rows[files[0]]["sha256"]

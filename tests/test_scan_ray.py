@@ -73,3 +73,12 @@ def test_a_path_listed_twice_keeps_its_place_in_the_part(labelled_images, tmp_pa
     import pyarrow.parquet as pq
 
     assert pq.read_table(tmp_path / "out" / "part-000000.parquet").column("path").to_pylist() == listed
+
+
+def test_relative_paths_are_read_from_the_drivers_folder(labelled_images, tmp_path, monkeypatch):
+    monkeypatch.chdir(labelled_images)  # Ray's workers started elsewhere: they must not resolve paths in their own
+    files = sorted(str(p.relative_to(labelled_images)) for p in labelled_images.rglob("*.jpg"))[:3]
+    (tmp_path / "list.txt").write_text("\n".join(files) + "\n")
+    counts = scan_ray.run(None, [str(tmp_path / "list.txt")], tmp_path / "out", part_size=4)
+    rows = _rows(tmp_path / "out")
+    assert counts["errors"] == 0 and [r["path"] for r in rows] == files and all(r["error"] is None for r in rows)

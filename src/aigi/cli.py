@@ -843,6 +843,14 @@ def scan(
     no_provenance: Annotated[
         bool, typer.Option("--no-provenance", help="Do not read what the files declare; the detector alone decides.")
     ] = False,
+    retry_errors: Annotated[
+        bool,
+        typer.Option(
+            "--retry-errors",
+            help="Resuming: score again the finished parts that hold unreadable inputs (a network failure, a file "
+            "copied late); other finished parts are kept.",
+        ),
+    ] = False,
     runtime: RuntimeOpt = "auto",
     ray: Annotated[bool, typer.Option("--ray", help="Score on Ray (Ray Data tasks read, model actors score).")] = False,
     ray_address: Annotated[
@@ -871,11 +879,12 @@ def scan(
             from aigi import scan_ray
 
             ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime,
-                               allow_download=allow_download)  # fmt: skip
+                               allow_download=allow_download, retry_errors=retry_errors)  # fmt: skip
             counts = scan_ray.run(model, sources, out_dir, part_size, path_column, not no_provenance, batch_size,
                                   advance, **ray_options)  # fmt: skip
         else:
-            counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size, advance)
+            counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size, advance,
+                                  retry_errors)  # fmt: skip
     show.say(
         f"{counts['inputs']} inputs in {counts['written'] + counts['kept']} parts under {out_dir} "
         f"({counts['written']} written now, {counts['kept']} kept from an earlier run; "

@@ -95,10 +95,11 @@ def _column(path: Path, column: str) -> Iterator[str]:
                 yield str(value)
 
 
-def read_input(source: str) -> bytes:
-    """The bytes of a path or URI; :class:`ImageDecodeError` saying why when they cannot be read."""
+def read_input(source: str, base: str | None = None) -> bytes:
+    """The bytes of a path or URI (a relative path taken from ``base`` when given: the driver's folder, for Ray
+    workers elsewhere); :class:`ImageDecodeError` saying why when they cannot be read."""
     if not source.startswith(URI_SCHEMES):
-        return read_bytes(Path(source))
+        return read_bytes(Path(base or "") / source)
     import pyarrow.fs as pafs
 
     try:
@@ -109,14 +110,14 @@ def read_input(source: str) -> bytes:
         raise ImageDecodeError(source, f"cannot read ({e})") from None
 
 
-def read_rows(sources: list[str], model_id: str) -> list[dict]:
+def read_rows(sources: list[str], model_id: str, base: str | None = None) -> list[dict]:
     """One row per source with its bytes under ``data`` (None when unreadable: the row then has its error)."""
     rows = []
     for source in sources:
         row = dict.fromkeys(COLUMNS)
         row.update(path=source, model_id=model_id, data=None)
         try:
-            data = read_input(source)
+            data = read_input(source, base)
         except ImageDecodeError as e:
             row.update(verdict="error", basis=f"could not be read: {e.reason}", error=e.reason)
         else:
@@ -183,19 +184,21 @@ def check_state(out: Path, state: dict) -> None:
             raise ConfigError(f"--out {out} was scanned with {what}: give a new --out (or delete it to start over)")
 
 
-def _check_part(path: Path, chunk: list[str]) -> None:
-    """A part kept from an earlier run must hold exactly this chunk's inputs (they could have changed since)."""
+def _errors_in_part(path: Path, chunk: list[str]) -> int:
+    """A part kept from an earlier run must hold exactly this chunk's inputs (they could have changed since); the
+    number of its rows that could not be read."""
     import pyarrow.parquet as pq
 
     try:
-        kept = pq.read_table(path, columns=["path"]).column("path").to_pylist()
+        kept = pq.read_table(path, columns=["path", "error"])
     except Exception as e:  # noqa: BLE001 - a damaged part: say which and why
         raise ConfigError(f"{path}: unreadable part ({e}); delete it and run again to rescore it") from None
-    if kept != chunk:
+    if kept.column("path").to_pylist() != chunk:
         raise ConfigError(
             f"{path}: holds other inputs than this run lists there (files added or removed since the scan began?): "
             "give a new --out"
         )
+    return len(kept) - kept.column("error").null_count
 
 
 def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
@@ -203,15 +206,17 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def plan(out: Path, sources: list[str], part_size: int, path_column: str, model_id: str) -> Iterator[tuple]:
+def plan(
+    out: Path, sources: list[str], part_size: int, path_column: str, model_id: str, retry_errors: bool = False
+) -> Iterator[tuple]:
     """``(index, inputs, kept)`` per part, in order: ``kept`` when an earlier run finished it (checked to hold
-    exactly these inputs). Refuses a folder of another run first."""
+    exactly these inputs), unless ``retry_errors`` and some of its inputs could not be read then. Refuses a folder
+    of another run first."""
     check_state(out, {"model_id": model_id, "sources": [str(s) for s in sources], "part_size": part_size})
     for index, chunk in enumerate(chunks(iter_inputs(sources, path_column), part_size)):
         path = part_path(out, index)
-        if path.is_file():
-            _check_part(path, chunk)
-        yield index, chunk, path.is_file()
+        kept = path.is_file() and not (_errors_in_part(path, chunk) and retry_errors)
+        yield index, chunk, kept
 
 
 def run(
@@ -223,14 +228,16 @@ def run(
     provenance: bool = True,
     batch_size: int = 8,
     on_part=None,
+    retry_errors: bool = False,
 ) -> dict:
     """Scan ``sources`` into ``out`` on this machine; returns counts (inputs, parts written now, parts kept from an
-    earlier run, errors in the parts written now). ``on_part(index, kept, inputs_so_far)`` is told about each part."""
+    earlier run, errors in the parts written now). ``on_part(index, kept, inputs_so_far)`` is told about each part.
+    ``retry_errors``: a kept part with unreadable inputs is scored again (a network failure, a file copied late)."""
     from aigi.engine.robustness import model_id as identify
 
     out, mid = Path(out), identify(model)
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
-    for index, chunk, kept in plan(out, sources, part_size, path_column, mid):
+    for index, chunk, kept in plan(out, sources, part_size, path_column, mid, retry_errors):
         counts["inputs"] += len(chunk)
         if kept:
             keep_part(index, counts, on_part)

@@ -6,7 +6,9 @@ sha256, bytes), and model actors score them in ``map_batches``. Each actor loads
 exactly as a local scan does (:mod:`aigi.scan`: same schema, same functions, atomic parts, the same resume rule), so
 a local scan and a Ray scan of the same inputs give the same rows.
 
-``address`` is a running cluster's (``ray://host:10001`` or ``auto``); none starts Ray on this machine.
+``address`` is a running cluster's (``ray://host:10001`` or ``auto``); none starts Ray on this machine. On a cluster
+every worker must see the inputs: URIs, or paths on storage that every machine mounts at the same place (relative
+paths are read from the driver's working folder).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from aigi.errors import ConfigError
 KEYS = ["part", "position"]  # where a row belongs: its part and its place in the part (a path may repeat)
 
 
-def read_batch(batch: pd.DataFrame, model_id: str) -> pd.DataFrame:
-    """A batch of paths -> their rows with bytes (a Ray task: reading runs in parallel, no model needed)."""
-    rows = scan.read_rows(list(batch["path"]), model_id)
+def read_batch(batch: pd.DataFrame, model_id: str, base: str) -> pd.DataFrame:
+    """A batch of paths -> their rows with bytes (a Ray task: reading runs in parallel, no model needed). Relative
+    paths are read from ``base``, the driver's working folder, whatever the worker's."""
+    rows = scan.read_rows(list(batch["path"]), model_id, base)
     columns = {k: [r[k] for r in rows] for k in [*scan.COLUMNS, "data"]}
     return pd.DataFrame({**{k: list(batch[k]) for k in KEYS}, **columns})
 
@@ -68,6 +71,7 @@ def run(
     gpus_per_actor: float = 0.0,
     runtime: str = "auto",
     allow_download: bool = False,
+    retry_errors: bool = False,
 ) -> dict:
     """As :func:`aigi.scan.run`, the scoring on Ray. ``folder`` is the model folder (None: the shipped default):
     every actor loads it itself."""
@@ -82,14 +86,17 @@ def run(
     out = Path(out)
     mid = identify(api.load(folder, allow_download=allow_download or None, runtime="torch"))
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
-    blocks, sizes = _plan_into_object_store(out, sources, part_size, path_column, mid, counts, on_part, address)
+    planned = scan.plan(out, sources, part_size, path_column, mid, retry_errors)
+    blocks, sizes = _plan_into_object_store(planned, counts, on_part, address)
     if not sizes:
         return counts
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     dataset = (
         ray.data.from_arrow_refs(blocks)
-        .map_batches(read_batch, fn_kwargs={"model_id": mid}, batch_size=batch_size, batch_format="pandas")
+        .map_batches(
+            read_batch, fn_kwargs={"model_id": mid, "base": os.getcwd()}, batch_size=batch_size, batch_format="pandas"
+        )
         .map_batches(
             ScoreActor,
             fn_constructor_args=(
@@ -116,8 +123,8 @@ def run(
     return counts
 
 
-def _plan_into_object_store(out: Path, sources, part_size: int, path_column: str, mid: str, counts, on_part, address):
-    """Plan the scan: finished parts are kept; the inputs of each other part go into Ray's object store as one Arrow
+def _plan_into_object_store(planned, counts: dict, on_part, address: str | None):
+    """Follow the plan (:func:`aigi.scan.plan`): finished parts are kept; the inputs of each other part go into Ray's object store as one Arrow
     block (part, position, path) as planning streams on, so the driver's memory never holds the list of inputs (the
     store spills to disk) and the workers need no access to the driver's files. Returns the blocks, in order, and the
     number of inputs of each part to score."""
@@ -125,7 +132,7 @@ def _plan_into_object_store(out: Path, sources, part_size: int, path_column: str
     import ray
 
     blocks, sizes = [], {}
-    for index, chunk, kept in scan.plan(out, sources, part_size, path_column, mid):
+    for index, chunk, kept in planned:
         counts["inputs"] += len(chunk)
         if kept:
             scan.keep_part(index, counts, on_part)
