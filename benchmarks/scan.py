@@ -9,7 +9,8 @@ until ``--images`` are made (written under ``results/scan/work/images``, not com
 - local scans of the first 1,000, 5,000 and 10,000 images: images/s and the process's peak RSS (flat is the target);
 - the resume: a 10,000-image scan killed (SIGKILL) once half its parts exist, then rerun: rows = inputs, no path
   twice, and the time of the rerun against a full scan;
-- Ray on this machine with 1 and 2 model actors on ``--ray-images`` images, against a local scan of the same.
+- Ray on this machine with 1 and 2 model actors on ``--ray-images`` images, against a local scan of the same; each
+  also on 256 images, which splits its time into a fixed cost and a rate once running.
 
 Writes ``results/scan/scan.{json,md}`` and the README block.
 """
@@ -30,13 +31,14 @@ from default_model import REPO, update_readme
 from PIL import Image
 
 from aigi.data.folders import discover
-from aigi.io import write_json, write_text
+from aigi.io import read_json, write_json, write_text
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "scan"
 WORK = OUT / "work"
 DATA = REPO.parent / "shared" / "data" / "aigi-mini"
 PART = 256
+SMALL = 256  # the small run of the Ray comparison: one part
 
 
 def tiles(im: Image.Image) -> list[Image.Image]:
@@ -128,15 +130,31 @@ def measure(n: int, ray_n: int) -> dict:
         "unique": unique,
     }
     print(result["resume"], flush=True)
-    listing = WORK / f"images_{ray_n}.txt"
-    write_text(listing, "\n".join(paths[:ray_n]) + "\n")
-    local = scan_process(listing, fresh(f"ray_local_{ray_n}"), [])
-    result["ray_local"] = {"images": ray_n, "images_per_s": ray_n / local["seconds"], **local}
-    for actors in (1, 2):
-        run = scan_process(listing, fresh(f"ray_{actors}"), ["--ray", "--actors", str(actors)])
-        result["ray"].append({"actors": actors, "images": ray_n, "images_per_s": ray_n / run["seconds"], **run})
-        print(result["ray"][-1], flush=True)
+    result.update(measure_ray(paths, ray_n))
     return result
+
+
+def measure_ray(paths: list[str], ray_n: int) -> dict:
+    """Ray with 1 and 2 actors against a local scan, each on ``SMALL`` and on ``ray_n`` images: two points give each
+    way's fixed cost (start-up: processes, imports, model loads) and its rate once running."""
+    found: dict = {"ray": []}
+    for n in (SMALL, ray_n):
+        write_text(WORK / f"images_{n}.txt", "\n".join(paths[:n]) + "\n")
+    for name, extra in [("local", []), ("ray_1", ["--ray", "--actors", "1"]), ("ray_2", ["--ray", "--actors", "2"])]:
+        runs = {n: scan_process(WORK / f"images_{n}.txt", fresh(f"{name}_{n}"), extra) for n in (SMALL, ray_n)}
+        row = {"images": ray_n, "images_per_s": ray_n / runs[ray_n]["seconds"], **runs[ray_n], **split(runs, ray_n)}
+        if name == "local":
+            found["ray_local"] = row
+        else:
+            found["ray"].append({"actors": int(name[-1]), **row})
+        print(name, row, flush=True)
+    return found
+
+
+def split(runs: dict, big: int) -> dict:
+    """Fixed cost and steady rate from a small and a big run: seconds = fixed + images / rate."""
+    rate = (big - SMALL) / (runs[big]["seconds"] - runs[SMALL]["seconds"])
+    return {"steady_images_per_s": rate, "fixed_s": runs[SMALL]["seconds"] - SMALL / rate}
 
 
 def markdown(r: dict) -> str:
@@ -151,11 +169,20 @@ def markdown(r: dict) -> str:
         f"against {full['seconds']:.0f} s for a full scan; {res['rows']:,} rows for {r['images']:,} inputs, "
         f"{res['unique']:,} distinct paths.",
         "",
-        f"| {r['ray_local']['images']:,} images | images/s | peak RSS MiB (driver) |",
-        "|---|---|---|",
-        f"| local | {r['ray_local']['images_per_s']:.1f} | {r['ray_local']['peak_rss_mb']:.0f} |",
+        f"| {r['ray_local']['images']:,} images | images/s | fixed cost s | images/s once running | "
+        "peak RSS MiB (driver) |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| Ray, {x['actors']} actor(s) | {x['images_per_s']:.1f} | {x['peak_rss_mb']:.0f} |" for x in r["ray"]]
+    runs = [("local", r["ray_local"])] + [(f"Ray, {x['actors']} actor{'s' * (x['actors'] > 1)}", x) for x in r["ray"]]
+    lines += [
+        f"| {name} | {x['images_per_s']:.1f} | {x['fixed_s']:.1f} | {x['steady_images_per_s']:.1f} | "
+        f"{x['peak_rss_mb']:.0f} |"
+        for name, x in runs
+    ]
+    lines += [
+        "",
+        f"Fixed cost and rate once running from a {SMALL}-image run beside each: seconds = fixed + images / rate.",
+    ]
     return "\n".join(lines)
 
 
@@ -163,8 +190,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--ray-images", type=int, default=2000)
+    ap.add_argument("--ray-only", action="store_true", help="keep scan.json's local and resume numbers; rerun Ray's")
     args = ap.parse_args()
-    result = measure(args.images, args.ray_images)
+    if args.ray_only:
+        result = {**read_json(OUT / "scan.json"), **measure_ray(build_images(args.images), args.ray_images)}
+    else:
+        result = measure(args.images, args.ray_images)
     write_json(OUT / "scan.json", result)
     table = markdown(result)
     write_text(OUT / "scan.md", table + "\n")
