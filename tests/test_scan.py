@@ -119,3 +119,11 @@ def test_retry_errors_scores_again_only_the_parts_with_unreadable_inputs(images,
     rows = {r["path"]: r for r in _rows(tmp_path / "out")}
     assert len(rows) == 4 and rows[str(late)]["error"] is None and rows[str(late)]["verdict"] != "error"
     assert rows[str(late)]["sha256"] == rows[files[0]]["sha256"]
+
+
+def test_ray_without_the_extra_says_how_to_install_it(images, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: importing it fails
+    res = runner.invoke(app, ["scan", str(images), "--out", str(tmp_path / "out"), "--ray"])
+    assert res.exit_code == 2 and "pip install 'aigi[ray]'" in res.output and "Traceback" not in res.output
