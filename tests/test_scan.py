@@ -127,3 +127,20 @@ def test_ray_without_the_extra_says_how_to_install_it(images, tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed: importing it fails
     res = runner.invoke(app, ["scan", str(images), "--out", str(tmp_path / "out"), "--ray"])
     assert res.exit_code == 2 and "pip install 'aigi[ray]'" in res.output and "Traceback" not in res.output
+
+
+def test_uris_are_read_through_pyarrow_and_an_unreachable_one_is_a_row(images, tmp_path):
+    files = [p.resolve() for p in sorted(images.rglob("*.jpg"))][:2]
+    listed = [p.as_uri() for p in files] + [(tmp_path / "gone.jpg").as_uri()]
+    (tmp_path / "uris.txt").write_text("\n".join(listed) + "\n")
+    (tmp_path / "paths.txt").write_text("\n".join(map(str, files)) + "\n")
+    for name in ("uris", "paths"):
+        res = runner.invoke(app, ["scan", str(tmp_path / f"{name}.txt"), "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    by_uri, by_path = _rows(tmp_path / "uris"), _rows(tmp_path / "paths")
+    scored = [r for r in by_uri if r["path"].startswith("file://") and r["error"] is None]
+    assert [(r["sha256"], r["prob_generated"], r["verdict"]) for r in scored] == [
+        (r["sha256"], r["prob_generated"], r["verdict"]) for r in by_path
+    ]
+    failed = {r["path"]: r for r in by_uri if r["error"] is not None}
+    assert set(failed) == set(listed[2:]) and all(r["verdict"] == "error" for r in failed.values())
