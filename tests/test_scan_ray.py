@@ -28,13 +28,14 @@ def _rows(out):
 
 def test_ray_and_local_scans_give_identical_rows_and_errors_are_rows(labelled_images, tmp_path):
     (labelled_images / "1_fake" / "broken.png").write_bytes(b"not a picture")
+    _declared_png(labelled_images / "1_fake" / "declared.png")  # decided by what it declares, read in a Ray task
     local, remote = tmp_path / "local", tmp_path / "ray"
     assert runner.invoke(app, ["scan", str(labelled_images), "--out", str(local), "--part-size", "5"]).exit_code == 0
     res = runner.invoke(app, ["scan", str(labelled_images), "--out", str(remote), "--part-size", "5", "--ray"])
     assert res.exit_code == 0, res.output
-    assert "13 inputs in 3 parts" in res.output
+    assert "14 inputs in 3 parts" in res.output
     a, b = _rows(local), _rows(remote)
-    assert len(a) == len(b) == 13
+    assert len(a) == len(b) == 14
     for x, y in zip(a, b):
         assert {k: v for k, v in x.items() if k != "prob_generated"} == {
             k: v for k, v in y.items() if k != "prob_generated"
@@ -43,6 +44,35 @@ def test_ray_and_local_scans_give_identical_rows_and_errors_are_rows(labelled_im
         assert x["prob_generated"] is None or abs(x["prob_generated"] - y["prob_generated"]) < 1e-6
     broken = next(r for r in b if r["path"].endswith("broken.png"))
     assert broken["verdict"] == "error" and broken["error"]
+    declared = next(r for r in b if r["path"].endswith("declared.png"))
+    assert declared["verdict"] == "generated" and "declared: AUTOMATIC1111" in declared["basis"], declared["basis"]
+
+
+def _declared_png(path):
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 64x64")
+    Image.new("RGB", (64, 64), (90, 120, 30)).save(path, pnginfo=info)
+
+
+def test_read_tasks_decode_and_the_actor_only_scores_giving_a_local_scans_rows(labelled_images):
+    import pandas as pd
+
+    from aigi.engine.robustness import model_id
+
+    (labelled_images / "1_fake" / "broken.png").write_bytes(b"not a picture")
+    paths = sorted(str(p) for p in labelled_images.rglob("*.*"))
+    model = api.load()
+    prepare = (model.config.protocol, model.detector.backbone.preprocess, True)
+    batch = pd.DataFrame({"part": [0] * len(paths), "position": range(len(paths)), "path": paths})
+    read = scan_ray.read_batch(batch, model_id(model), ".", prepare)
+    assert "data" not in read.columns  # the bytes stay in the task: pixels travel to the actor
+    assert {tuple(p.shape) for p in read["pixels"] if p is not None} == {(3, 224, 224)}
+    assert read["prepare_error"].notna().sum() == 1
+    scored = scan_ray.ScoreActor(None, "auto", True, 8, False)(read)
+    local = scan.score_part(model, paths, model_id(model), True, 8)
+    assert [scan_ray._plain_row(r) for r in scored.drop(columns=["part", "position"]).to_dict("records")] == local
 
 
 def test_an_interrupted_scan_restarted_on_ray_completes_exactly_once(labelled_images, tmp_path, monkeypatch):

@@ -132,17 +132,32 @@ def detect(
             {},
         )
     decide = dict(threshold=t, band=band)
-    found = [_detection(item, i, scores, decide, provenance, pngs.get(i), explain) for i, item in enumerate(items)]
+    found = [
+        _detection(item, i, scores, decide, provenance_of(item) if provenance else None, pngs.get(i), explain)
+        for i, item in enumerate(items)
+    ]
     for i, d in enumerate(found):
         d.patch_map = maps.get(i)
     return found
 
 
+def detect_prepared(
+    model: Model, names: list[str], prepared: list[dict], provenances: list[Provenance | None], batch_size: int = 8
+) -> list[Detection]:
+    """As :func:`detect` (the model's threshold and band, no heatmaps), for images read and put through the model's
+    protocol elsewhere (:func:`aigi.engine.features.prepare_image`, in Ray's read tasks) with what their files
+    declare (``None``: not read). The same detections as :func:`detect` on the same bytes."""
+    from aigi.engine.inference import score_prepared
+
+    scores = score_prepared(model, prepared, list(names), batch_size)
+    decide = dict(threshold=model.threshold, band=model.config.band)
+    return [_detection(n, i, scores, decide, p, None, False) for i, (n, p) in enumerate(zip(names, provenances))]
+
+
 def _detection(
-    item, i: int, scores: Scores, decide: dict, provenance: bool, png: bytes | None, explain: bool
+    item, i: int, scores: Scores, decide: dict, prov: Provenance | None, png: bytes | None, explain: bool
 ) -> Detection:
     prob = None if i in scores.errors else float(scores.prob[i])
-    prov = _provenance(item) if provenance else None
     threshold = decide["threshold"]
     v = fuse(prob, threshold, prov, decide["band"])
     error = scores.errors.get(i)
@@ -163,7 +178,8 @@ def _detection(
     )
 
 
-def _provenance(item: Path | InMemoryImage) -> Provenance:
+def provenance_of(item: Path | InMemoryImage) -> Provenance:
+    """What a file or an upload declares (C2PA, metadata, watermarks); an unreadable upload says so."""
     if isinstance(item, InMemoryImage):
         try:
             return inspect_file(item.name, read_bytes(item))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aigi import api
 from aigi.checkpoints import Model
-from aigi.data.decode import ImageDecodeError, is_image_path, read_bytes
+from aigi.data.decode import ImageDecodeError, as_input, is_image_path, read_bytes
 from aigi.errors import ConfigError
 from aigi.io import atomic_write, read_json, write_json
 
@@ -131,6 +131,40 @@ def score_rows(model: Model, rows: list[dict], provenance: bool, batch_size: int
     readable = [i for i, r in enumerate(rows) if r["data"] is not None]
     items = [(rows[i]["path"], rows[i]["data"]) for i in readable]
     found = api.detect(model, items, provenance=provenance, use_cache=False, batch_size=batch_size)
+    return _with_detections(rows, readable, found)
+
+
+def prepare_row(row: dict, protocol, pre, provenance: bool) -> dict:
+    """A row of :func:`read_rows` made ready for :func:`score_prepared_rows` without the model's weights (a Ray read
+    task): its bytes replaced by its image through the model's protocol (``pixels``, or ``prepare_error``) and what
+    the file declares (``provenance``, None when not read)."""
+    from aigi.engine.features import prepare_image
+
+    row = dict(row)
+    data = row.pop("data")
+    row.update(pixels=None, prepare_error=None, provenance=None)
+    if data is not None:
+        item = as_input((row["path"], data))
+        prepared = prepare_image(item, protocol, pre)
+        row["pixels"] = prepared["pixels"].numpy() if "pixels" in prepared else None
+        row["prepare_error"] = prepared.get("error")
+        row["provenance"] = api.provenance_of(item) if provenance else None
+    return row
+
+
+def score_prepared_rows(model: Model, rows: list[dict], batch_size: int) -> list[dict]:
+    """The rows of :func:`prepare_row` scored (the model only runs the detector): the rows :func:`score_rows` gives."""
+    readable = [i for i, r in enumerate(rows) if r["size"] is not None]
+    prepared = [
+        {"error": rows[i]["prepare_error"]} if rows[i]["pixels"] is None else {"pixels": rows[i]["pixels"]}
+        for i in readable
+    ]
+    names = [rows[i]["path"] for i in readable]
+    found = api.detect_prepared(model, names, prepared, [rows[i]["provenance"] for i in readable], batch_size)
+    return _with_detections(rows, readable, found)
+
+
+def _with_detections(rows: list[dict], readable: list[int], found) -> list[dict]:
     for i, d in zip(readable, found):
         rows[i].update(prob_generated=d.prob_generated, verdict=d.verdict, basis=d.basis, error=d.error)
     return [{k: r[k] for k in COLUMNS} for r in rows]

@@ -1,7 +1,8 @@
 """``aigi scan --ray [ADDRESS]``: the same scan on a Ray cluster (issue #16; the ``ray`` extra).
 
 The inputs of the parts still to do become one Ray Dataset (order preserved). Ray tasks read each file (size,
-sha256, bytes), and model actors score them in ``map_batches``. Each actor loads the model once; there are
+sha256), decode it, put it through the model's protocol and read what it declares; model actors run the detector on
+the pixels in ``map_batches`` (a stack's actors decode themselves: each member has its own protocol). Each actor loads the model once; there are
 ``actors`` of them, on CPUs or with ``gpus_per_actor``. The driver gathers the rows part by part and writes each part
 exactly as a local scan does (:mod:`aigi.scan`: same schema, same functions, atomic parts, the same resume rule), so
 a local scan and a Ray scan of the same inputs give the same rows.
@@ -19,21 +20,25 @@ from pathlib import Path
 import pandas as pd
 
 from aigi import scan
+from aigi.checkpoints import STACK
 from aigi.errors import ConfigError
 
 KEYS = ["part", "position"]  # where a row belongs: its part and its place in the part (a path may repeat)
 
 
-def read_batch(batch: pd.DataFrame, model_id: str, base: str) -> pd.DataFrame:
-    """A batch of paths -> their rows with bytes (a Ray task: reading runs in parallel, no model needed). Relative
-    paths are read from ``base``, the driver's working folder, whatever the worker's."""
+def read_batch(batch: pd.DataFrame, model_id: str, base: str, prepare: tuple | None) -> pd.DataFrame:
+    """A batch of paths -> their rows (a Ray task: reading runs in parallel, no model weights needed). Relative paths
+    are read from ``base``, the driver's working folder, whatever the worker's. With ``prepare`` (the model's
+    protocol, its preprocessing, whether to read provenance) each image is also decoded and put through the protocol
+    here, so the actors only run the detector; without (a stack), the rows carry their bytes."""
     rows = scan.read_rows(list(batch["path"]), model_id, base)
-    columns = {k: [r[k] for r in rows] for k in [*scan.COLUMNS, "data"]}
-    return pd.DataFrame({**{k: list(batch[k]) for k in KEYS}, **columns})
+    if prepare is not None:
+        rows = [scan.prepare_row(r, *prepare) for r in rows]
+    return pd.DataFrame({**{k: list(batch[k]) for k in KEYS}, **{k: [r[k] for r in rows] for k in rows[0]}})
 
 
 class ScoreActor:
-    """Loads the model once; scores batches of read rows (Ray actor)."""
+    """Loads the model once; scores batches of read (or prepared) rows (Ray actor)."""
 
     def __init__(
         self, folder: str | None, runtime: str, provenance: bool, batch_size: int, allow_download: bool
@@ -45,7 +50,10 @@ class ScoreActor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         rows = [_plain_row(r) for r in batch.drop(columns=KEYS).to_dict("records")]
-        scored = scan.score_rows(self.model, rows, self.provenance, self.batch_size)
+        if "pixels" in batch.columns:
+            scored = scan.score_prepared_rows(self.model, rows, self.batch_size)
+        else:
+            scored = scan.score_rows(self.model, rows, self.provenance, self.batch_size)
         return pd.DataFrame({**{k: list(batch[k]) for k in KEYS}, **{k: [r[k] for r in scored] for k in scan.COLUMNS}})
 
 
@@ -84,7 +92,9 @@ def run(
     from aigi.engine.robustness import model_id as identify
 
     out = Path(out)
-    mid = identify(api.load(folder, allow_download=allow_download or None, runtime="torch"))
+    model = api.load(folder, allow_download=allow_download or None, runtime="torch")
+    mid = identify(model)
+    prepare = None if model.config.detector == STACK else (model.config.protocol, model.detector.backbone.preprocess)
     counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
     planned = scan.plan(out, sources, part_size, path_column, mid, retry_errors)
     blocks, sizes = _plan_into_object_store(planned, counts, on_part, address)
@@ -95,7 +105,10 @@ def run(
     dataset = (
         ray.data.from_arrow_refs(blocks)
         .map_batches(
-            read_batch, fn_kwargs={"model_id": mid, "base": os.getcwd()}, batch_size=batch_size, batch_format="pandas"
+            read_batch,
+            fn_kwargs={"model_id": mid, "base": os.getcwd(), "prepare": prepare and (*prepare, provenance)},
+            batch_size=batch_size,
+            batch_format="pandas",
         )
         .map_batches(
             ScoreActor,

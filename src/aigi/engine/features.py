@@ -174,20 +174,25 @@ class _ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        path = self.paths[i]
-        try:
-            data = read_bytes(path)
-            sha = hashlib.sha256(data).hexdigest()
-            if self.cache is not None:
-                hit = self.cache.get(sha)
-                if hit is not None:
-                    return {"i": i, "sha": sha, "cached": hit}
-            dec = decode_bytes(data, str(path), sha256=sha)
-            return {"i": i, "sha": sha, "pixels": self.protocol.apply(dec.image, dec.format, self.pre)}
-        except ImageDecodeError as e:
-            return {"i": i, "error": e.reason}
-        except Exception as e:  # noqa: BLE001 - one bad file must not stop a batch job
-            return {"i": i, "error": f"could not prepare image ({type(e).__name__}: {e})"}
+        return {"i": i, **prepare_image(self.paths[i], self.protocol, self.pre, self.cache)}
+
+
+def prepare_image(path, protocol: EvalProtocol, pre: Preprocess, cache: FeatureCache | None = None) -> dict:
+    """One image read, hashed, decoded and put through ``protocol``: ``{"sha", "pixels"}`` (``{"sha", "cached"}`` on a
+    cache hit), or ``{"error"}`` saying why it cannot be scored. No model needed: Ray's read tasks call it too."""
+    try:
+        data = read_bytes(path)
+        sha = hashlib.sha256(data).hexdigest()
+        if cache is not None:
+            hit = cache.get(sha)
+            if hit is not None:
+                return {"sha": sha, "cached": hit}
+        dec = decode_bytes(data, str(path), sha256=sha)
+        return {"sha": sha, "pixels": protocol.apply(dec.image, dec.format, pre)}
+    except ImageDecodeError as e:
+        return {"error": e.reason}
+    except Exception as e:  # noqa: BLE001 - one bad file must not stop a batch job
+        return {"error": f"could not prepare image ({type(e).__name__}: {e})"}
 
 
 def _collate(items: list[dict]) -> list[dict]:
@@ -223,20 +228,28 @@ def extract(
     with torch.inference_mode():
         # the bar counts images, not batches: each batch advances it by its size
         for batch in progress_iter(loader, total=len(paths), description=description, enabled=progress, weight=len):
-            todo = []
-            for item in batch:
-                i = item["i"]
-                out.sha256[i] = item.get("sha")
-                if "error" in item:
-                    out.errors[i] = item["error"]
-                elif "cached" in item:
-                    out.features[i] = item["cached"]
-                    out.cache_hits += 1
-                else:
-                    todo.append(item)
-            if todo:
-                _run_views(fn, todo, multi, batch_size, out, cache)
+            gather(batch, fn, multi, batch_size, out, cache)
     return out
+
+
+def gather(
+    items: list[dict], fn, multi: bool, batch_size: int, out: Extracted, cache: FeatureCache | None = None
+) -> None:
+    """Prepared images (:func:`prepare_image`'s dicts, each with its index ``i``) into ``out``: errors and cache hits
+    as they are, ``fn`` over the views of the others."""
+    todo = []
+    for item in items:
+        i = item["i"]
+        out.sha256[i] = item.get("sha")
+        if "error" in item:
+            out.errors[i] = item["error"]
+        elif "cached" in item:
+            out.features[i] = item["cached"]
+            out.cache_hits += 1
+        else:
+            todo.append(item)
+    if todo:
+        _run_views(fn, todo, multi, batch_size, out, cache)
 
 
 def _run_views(fn, todo: list[dict], multi: bool, batch_size: int, out: Extracted, cache: FeatureCache | None) -> None:

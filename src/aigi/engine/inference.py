@@ -14,7 +14,7 @@ from aigi.checkpoints import STACK, Model
 from aigi.data.decode import ImageInput, InMemoryImage, as_input
 from aigi.data.perturb import Perturbation, Perturbed
 from aigi.data.transforms import SCORING_ONLY, EvalProtocol
-from aigi.engine.features import Extracted, FeatureCache, extract
+from aigi.engine.features import Extracted, FeatureCache, extract, gather
 
 
 @dataclass
@@ -108,7 +108,7 @@ def score_paths(
         from aigi.detectors.stack import stack_scores
 
         return stack_scores(model, paths, use_cache, cache_dir, batch_size, progress, perturbation, calibrated)
-    det, device = model.detector, model.device
+    det = model.detector
     protocol = model.config.protocol
     if perturbation is not None and perturbation.kind != "none":
         protocol, use_cache = Perturbed(protocol, perturbation), False
@@ -118,7 +118,7 @@ def score_paths(
     if not det.cacheable or not use_cache:  # nothing to cache: score each batch as it comes and keep only the logits
         ext = extract(
             paths,
-            lambda px: det(px.to(device)).logit,
+            _logits_of(model),
             det.backbone.preprocess,
             protocol,
             cache=None,
@@ -132,6 +132,29 @@ def score_paths(
         scores = scores_from_features(model, ext)
     if calibrated:
         scores.prob = model.calibrated(scores.prob)
+    return scores
+
+
+def _logits_of(model: Model):
+    det, device = model.detector, model.device
+    return lambda px: det(px.to(device)).logit
+
+
+def score_prepared(model: Model, prepared: list[dict], inputs: list, batch_size: int = 8) -> Scores:
+    """Calibrated P(generated) of images prepared elsewhere by :func:`aigi.engine.features.prepare_image` (Ray's read
+    tasks decode, the model's actors only run the detector): the same scores as :func:`score_paths` gives uncached."""
+    if model.config.detector == STACK:
+        raise ValueError("a stack scores through its members' own protocols: use score_paths")
+    multi = bool(getattr(model.config.protocol, "multi_view", False))
+    ext = Extracted(features=[None] * len(prepared), sha256=[None] * len(prepared), inputs=inputs, multi_view=multi)
+    items = [{"i": i, **item} for i, item in enumerate(prepared)]
+    for item in items:
+        if "pixels" in item:
+            item["pixels"] = torch.as_tensor(item["pixels"])  # numpy after crossing processes
+    with torch.inference_mode():
+        gather(items, _logits_of(model), multi, batch_size, ext)
+    scores = logit_scores(ext, lambda logits: logits, model.config.protocol)
+    scores.prob = model.calibrated(scores.prob)
     return scores
 
 
