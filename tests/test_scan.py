@@ -88,7 +88,7 @@ def test_a_killed_scan_resumes_without_rescoring_or_duplicates(images, tmp_path,
     assert len(list(out.glob("part-*.parquet"))) == 2 and not list(out.glob(".*tmp"))
     monkeypatch.setattr(scan, "score_part", lambda *a, **k: scored.append(a[1]) or original(*a, **k))
     counts = scan.run(model, [str(images)], out, part_size=4)
-    assert counts == {"inputs": 13, "written": 2, "kept": 2, "errors": 1}
+    assert counts == {"inputs": 13, "written": 2, "kept": 2, "errors": 1, "kept_errors": 0}
     assert len(scored) == 4 and sum(map(len, scored)) == 13  # the first two parts were not scored again
     rows = _rows(out)
     assert len(rows) == 13 and len({r["path"] for r in rows}) == 13
@@ -98,7 +98,9 @@ def test_a_folder_of_another_run_is_refused(images, tmp_path):
     out = tmp_path / "out"
     assert runner.invoke(app, ["scan", str(images), "--out", str(out)]).exit_code == 0
     other = runner.invoke(app, ["scan", str(images), "--out", str(out), "--part-size", "3"])
-    assert other.exit_code == 2 and "another part size" in other.output
+    assert other.exit_code == 2 and "another --part-size: part_size was 512, now 3" in other.output
+    plain = runner.invoke(app, ["scan", str(images), "--out", str(out), "--no-provenance"])
+    assert plain.exit_code == 2 and "another provenance setting" in plain.output
     (images / "0_real" / "new.jpg").write_bytes((images / "0_real" / "0_real_0.jpg").read_bytes())
     changed = runner.invoke(app, ["scan", str(images), "--out", str(out)])
     assert changed.exit_code == 2 and "holds other inputs" in changed.output
@@ -144,3 +146,62 @@ def test_uris_are_read_through_pyarrow_and_an_unreachable_one_is_a_row(images, t
     ]
     failed = {r["path"]: r for r in by_uri if r["error"] is not None}
     assert set(failed) == set(listed[2:]) and all(r["verdict"] == "error" for r in failed.values())
+
+
+def test_a_failed_start_blocks_nothing_and_the_same_list_from_elsewhere_resumes(images, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    typo = runner.invoke(app, ["scan", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert typo.exit_code == 2 and "no such file, folder or pattern" in typo.output and not out.exists()
+    out.mkdir()
+    (out / "_scan.json").write_text('{"sources": ["elsewhere"]}')  # an attempt that failed before its first part
+    (tmp_path / "list.txt").write_text("\n".join(str(p) for p in sorted(images.rglob("*.jpg"))) + "\n")
+    monkeypatch.chdir(tmp_path)
+    first = runner.invoke(app, ["scan", "list.txt", "--out", str(out), "--part-size", "5"])
+    assert first.exit_code == 0 and "12 inputs in 3 parts" in first.output, first.output
+    (out / "part-000002.parquet").unlink()
+    monkeypatch.chdir(images)  # the same list named by its absolute path, from another folder
+    again = runner.invoke(app, ["scan", str(tmp_path / "list.txt"), "--out", str(out), "--part-size", "5"])
+    assert again.exit_code == 0 and "1 written now, 2 kept" in again.output, again.output
+    spelled = runner.invoke(app, ["scan", str(images), "--out", str(tmp_path / "walk"), "--part-size", "5"])
+    assert spelled.exit_code == 0
+    walked_as = runner.invoke(app, ["scan", ".", "--out", str(tmp_path / "walk"), "--part-size", "5"])  # cwd: images
+    assert walked_as.exit_code == 2 and "first difference" in walked_as.output, walked_as.output
+
+
+def test_relative_paths_in_a_list_resumed_from_another_folder_are_refused(images, tmp_path, monkeypatch):
+    monkeypatch.chdir(images)
+    listed = sorted(str(p.relative_to(images)) for p in images.rglob("*.jpg"))[:4]
+    (tmp_path / "list.txt").write_text("# relative to the folder the scan runs in\n" + "\n".join(listed) + "\n")
+    args = ["scan", str(tmp_path / "list.txt"), "--out", str(tmp_path / "out"), "--part-size", "2"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0 and "4 inputs in 2 parts" in first.output, first.output  # the comment is no input
+    (tmp_path / "out" / "part-000001.parquet").unlink()
+    monkeypatch.chdir(tmp_path)
+    moved = runner.invoke(app, args)
+    assert moved.exit_code == 2 and f"read from {images} when the scan began" in moved.output, moved.output
+
+
+def test_the_summary_names_kept_errors_and_nothing_readable_exits_1(tmp_path):
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'a.jpg'}\n{tmp_path / 'b.jpg'}\n")
+    args = ["scan", str(tmp_path / "list.txt"), "--out", str(tmp_path / "out")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 1 and "2 inputs in 1 part under" in first.output, first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "2 unreadable in the kept parts (--retry-errors" in again.output, again.output
+    stray = runner.invoke(app, [*args, "--actors", "4"])
+    assert stray.exit_code == 2 and "add --ray" in stray.output
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(images, tmp_path, monkeypatch):
+    original, calls = scan.score_part, []
+
+    def interrupted_on_the_second_part(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scan, "score_part", interrupted_on_the_second_part)
+    res = runner.invoke(app, ["scan", str(images), "--out", str(tmp_path / "out"), "--part-size", "5"])
+    assert res.exit_code == 130 and "interrupted: 1 finished parts are kept" in res.output, res.output
+    assert "the same command resumes" in res.output and "Traceback" not in res.output

@@ -89,7 +89,7 @@ def test_an_interrupted_scan_restarted_on_ray_completes_exactly_once(labelled_im
     monkeypatch.undo()
     assert len(list(out.glob("part-*.parquet"))) == 1
     counts = scan_ray.run(None, [str(labelled_images)], out, part_size=5)
-    assert counts == {"inputs": 12, "written": 2, "kept": 1, "errors": 0}
+    assert counts == {"inputs": 12, "written": 2, "kept": 1, "errors": 0, "kept_errors": 0}
     rows = _rows(out)
     assert len(rows) == 12 and len({r["path"] for r in rows}) == 12
 

@@ -869,29 +869,50 @@ def scan(
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if not ray and (actors != 1 or gpus_per_actor != 0 or ray_address is not None):
+        raise ConfigError("--actors, --gpus-per-actor and --ray-address apply to a Ray scan: add --ray")
     m = None if ray else _load(model, allow_download, runtime)  # on Ray each actor loads its own
+    finished = []
     with progress_bar(None, "scan") as bar:
 
         def advance(index, kept, inputs):
+            finished.append(index)
             bar.update(description=f"scan · part {index + 1}" + (" (kept)" if kept else ""), completed=inputs)
 
-        if ray:
-            from aigi import scan_ray
+        try:
+            if ray:
+                from aigi import scan_ray
 
-            ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor, runtime=runtime,
-                               allow_download=allow_download, retry_errors=retry_errors)  # fmt: skip
-            counts = scan_ray.run(model, sources, out_dir, part_size, path_column, not no_provenance, batch_size,
-                                  advance, **ray_options)  # fmt: skip
-        else:
-            counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size, advance,
-                                  retry_errors)  # fmt: skip
-    show.say(
-        f"{counts['inputs']} inputs in {counts['written'] + counts['kept']} parts under {out_dir} "
-        f"({counts['written']} written now, {counts['kept']} kept from an earlier run; "
-        f"{counts['errors']} unreadable in the parts written now)"
-    )
+                ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                                   runtime=runtime, allow_download=allow_download, retry_errors=retry_errors)  # fmt: skip
+                counts = scan_ray.run(model, sources, out_dir, part_size, path_column, not no_provenance,
+                                      batch_size, advance, **ray_options)  # fmt: skip
+            else:
+                counts = scanning.run(m, sources, out_dir, part_size, path_column, not no_provenance, batch_size,
+                                      advance, retry_errors)  # fmt: skip
+        except KeyboardInterrupt:
+            show.say(f"interrupted: {len(finished)} finished parts are kept under {out_dir}; the same command resumes")
+            raise typer.Exit(130) from None
+    _scan_summary(counts, out_dir, sources)
+
+
+def _scan_summary(counts: dict, out_dir: Path, sources: list[str]) -> None:
+    """What `aigi scan` says at the end; exit 1 when no input at all could be read (as `aigi detect`)."""
     if counts["inputs"] == 0:
         raise DataError(f"no inputs found in {', '.join(sources)}")
+    parts = counts["written"] + counts["kept"]
+    kept_errors = (
+        f"; {counts['kept_errors']} unreadable in the kept parts (--retry-errors scores them again)"
+        if counts["kept_errors"]
+        else ""
+    )
+    show.say(
+        f"{counts['inputs']} inputs in {parts} part{'s' * (parts != 1)} under {out_dir} "
+        f"({counts['written']} written now, {counts['kept']} kept from an earlier run; "
+        f"{counts['errors']} unreadable in the parts written now{kept_errors})"
+    )
+    if counts["errors"] + counts["kept_errors"] == counts["inputs"]:
+        raise typer.Exit(1)
 
 
 convert_app = typer.Typer(

@@ -69,9 +69,10 @@ def _walk_sorted(root: Path) -> Iterator[str]:
 
 
 def _lines(path: Path) -> Iterator[str]:
+    """One path or URI per line, surrounding spaces trimmed; blank lines and ``#`` comment lines skipped."""
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if line.strip():
+            if line.strip() and not line.lstrip().startswith("#"):
                 yield line.strip()
 
 
@@ -204,18 +205,58 @@ def schema():
     )
 
 
-def check_state(out: Path, state: dict) -> None:
-    """Refuse to mix runs: a folder scanned with another model, other inputs or another part size."""
+CHECKED = (  # what a resumed scan must share with the run that began it
+    ("model_id", "another model"),
+    ("sources", "other inputs"),
+    ("part_size", "another --part-size"),
+    ("provenance", "another provenance setting (--no-provenance)"),
+    ("path_column", "another --path-column"),
+)
+
+
+def check_state(out: Path, state: dict) -> dict:
+    """Refuse to mix runs: a folder with parts scanned with another model, other inputs, part size, provenance
+    setting or path column (said with both values). A folder without parts (an attempt that failed before its first
+    part) starts afresh. Returns the state in force."""
     saved_path = out / STATE
-    if not saved_path.is_file():
-        if any(out.glob("part-*.parquet")):
+    has_parts = any(out.glob("part-*.parquet"))
+    if not saved_path.is_file() or not has_parts:
+        if has_parts:
             raise ConfigError(f"--out {out}: holds parts but no {STATE}; not a scan folder aigi can resume")
         write_json(saved_path, state)
-        return
+        return state
     saved = read_json(saved_path)
-    for key, what in (("model_id", "another model"), ("sources", "other inputs"), ("part_size", "another part size")):
-        if saved.get(key) != state[key]:
-            raise ConfigError(f"--out {out} was scanned with {what}: give a new --out (or delete it to start over)")
+    for key, what in CHECKED:
+        if key in saved and saved[key] != state[key]:
+            raise ConfigError(
+                f"--out {out} was scanned with {what}: {key} was {saved[key]!r}, now {state[key]!r}; "
+                "resume with the same command, or give a new --out"
+            )
+    return saved
+
+
+def _scan_state(sources: list[str], part_size: int, path_column: str, model_id: str, provenance: bool) -> dict:
+    """What ``_scan.json`` records: local sources as absolute paths (the same list given from another folder is the
+    same list), and the working folder that relative paths inside lists are read from."""
+    absolute = [s if str(s).startswith(URI_SCHEMES) else os.path.abspath(s) for s in map(str, sources)]
+    return {
+        "model_id": model_id,
+        "sources": absolute,
+        "part_size": part_size,
+        "provenance": provenance,
+        "path_column": path_column,
+        "cwd": os.getcwd(),
+    }
+
+
+def _check_folder(state: dict, chunk: list[str], path: Path) -> None:
+    """Relative paths listed in a kept part were read from the folder the scan began in: from elsewhere they may
+    name other files."""
+    began = state.get("cwd")
+    if began and began != os.getcwd() and any(not p.startswith(URI_SCHEMES) and not os.path.isabs(p) for p in chunk):
+        raise ConfigError(
+            f"{path}: lists relative paths, read from {began} when the scan began; run the command from there"
+        )
 
 
 def _errors_in_part(path: Path, chunk: list[str]) -> int:
@@ -227,10 +268,12 @@ def _errors_in_part(path: Path, chunk: list[str]) -> int:
         kept = pq.read_table(path, columns=["path", "error"])
     except Exception as e:  # noqa: BLE001 - a damaged part: say which and why
         raise ConfigError(f"{path}: unreadable part ({e}); delete it and run again to rescore it") from None
-    if kept.column("path").to_pylist() != chunk:
+    listed = kept.column("path").to_pylist()
+    if listed != chunk:
+        was, now = next(((a, b) for a, b in zip(listed, chunk) if a != b), (len(listed), len(chunk)))
         raise ConfigError(
-            f"{path}: holds other inputs than this run lists there (files added or removed since the scan began?): "
-            "give a new --out"
+            f"{path}: holds other inputs than this run lists there (first difference: {was!r}, now {now!r}; files "
+            "added or removed, or the inputs spelled differently?): give a new --out"
         )
     return len(kept) - kept.column("error").null_count
 
@@ -241,16 +284,33 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def plan(
-    out: Path, sources: list[str], part_size: int, path_column: str, model_id: str, retry_errors: bool = False
+    out: Path,
+    sources: list[str],
+    part_size: int,
+    path_column: str,
+    model_id: str,
+    retry_errors: bool = False,
+    provenance: bool = True,
 ) -> Iterator[tuple]:
-    """``(index, inputs, kept)`` per part, in order: ``kept`` when an earlier run finished it (checked to hold
-    exactly these inputs), unless ``retry_errors`` and some of its inputs could not be read then. Refuses a folder
-    of another run first."""
-    check_state(out, {"model_id": model_id, "sources": [str(s) for s in sources], "part_size": part_size})
+    """``(index, inputs, kept, errors)`` per part, in order: ``kept`` when an earlier run finished it (checked to
+    hold exactly these inputs), unless ``retry_errors`` and some of its inputs could not be read then; ``errors``:
+    the unreadable inputs in a kept part. Refuses a folder of another run first."""
+    for source in map(str, sources):
+        _check_source(source)
+    state = check_state(out, _scan_state(sources, part_size, path_column, model_id, provenance))
     for index, chunk in enumerate(chunks(iter_inputs(sources, path_column), part_size)):
         path = part_path(out, index)
-        kept = path.is_file() and not (_errors_in_part(path, chunk) and retry_errors)
-        yield index, chunk, kept
+        errors = _errors_in_part(path, chunk) if path.is_file() else 0
+        kept = path.is_file() and not (errors and retry_errors)
+        if kept:
+            _check_folder(state, chunk, path)
+        yield index, chunk, kept, errors if kept else 0
+
+
+def _check_source(source: str) -> None:
+    """Every source exists (or is a URI or a pattern) before anything is written."""
+    if not (source.startswith(URI_SCHEMES) or Path(source).exists() or GLOB_CHARS & set(source)):
+        raise ConfigError(f"{source}: no such file, folder or pattern")
 
 
 def run(
@@ -270,18 +330,24 @@ def run(
     from aigi.engine.robustness import model_id as identify
 
     out, mid = Path(out), identify(model)
-    counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
-    for index, chunk, kept in plan(out, sources, part_size, path_column, mid, retry_errors):
+    counts = new_counts()
+    for index, chunk, kept, errors in plan(out, sources, part_size, path_column, mid, retry_errors, provenance):
         counts["inputs"] += len(chunk)
         if kept:
-            keep_part(index, counts, on_part)
+            keep_part(index, errors, counts, on_part)
         else:
             save_part(out, index, score_part(model, chunk, mid, provenance, batch_size), counts, on_part)
     return counts
 
 
-def keep_part(index: int, counts: dict, on_part) -> None:
+def new_counts() -> dict:
+    """A scan's counts: inputs, parts written now, parts kept, unreadable inputs in the parts written now and kept."""
+    return {"inputs": 0, "written": 0, "kept": 0, "errors": 0, "kept_errors": 0}
+
+
+def keep_part(index: int, errors: int, counts: dict, on_part) -> None:
     counts["kept"] += 1
+    counts["kept_errors"] += errors
     if on_part:
         on_part(index, True, counts["inputs"])
 

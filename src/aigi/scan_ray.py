@@ -23,6 +23,7 @@ from aigi import scan
 from aigi.checkpoints import STACK
 from aigi.errors import ConfigError
 
+READ_CPUS = 0.5  # per read task: unlike the actors' 1 CPU, so Ray keeps reading in its own tasks (no fusion)
 KEYS = ["part", "position"]  # where a row belongs: its part and its place in the part (a path may repeat)
 
 
@@ -95,8 +96,8 @@ def run(
     model = api.load(folder, allow_download=allow_download or None, runtime="torch")
     mid = identify(model)
     prepare = None if model.config.detector == STACK else (model.config.protocol, model.detector.backbone.preprocess)
-    counts = {"inputs": 0, "written": 0, "kept": 0, "errors": 0}
-    planned = scan.plan(out, sources, part_size, path_column, mid, retry_errors)
+    counts = scan.new_counts()
+    planned = scan.plan(out, sources, part_size, path_column, mid, retry_errors, provenance)
     blocks, sizes = _plan_into_object_store(planned, counts, on_part, address)
     if not sizes:
         return counts
@@ -109,6 +110,7 @@ def run(
             fn_kwargs={"model_id": mid, "base": os.getcwd(), "prepare": prepare and (*prepare, provenance)},
             batch_size=batch_size,
             batch_format="pandas",
+            num_cpus=READ_CPUS,
         )
         .map_batches(
             ScoreActor,
@@ -121,7 +123,7 @@ def run(
             ),
             batch_size=batch_size,
             batch_format="pandas",
-            concurrency=actors,
+            compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor,
         )
     )
@@ -137,23 +139,57 @@ def run(
 
 
 def _plan_into_object_store(planned, counts: dict, on_part, address: str | None):
-    """Follow the plan (:func:`aigi.scan.plan`): finished parts are kept; the inputs of each other part go into Ray's object store as one Arrow
-    block (part, position, path) as planning streams on, so the driver's memory never holds the list of inputs (the
-    store spills to disk) and the workers need no access to the driver's files. Returns the blocks, in order, and the
-    number of inputs of each part to score."""
+    """Follow the plan (:func:`aigi.scan.plan`): finished parts are kept; the inputs of each other part go into Ray's
+    object store as one Arrow block (part, position, path) as planning streams on, so the driver's memory never holds
+    the list of inputs (the store spills to disk) and the workers need no access to the driver's files. Returns the
+    blocks, in order, and the number of inputs of each part to score."""
     import pyarrow as pa
     import ray
 
     blocks, sizes = [], {}
-    for index, chunk, kept in planned:
+    for index, chunk, kept, errors in planned:
         counts["inputs"] += len(chunk)
         if kept:
-            scan.keep_part(index, counts, on_part)
+            scan.keep_part(index, errors, counts, on_part)
             continue
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        _start_ray(address)
         sizes[index] = len(chunk)
         blocks.append(
             ray.put(pa.table({"part": [index] * len(chunk), "position": list(range(len(chunk))), "path": chunk}))
         )
     return blocks, sizes
+
+
+def _start_ray(address: str | None) -> None:
+    """Ray on this machine (no ``address``) or a running cluster's; a cluster that cannot be reached is one line, not
+    Ray's endless reconnecting. Ray's own logs and progress bars are quietened: aigi shows its own progress."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    _check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        reason = str(e).splitlines()[0].split(". Please")[0]
+        raise ConfigError(
+            f"--ray-address {address}: {reason} (start a cluster with `ray start --head`, or leave --ray-address out "
+            "to start Ray on this machine)"
+        ) from None
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A ``host:port`` (or ``ray://host:port``) address that does not answer within ``timeout_s`` is refused."""
+    import socket
+
+    if not address or address in ("auto", "local") or ":" not in address:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--ray-address {address}: cannot connect ({e})") from None
