@@ -140,7 +140,12 @@ def measure_ray(paths: list[str], ray_n: int) -> dict:
     found: dict = {"ray": []}
     for n in (SMALL, ray_n):
         write_text(WORK / f"images_{n}.txt", "\n".join(paths[:n]) + "\n")
-    for name, extra in [("local", []), ("ray_1", ["--ray", "--actors", "1"]), ("ray_2", ["--ray", "--actors", "2"])]:
+    ways = [
+        ("local", []),
+        ("ray_1", ["--ray", "--actors", "1"]),  # 1 CPU for the actor, 1 for the read tasks
+        ("ray_2", ["--ray", "--actors", "2", "--cpus-per-actor", "0.75"]),  # 1.5 for the actors, 0.5 for reading
+    ]
+    for name, extra in ways:
         runs = {n: scan_process(WORK / f"images_{n}.txt", fresh(f"{name}_{n}"), extra) for n in (SMALL, ray_n)}
         row = {"images": ray_n, "images_per_s": ray_n / runs[ray_n]["seconds"], **runs[ray_n], **split(runs, ray_n)}
         if name == "local":

@@ -21,7 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _train(data: Path, out: Path, batch: int, processes: int) -> None:
+def _train(data: Path, out: Path, batch: int, processes: int) -> str:
     train = ["-m", "aigi.cli", "train", "cnnspot", "--data", str(data), "--out", str(out), "--batch-size", str(batch)]
     if processes == 1:
         cmd = [sys.executable, *train, *ARGS]
@@ -32,11 +32,13 @@ def _train(data: Path, out: Path, batch: int, processes: int) -> None:
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "AIGI_NO_PROGRESS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done.stdout + done.stderr
 
 
 def test_two_cpu_processes_train_the_weights_of_one_with_twice_the_batch(labelled_images, tmp_path):
     _train(labelled_images, tmp_path / "one", batch=4, processes=1)
-    _train(labelled_images, tmp_path / "two", batch=2, processes=2)
+    said = _train(labelled_images, tmp_path / "two", batch=2, processes=2)
+    assert said.count(f"saved {tmp_path / 'two'}") == 1  # only the process that wrote the folder says so
     one, two = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "two"))
     assert one.keys() == two.keys()
     for name in one:

@@ -112,3 +112,12 @@ def test_relative_paths_are_read_from_the_drivers_folder(labelled_images, tmp_pa
     counts = scan_ray.run(None, [str(tmp_path / "list.txt")], tmp_path / "out", part_size=4)
     rows = _rows(tmp_path / "out")
     assert counts["errors"] == 0 and [r["path"] for r in rows] == files and all(r["error"] is None for r in rows)
+
+
+def test_actors_that_leave_no_cpu_for_reading_are_refused_not_left_waiting(labelled_images, tmp_path):
+    from aigi.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves no CPU for the read tasks"):
+        scan_ray.run(None, [str(labelled_images)], tmp_path / "out", part_size=5, actors=2)  # 2 CPUs in all
+    counts = scan_ray.run(None, [str(labelled_images)], tmp_path / "out", part_size=5, actors=2, cpus_per_actor=0.5)
+    assert counts["written"] == 3 and counts["errors"] == 0

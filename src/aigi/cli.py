@@ -107,7 +107,9 @@ RuntimeOpt = Annotated[
     typer.Option(
         metavar="auto|torch|onnx",
         help="Run the detector in onnxruntime or PyTorch (the same verdicts). auto: onnxruntime when the model folder "
-        "has a model.onnx made from its weights (the shipped default does; aigi export onnx makes one), else PyTorch.",
+        "has a model.onnx made from its current weights and settings (the shipped default does; aigi export onnx "
+        "makes one), else PyTorch. onnx: always (a folder without model.onnx is exported once into the cache; a "
+        "stale one is refused). torch: always PyTorch.",
     ),
 ]
 
@@ -858,6 +860,10 @@ def scan(
     ] = None,
     actors: Annotated[int, typer.Option(min=1, help="--ray: model actors (each loads the model once).")] = 1,
     gpus_per_actor: Annotated[float, typer.Option(min=0, help="--ray: GPUs per model actor (0: CPU actors).")] = 0.0,
+    cpus_per_actor: Annotated[
+        float,
+        typer.Option(min=0.01, help="--ray: CPUs per model actor; leave some for the read tasks (0.5 CPU each)."),
+    ] = 1.0,
     allow_download: AllowDownloadOpt = False,
 ) -> None:
     """Score many images into a Parquet dataset (one row per input: path, size, sha256, prob_generated, verdict,
@@ -869,8 +875,10 @@ def scan(
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
-    if not ray and (actors != 1 or gpus_per_actor != 0 or ray_address is not None):
-        raise ConfigError("--actors, --gpus-per-actor and --ray-address apply to a Ray scan: add --ray")
+    if not ray and (actors != 1 or gpus_per_actor != 0 or cpus_per_actor != 1 or ray_address is not None):
+        raise ConfigError(
+            "--actors, --cpus-per-actor, --gpus-per-actor and --ray-address apply to a Ray scan: add --ray"
+        )
     m = None if ray else _load(model, allow_download, runtime)  # on Ray each actor loads its own
     finished = []
     with progress_bar(None, "scan") as bar:
@@ -884,6 +892,7 @@ def scan(
                 from aigi import scan_ray
 
                 ray_options = dict(address=ray_address, actors=actors, gpus_per_actor=gpus_per_actor,
+                                   cpus_per_actor=cpus_per_actor,
                                    runtime=runtime, allow_download=allow_download, retry_errors=retry_errors)  # fmt: skip
                 counts = scan_ray.run(model, sources, out_dir, part_size, path_column, not no_provenance,
                                       batch_size, advance, **ray_options)  # fmt: skip
@@ -931,8 +940,9 @@ def export_onnx(
     opset: Annotated[int, typer.Option(min=13, help="ONNX opset.")] = 17,
 ) -> None:
     """The model's detector as ONNX (pixels [batch, 3, H, W] -> logit, and patch_map when it has one), dynamic batch,
-    stamped with the model's id; removed again if its logits differ from PyTorch's by more than 1e-4 on random pixels. Put it in the model folder as model.onnx for
-    --runtime onnx to use it."""
+    stamped with the id of the model's weights and settings; removed again if its logits differ from PyTorch's by
+    more than 1e-4 on random pixels. Written as DIR/model.onnx, the model runs in onnxruntime from then on (--runtime
+    auto), until it is retrained or recalibrated: then export it again."""
     import torch
 
     from aigi.onnx_runtime import OnnxDetector, export

@@ -8,6 +8,7 @@ memory folder, or a JSON object of settings; options given on the command line o
 from __future__ import annotations
 
 import inspect
+import os
 import types
 import typing
 from pathlib import Path
@@ -161,7 +162,8 @@ def run_recipe(name: str, recipe, given: dict[str, Any]) -> None:
     if missing:
         raise ConfigError(", ".join("--" + k.replace("_", "-") for k in missing) + " required (or --config)")
     result = train(name, recipe_config(name, values))
-    show.say(recipe.describe(result, Path(values["out"])))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun / accelerate launch only the first process wrote it
+        show.say(recipe.describe(result, Path(values["out"])))
 
 
 def _check_params(recipe, params: dict) -> None:

@@ -1,9 +1,10 @@
 """``aigi scan --ray [ADDRESS]``: the same scan on a Ray cluster (issue #16; the ``ray`` extra).
 
-The inputs of the parts still to do become one Ray Dataset (order preserved). Ray tasks read each file (size,
-sha256), decode it, put it through the model's protocol and read what it declares; model actors run the detector on
-the pixels in ``map_batches`` (a stack's actors decode themselves: each member has its own protocol). Each actor loads the model once; there are
-``actors`` of them, on CPUs or with ``gpus_per_actor``. The driver gathers the rows part by part and writes each part
+The inputs of the parts still to do become one Ray Dataset (order preserved). Ray tasks (``READ_CPUS`` each) read
+each file (size, sha256), decode it, put it through the model's protocol and read what it declares; model actors
+run the detector on the pixels in ``map_batches`` (a stack's actors decode themselves: each member has its own
+protocol). Each actor loads the model once; there are ``actors`` of them, with ``cpus_per_actor`` and
+``gpus_per_actor``. The driver gathers the rows part by part and writes each part
 exactly as a local scan does (:mod:`aigi.scan`: same schema, same functions, atomic parts, the same resume rule), so
 a local scan and a Ray scan of the same inputs give the same rows.
 
@@ -78,6 +79,7 @@ def run(
     address: str | None = None,
     actors: int = 1,
     gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = 1.0,
     runtime: str = "auto",
     allow_download: bool = False,
     retry_errors: bool = False,
@@ -101,6 +103,7 @@ def run(
     blocks, sizes = _plan_into_object_store(planned, counts, on_part, address)
     if not sizes:
         return counts
+    _check_room(actors, cpus_per_actor)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     dataset = (
@@ -125,6 +128,7 @@ def run(
             batch_format="pandas",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus_per_actor,
+            num_cpus=cpus_per_actor,
         )
     )
     gathered: dict[int, list[dict]] = {}
@@ -193,3 +197,15 @@ def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except (OSError, ValueError) as e:
         raise ConfigError(f"--ray-address {address}: cannot connect ({e})") from None
+
+
+def _check_room(actors: int, cpus_per_actor: float) -> None:
+    """The actors must leave the read tasks a CPU share, or Ray waits for one forever."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    if actors * cpus_per_actor + READ_CPUS > total:
+        raise ConfigError(
+            f"--actors {actors} x --cpus-per-actor {cpus_per_actor:g} leaves no CPU for the read tasks on this Ray "
+            f"cluster ({total:g} CPUs): use fewer actors or a smaller --cpus-per-actor"
+        )
