@@ -45,9 +45,16 @@ except RuntimeError:
 import pytest  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def _shared_onnx_dir(tmp_path_factory):
+    """One ONNX cache for the session: the shipped model's graph is exported once, not in every test."""
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
+def _isolated_cache(tmp_path, monkeypatch, _shared_onnx_dir):
     monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AIGI_ONNX_DIR", str(_shared_onnx_dir))
     monkeypatch.setenv("AIGI_NO_PROGRESS", "1")
 
 

@@ -1,6 +1,6 @@
 """ONNX export and the onnxruntime path: the same logits as PyTorch on real photos and generated images (within
-1e-4), the shipped model scored in onnxruntime by default with PyTorch's verdicts, the export cached once for a folder
-without model.onnx, a folder's own model.onnx used, heatmaps through onnxruntime, and clear refusals."""
+1e-4), the shipped model scored in onnxruntime by default (its graph exported into the cache once) with PyTorch's
+verdicts, a folder without model.onnx in PyTorch unless asked (then exported once), a folder's own model.onnx used, heatmaps through onnxruntime, and clear refusals."""
 
 import json
 
@@ -54,8 +54,12 @@ def test_real_images_give_the_same_logits_and_maps_within_1e_4(shipped, exported
     assert torch.allclose(one.logit, ref.logit[:1], atol=1e-4)
 
 
-def test_the_shipped_model_runs_in_onnxruntime_by_default_with_pytorchs_verdicts(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+def test_the_shipped_model_runs_in_onnxruntime_by_default_exported_once_with_pytorchs_verdicts(
+    shipped, tmp_path, monkeypatch
+):
+    from aigi.engine.robustness import model_id
+
+    monkeypatch.setenv("AIGI_ONNX_DIR", str(tmp_path / "onnx"))  # empty: the first run exports the shipped graph
     files = [str(p) for p in [*REAL, *FAKE]]
     runs = {
         runtime: runner.invoke(app, ["detect", *files, "--json", "--no-provenance", *flag])
@@ -68,29 +72,22 @@ def test_the_shipped_model_runs_in_onnxruntime_by_default_with_pytorchs_verdicts
     verdicts = {k: [x["verdict"] for x in p["results"]] for k, p in payload.items()}
     assert verdicts["default"] == verdicts["torch"] == verdicts["onnx"]
     assert np.allclose(probs["default"], probs["torch"], atol=2e-4) and probs["default"] == probs["onnx"]
-    assert not (tmp_path / "cache" / "onnx").exists()  # the shipped model.onnx is used: nothing exported
-
-
-def test_the_shipped_model_onnx_holds_the_shipped_weights(shipped):
-    from aigi.checkpoints import default_model_path
-    from aigi.engine.robustness import model_id
-
-    # retraining or recalibrating the default without `aigi export onnx` into its folder would silently cost the
-    # fast default (auto falls back to PyTorch): this fails first
-    assert onnx_runtime.stamp_of(default_model_path() / "model.onnx") == model_id(shipped)
+    (graph,) = (tmp_path / "onnx").glob("*.onnx")  # one export, shared by the default and --runtime onnx
+    assert onnx_runtime.stamp_of(graph) == model_id(shipped)
+    monkeypatch.setattr(onnx_runtime, "export", lambda *a, **k: pytest.fail("exported again instead of reused"))
     assert onnx_runtime.runtime_of(api.load()) == "onnx" and onnx_runtime.runtime_of(shipped) == "torch"
 
 
 def test_a_folder_without_model_onnx_runs_in_pytorch_unless_asked_then_is_exported_once(
     probe_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AIGI_ONNX_DIR", str(tmp_path / "onnx"))
     detect = ["detect", str(REAL[0]), "--model", str(probe_dir), "--json", "--no-provenance"]
     auto = runner.invoke(app, detect)
     assert auto.exit_code == 0 and json.loads(auto.output)["runtime"] == "torch", auto.output
     asked = runner.invoke(app, [*detect, "--runtime", "onnx"])
     assert asked.exit_code == 0 and json.loads(asked.output)["runtime"] == "onnx", asked.output
-    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
     monkeypatch.setattr(onnx_runtime, "export", lambda *a, **k: pytest.fail("exported again instead of reused"))
     again = runner.invoke(app, [*detect, "--runtime", "onnx"])
     assert again.exit_code == 0, again.output
@@ -115,7 +112,7 @@ def test_export_command_and_refusals(tmp_path, probe_dir):
 
 
 def test_scan_runs_through_onnx_and_a_stale_export_is_refused(shipped, exported, tmp_path, monkeypatch):
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AIGI_ONNX_DIR", str(tmp_path / "onnx"))
     res = runner.invoke(app, ["scan", str(REAL[0]), str(FAKE[0]), "--out", str(tmp_path / "s"), "--runtime", "onnx"])
     assert res.exit_code == 0, res.output
     from aigi.checkpoints import load_default_model, save_model
@@ -135,8 +132,8 @@ def test_scan_runs_through_onnx_and_a_stale_export_is_refused(shipped, exported,
 def test_an_unstamped_cached_export_is_replaced(shipped, tmp_path, monkeypatch):
     from aigi.engine.robustness import model_id
 
-    monkeypatch.setenv("AIGI_CACHE_DIR", str(tmp_path / "cache"))
-    stale = tmp_path / "cache" / "onnx" / f"{model_id(shipped)}.onnx"
+    monkeypatch.setenv("AIGI_ONNX_DIR", str(tmp_path / "onnx"))
+    stale = tmp_path / "onnx" / f"{model_id(shipped)}.onnx"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"an older aigi's file")
     model = with_onnx_runtime(shipped)

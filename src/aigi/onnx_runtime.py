@@ -9,9 +9,9 @@ detectors with a per-patch map, ``patch_map``. ``--runtime onnx`` uses the folde
 else exports once into the cache (``$AIGI_CACHE_DIR``, keyed by the model's id) and reuses it. A stack is exported
 member by member (``aigi export onnx`` on each member folder).
 
-The default runtime, ``auto``, is onnxruntime wherever a model folder holds a ``model.onnx`` stamped with its weights'
-id (the shipped default does: about twice PyTorch's images/s on a CPU, logits within 1e-5, see
-``benchmarks/onnx_speed.py``), and PyTorch everywhere else.
+The default runtime, ``auto``, is onnxruntime for the shipped model (exported into the cache on first use: about
+twice PyTorch's images/s on a CPU, logits within 1e-5, see ``benchmarks/onnx_speed.py``) and wherever a model folder
+holds a ``model.onnx`` stamped with its weights' id, and PyTorch everywhere else.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aigi.checkpoints import STACK, Model
+from aigi.checkpoints import STACK, Model, default_model_path
 from aigi.detectors.base import Output
 from aigi.errors import ConfigError
 from aigi.io import atomic_write
@@ -51,7 +51,7 @@ def export(model: Model, out: str | os.PathLike, opset: int = OPSET) -> Path:
     try:
         import onnx  # noqa: F401 - torch's exporter and the stamp need it
     except ImportError:
-        raise ConfigError("exporting to ONNX needs the onnx package: pip install 'aigi[onnx]'") from None
+        raise ConfigError("exporting to ONNX needs the onnx package: pip install onnx") from None
     graph = _Graph(model.detector).eval()
     crop = model.config.protocol.crop or model.detector.backbone.preprocess.size
     example = torch.zeros(2, 3, crop, crop)
@@ -121,11 +121,17 @@ class OnnxDetector(torch.nn.Module):
 def cached_export(model: Model) -> Path:
     """The model's ONNX file in the cache: exported on first use, reused after, exported again when the file there
     is not this model's (e.g. an unstamped file from an older aigi)."""
-    from aigi.engine.features import default_cache_dir
     from aigi.engine.robustness import model_id
 
-    path = default_cache_dir() / "onnx" / f"{model_id(model)}.onnx"
+    path = onnx_cache_dir() / f"{model_id(model)}.onnx"
     return path if path.is_file() and stamp_of(path) == model_id(model) else export(model, path)
+
+
+def onnx_cache_dir() -> Path:
+    """Where exported graphs are kept: ``$AIGI_ONNX_DIR``, else ``onnx/`` in the feature cache (``$AIGI_CACHE_DIR``)."""
+    from aigi.engine.features import default_cache_dir
+
+    return Path(os.environ.get("AIGI_ONNX_DIR") or default_cache_dir() / "onnx")
 
 
 def stamp_of(path: Path) -> str | None:
@@ -163,17 +169,30 @@ RUNTIMES = ("auto", "torch", "onnx")
 
 def with_runtime(model: Model, folder: str | os.PathLike | None, runtime: str = "auto") -> Model:
     """``model`` (loaded from ``folder``) in the runtime asked for: ``torch``, ``onnx`` (:func:`with_onnx_runtime`), or
-    ``auto``: onnxruntime when the folder has a ``model.onnx`` exported from these weights and onnxruntime is
-    installed, else PyTorch (a ``model.onnx`` from other weights is named on stderr and left alone)."""
+    ``auto``: onnxruntime when the folder has a ``model.onnx`` exported from these weights, or for the shipped model
+    (its graph is exported into the cache on first use, a few seconds once); else PyTorch (a ``model.onnx`` from
+    other weights is named on stderr and left alone)."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     if runtime == "torch":
         return model
     if runtime == "onnx":
         return with_onnx_runtime(model, folder)
-    own = Path(folder) / "model.onnx" if folder is not None else None
-    if own is None or not own.is_file() or model.config.detector == STACK or not _onnxruntime_installed():
+    if model.config.detector == STACK or not _onnxruntime_installed():
         return model
+    own = Path(folder) / "model.onnx" if folder is not None else None
+    if own is not None and own.is_file():
+        return _own_graph(model, folder, own)
+    if folder is not None and Path(folder).resolve() == default_model_path().resolve():
+        try:
+            return with_onnx_runtime(model, None)
+        except ConfigError:  # no onnx package to export with: PyTorch, the same verdicts
+            return model
+    return model
+
+
+def _own_graph(model: Model, folder, own: Path) -> Model:
+    """The folder's ``model.onnx`` when it holds these weights; else PyTorch, with a note."""
     from aigi.engine.robustness import model_id
 
     detector = OnnxDetector(own, model.detector)
